@@ -1,0 +1,26 @@
+"""Shared test set-up: where the ../shared fixtures live, and strict numerics."""
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("PROMPT_TUNING_SHARED", _REPO.parent / "shared"))
+FIXTURES = SHARED / "fixtures"
+GOLDEN = SHARED / "golden" / "original"
+TINY_CHECKPOINT = FIXTURES / "t5x_checkpoints" / "t5_1_1_tiny" / "checkpoint_3"
+T5_VOCAB = FIXTURES / "t5_vocab" / "spiece.model"
+
+
+def require(path: pathlib.Path):
+  """Skips (or, under CI, fails) when a ../shared artefact is missing."""
+  if path.exists():
+    return path
+  msg = (f"{path} not found: set PROMPT_TUNING_SHARED to the folder holding fixtures/ and "
+         "golden/ (the project's ../shared) to run this test.")
+  if os.environ.get("CI"):
+    pytest.fail(msg)
+  pytest.skip(msg)
