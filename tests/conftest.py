@@ -24,3 +24,20 @@ def require(path: pathlib.Path):
   if os.environ.get("CI"):
     pytest.fail(msg)
   pytest.skip(msg)
+
+
+def golden(name: str):
+  """Arrays of one golden file from the original implementation (`no_prompt_fp32`, ...)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return dict(np.load(require(GOLDEN / f"{name}.npz")))
+
+
+def golden_batch():
+  """The exact inputs the goldens were computed on (README section 4)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  spec = json.loads(require(GOLDEN / "inputs.json").read_text())
+  batch = {k: np.asarray(spec[k]) for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                            "decoder_target_tokens")}
+  batch["decoder_loss_weights"] = np.asarray(spec["decoder_loss_weights"], np.float32)
+  return batch

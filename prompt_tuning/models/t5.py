@@ -1,0 +1,453 @@
+"""T5 1.1 encoder-decoder in Flax linen, with T5X's parameter names.
+
+The parameter tree is exactly a T5X checkpoint's `target` tree (`token_embedder/embedding`,
+`encoder/layers_0/attention/query/kernel`, ..., `decoder/logits_dense/kernel`), so checkpoints load
+without renaming. Numerics follow the original flaxformer T5 1.1: RMS norm (eps 1e-6) computed in
+float32, gated-GELU MLP (tanh approximation), no biases, no 1/sqrt(d) attention scaling, one
+relative-position table per stack, masks turned into a -1e10 bias, padded rows zeroed by a "logit
+mask" after every norm.
+
+An optional prompt module (see `prompt_tuning/prompts.py`) sits in the encoder as `encoder/prompt`:
+it receives the embedded inputs and returns them with `prompt_length` positions prepended. Masks and
+relative positions then cover the concatenated sequence. With no prompt the same code is the plain
+model.
+
+Shapes: B batch, L encoder length (prompt included), T decoder length, D embed, H heads, K head
+dim, F mlp, V vocab, P prompt length.
+"""
+import dataclasses
+import functools
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+NEG_INF = -1e10  # flaxformer's mask bias; finite so fully-masked rows stay finite.
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5 1.1 model (defaults: the lm100k "small" size)."""
+  vocab_size: int = 32128
+  emb_dim: int = 512
+  num_heads: int = 6
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  head_dim: int = 64
+  mlp_dim: int = 1024
+  mlp_activations: Sequence[str] = ("gelu", "linear")
+  dropout_rate: float = 0.0
+  dtype: str = "bfloat16"  # activation dtype; parameters are always float32
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+
+
+# Sizes of the T5 1.1 LM-adapted ("lm100k") checkpoints, plus the tiny test checkpoint's.
+SIZES = {
+    "tiny": dict(emb_dim=4, num_heads=2, num_encoder_layers=2, num_decoder_layers=2, head_dim=2,
+                 mlp_dim=8, relative_attention_num_buckets=4, relative_attention_max_distance=8),
+    "small": dict(emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8,
+                  head_dim=64, mlp_dim=1024),
+    "base": dict(emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12,
+                 head_dim=64, mlp_dim=2048),
+    "large": dict(emb_dim=1024, num_heads=16, num_encoder_layers=24, num_decoder_layers=24,
+                  head_dim=64, mlp_dim=2816),
+    "xl": dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
+               head_dim=64, mlp_dim=5120),
+    "xxl": dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
+                head_dim=128, mlp_dim=10240),
+}
+
+
+def config_for_size(size: str, **overrides) -> T5Config:
+  if size not in SIZES:
+    raise ValueError(f"Unknown T5 1.1 size {size!r}; choose one of {sorted(SIZES)}.")
+  return T5Config(**{**SIZES[size], **overrides})
+
+
+def _param(module, name, init, shape, axes):
+  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
+
+
+def _constrain(x, axes):
+  return nn.with_logical_constraint(x, axes)
+
+
+_ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=True), "relu": nn.relu,
+                "linear": lambda x: x, "silu": nn.silu}
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers.
+
+
+class Dense(nn.Module):
+  """Bias-free projection with a 2-D kernel [in, out], as T5X stores it."""
+  features: int
+  axes: tuple[str, str]
+  init_scale: float = 1.0
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = nn.initializers.variance_scaling(self.init_scale, "fan_in", "truncated_normal")
+    kernel = _param(self, "kernel", init, (x.shape[-1], self.features), self.axes)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding table [V, D]; `attend` gives logits against it (unused by T5 1.1)."""
+  num_embeddings: int
+  features: int
+  dtype: str = "float32"
+
+  def setup(self):
+    self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
+                            (self.num_embeddings, self.features), ("vocab", "embed"))
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """T5's RMS norm: no mean subtraction, no bias, statistics in float32."""
+  epsilon: float = 1e-6
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
+    x = x.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    scale = scale.reshape((1,) * (x.ndim - 1) + (-1,))
+    return x.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def relative_position_buckets(query_pos: np.ndarray, key_pos: np.ndarray, *, bidirectional: bool,
+                              num_buckets: int, max_distance: int) -> np.ndarray:
+  """T5's bucketing of key - query distances: exact for small, logarithmic for large ones.
+
+  Computed with numpy in float32 at trace time, as the original does, so bucket edges agree.
+  """
+  n = -(key_pos[None, :] - query_pos[:, None])
+  bucket = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(n.dtype) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  eps = np.finfo(np.float32).eps
+  log_ratio = np.log(n.astype(np.float32) / np.float32(max_exact) + np.float32(eps))
+  large = max_exact + (log_ratio / np.float32(np.log(max_distance / max_exact))
+                       * np.float32(num_buckets - max_exact)).astype(n.dtype)
+  large = np.minimum(large, num_buckets - 1)
+  return bucket + np.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+  """One bias table [H, buckets] shared by all layers of a stack."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int, decode_position: Optional[Array] = None) -> Array:
+    """Returns the bias [1, H, q_len, k_len]; with `decode_position`, the one row [1, H, 1, k_len]."""
+    table = _param(self, "rel_embedding",
+                   nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+                   (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+    buckets = relative_position_buckets(
+        np.arange(q_len, dtype=np.int32), np.arange(k_len, dtype=np.int32),
+        bidirectional=self.bidirectional, num_buckets=self.num_buckets,
+        max_distance=self.max_distance)
+    buckets = jnp.asarray(buckets)
+    if decode_position is not None:
+      buckets = jax.lax.dynamic_slice_in_dim(buckets, decode_position, 1, axis=0)
+    bias_HxQxK = jnp.take(table, buckets, axis=1)
+    return bias_HxQxK[None].astype(self.dtype)
+
+
+def mask_to_bias(mask: Array, dtype) -> Array:
+  return jnp.where(mask > 0, 0.0, NEG_INF).astype(dtype)
+
+
+def attention_mask(query_valid: Array, key_valid: Array) -> Array:
+  """[B, Q] x [B, K] validity -> [B, 1, Q, K] mask (float32 0/1)."""
+  return (query_valid[:, None, :, None] & key_valid[:, None, None, :]).astype(jnp.float32)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention. In decode mode it keeps a key/value cache of the decoder's own positions."""
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x_q: Array, x_kv: Array, bias: Optional[Array], *,
+               enable_dropout: bool = False, decode: bool = False,
+               decode_position: Optional[Array] = None) -> Array:
+    hk = self.num_heads * self.head_dim
+    emb_dim = x_q.shape[-1]
+    # T5 folds 1/sqrt(head_dim) into the query initialisation rather than the attention.
+    dense = functools.partial(Dense, hk, ("embed", "joined_kv"), dtype=self.dtype)
+    q = dense(name="query", init_scale=1.0 / self.head_dim)(x_q)
+    k = dense(name="key")(x_kv)
+    v = dense(name="value")(x_kv)
+    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
+    q, k, v = split(q), split(k), split(v)
+    q = _constrain(q, ("batch", "length", "heads", "kv"))
+    k = _constrain(k, ("batch", "length", "heads", "kv"))
+    v = _constrain(v, ("batch", "length", "heads", "kv"))
+
+    if decode:
+      # The cache holds keys/values [B, T_max, H, K] for every decoder position; one new position
+      # is written per step and attention runs over the whole (causally masked) cache.
+      is_init = not self.has_variable("cache", "cached_key")
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+      if not is_init:
+        if k.shape[1] != 1:
+          raise ValueError(f"decode=True expects one position per step, got {k.shape[1]}.")
+        cached_k.value = jax.lax.dynamic_update_slice_in_dim(
+            cached_k.value, k, decode_position, axis=1)
+        cached_v.value = jax.lax.dynamic_update_slice_in_dim(
+            cached_v.value, v, decode_position, axis=1)
+        k, v = cached_k.value, cached_v.value
+        causal = (jnp.arange(k.shape[1]) <= decode_position)[None, None, None, :]
+        causal_bias = mask_to_bias(causal, self.dtype)
+        bias = causal_bias if bias is None else bias + causal_bias
+
+    logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    if bias is not None:
+      logits_BxHxQxK = logits_BxHxQxK + bias.astype(logits_BxHxQxK.dtype)
+    weights = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32)).astype(self.dtype)
+    if enable_dropout and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = out.reshape(out.shape[:-2] + (hk,))
+    return Dense(emb_dim, ("joined_kv", "embed"), dtype=self.dtype, name="out")(out)
+
+
+class MlpBlock(nn.Module):
+  """Gated MLP: prod_i act_i(x @ wi_i) @ wo (T5 1.1: gelu(x wi_0) * (x wi_1))."""
+  mlp_dim: int
+  activations: Sequence[str] = ("gelu", "linear")
+  dropout_rate: float = 0.0
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: Array, enable_dropout: bool = False) -> Array:
+    emb_dim = x.shape[-1]
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = f"wi_{i}" if len(self.activations) > 1 else "wi"
+      h = _ACTIVATIONS[act](Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x))
+      hidden = h if hidden is None else hidden * h
+    hidden = _constrain(hidden, ("batch", "length", "mlp"))
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=not enable_dropout)
+    return Dense(emb_dim, ("mlp", "embed"), dtype=self.dtype, name="wo")(hidden)
+
+
+def _residual_dropout(cfg, x, enable_dropout):
+  return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, bias, logit_mask, enable_dropout=False):
+    cfg = self.config
+    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
+    h = h * logit_mask
+    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
+                           name="attention")(h, h, bias, enable_dropout=enable_dropout)
+    x = x + _residual_dropout(cfg, h, enable_dropout)
+    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
+    h = h * logit_mask
+    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(
+        h, enable_dropout)
+    x = x + _residual_dropout(cfg, h, enable_dropout)
+    return _constrain(x * logit_mask, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y, encoded, self_bias, cross_bias, logit_mask, enable_dropout=False,
+               decode=False, decode_position=None):
+    cfg = self.config
+    attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
+                                  cfg.dropout_rate, cfg.dtype)
+    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_self_attention_layer_norm")(y)
+    h = h * logit_mask
+    h = attention(name="self_attention")(h, h, self_bias, enable_dropout=enable_dropout,
+                                         decode=decode, decode_position=decode_position)
+    y = y + _residual_dropout(cfg, h, enable_dropout)
+    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_cross_attention_layer_norm")(y)
+    h = h * logit_mask
+    h = attention(name="encoder_decoder_attention")(h, encoded, cross_bias,
+                                                    enable_dropout=enable_dropout)
+    y = y + _residual_dropout(cfg, h, enable_dropout)
+    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(y)
+    h = h * logit_mask
+    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(
+        h, enable_dropout)
+    y = y + _residual_dropout(cfg, h, enable_dropout)
+    return _constrain(y * logit_mask, ("batch", "length", "embed"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Stacks.
+
+
+class Encoder(nn.Module):
+  """Embeds tokens, lets the optional prompt module prepend its positions, runs the layers."""
+  config: T5Config
+  token_embedder: nn.Module
+  prompt_factory: Optional[Callable[[], nn.Module]] = None
+
+  def setup(self):
+    cfg = self.config
+    self.prompt = self.prompt_factory() if self.prompt_factory else None
+    self.relpos_bias = RelativePositionBias(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
+        bidirectional=True, dtype=cfg.dtype)
+    self.layers = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
+    self.encoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
+    self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+  @property
+  def prompt_length(self) -> int:
+    return 0 if self.prompt is None else self.prompt.length
+
+  def valid_positions(self, tokens_BxL: Array) -> Array:
+    """Which encoder positions are real: prompt positions always, tokens where id > 0."""
+    valid = tokens_BxL > 0
+    if self.prompt_length:
+      fake = jnp.ones((tokens_BxL.shape[0], self.prompt_length), dtype=bool)
+      valid = jnp.concatenate([fake, valid], axis=1)
+    return valid
+
+  def __call__(self, tokens_BxL: Array, enable_dropout: bool = False) -> Array:
+    cfg = self.config
+    x = self.token_embedder(tokens_BxL)
+    if self.prompt is not None:
+      x = self.prompt(x, tokens_BxL)
+    x = x.astype(cfg.dtype)
+    x = self.input_dropout(x, deterministic=not enable_dropout)
+    x = _constrain(x, ("batch", "length", "embed"))
+    valid_BxL = self.valid_positions(tokens_BxL)
+    length = valid_BxL.shape[1]
+    bias = (mask_to_bias(attention_mask(valid_BxL, valid_BxL), cfg.dtype)
+            + self.relpos_bias(length, length))
+    logit_mask = valid_BxL[..., None].astype(cfg.dtype)
+    for layer in self.layers:
+      x = layer(x, bias, logit_mask, enable_dropout)
+    x = self.encoder_norm(x)
+    x = self.output_dropout(x, deterministic=not enable_dropout)
+    return x * logit_mask
+
+
+def decoder_logit_mask(decoder_input_tokens_BxT: Array) -> Array:
+  """Keep a position if its input or the next input is non-zero, or it is position 0."""
+  valid = decoder_input_tokens_BxT > 0
+  next_valid = jnp.pad(valid[:, 1:], ((0, 0), (0, 1)))
+  first = jnp.zeros_like(valid).at[:, 0].set(True)
+  return valid | next_valid | first
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  token_embedder: nn.Module
+
+  def setup(self):
+    cfg = self.config
+    self.relpos_bias = RelativePositionBias(
+        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
+        bidirectional=False, dtype=cfg.dtype)
+    self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
+    self.decoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
+    self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+    self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype="float32")
+
+  def __call__(self, encoded_BxLxD, encoder_valid_BxL, decoder_input_tokens_BxT,
+               decoder_target_tokens_BxT=None, enable_dropout=False, decode=False,
+               decode_position=None, max_decode_length=None) -> Array:
+    """Returns float32 logits [B, T, V].
+
+    Decode mode: a first call with the full-length inputs creates the cache; each later call
+    takes one position (T == 1) at index `decode_position` of a cache of `max_decode_length`.
+    """
+    cfg = self.config
+    y = self.token_embedder(decoder_input_tokens_BxT).astype(cfg.dtype)
+    y = self.input_dropout(y, deterministic=not enable_dropout)
+    batch, length = decoder_input_tokens_BxT.shape
+    if decode:
+      # One new position per step (or the whole length once, to create the cache): the causal
+      # mask comes from the cache, all queries are real, no logit mask.
+      query_valid = jnp.ones((batch, length), bool)
+      self_bias = None
+      if decode_position is not None:
+        self_bias = self.relpos_bias(max_decode_length, max_decode_length,
+                                     decode_position=decode_position)
+      logit_mask = jnp.ones((batch, length, 1), cfg.dtype)
+    else:
+      targets = (decoder_input_tokens_BxT if decoder_target_tokens_BxT is None
+                 else decoder_target_tokens_BxT)
+      query_valid = targets > 0
+      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      self_mask = attention_mask(query_valid, query_valid) * causal
+      self_bias = mask_to_bias(self_mask, cfg.dtype) + self.relpos_bias(length, length)
+      logit_mask = decoder_logit_mask(decoder_input_tokens_BxT)[..., None].astype(cfg.dtype)
+    cross_bias = mask_to_bias(attention_mask(query_valid, encoder_valid_BxL), cfg.dtype)
+    for layer in self.layers:
+      y = layer(y, encoded_BxLxD, self_bias, cross_bias, logit_mask, enable_dropout, decode,
+                decode_position)
+    y = self.decoder_norm(y)
+    y = self.output_dropout(y, deterministic=not enable_dropout)
+    y = y * logit_mask
+    logits = self.logits_dense(y)
+    return _constrain(logits, ("batch", "length", "vocab"))
+
+
+class EncoderDecoder(nn.Module):
+  """T5 1.1: shared token embedder, encoder (optionally prompted), decoder with its own head."""
+  config: T5Config
+  prompt_factory: Optional[Callable[[], nn.Module]] = None
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype)
+    self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory)
+    self.decoder = Decoder(cfg, self.token_embedder)
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
+    return self.encoder(encoder_input_tokens, enable_dropout)
+
+  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
+             decode: bool = False, decode_position: Optional[Array] = None,
+             max_decode_length: Optional[int] = None) -> Array:
+    encoder_valid = self.encoder.valid_positions(encoder_input_tokens)
+    return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
+                        enable_dropout, decode, decode_position, max_decode_length)
+
+  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
+               decoder_target_tokens: Array, enable_dropout: bool = False) -> Array:
+    encoded = self.encode(encoder_input_tokens, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, enable_dropout)

@@ -1,0 +1,228 @@
+"""Soft prompts: the trainable [P, D] matrix, its initialisers, and how it joins the inputs.
+
+`PrefixPrompt` is what the T5 encoder calls with the embedded inputs (see `models/t5.py`); it owns
+a `Prompt` whose single parameter lives at `encoder/prompt/prompt/prompt`, as in the original
+implementation, so `.*prompt.*` selects it.
+
+Initialisers follow Flax's signature `(rng, shape, dtype) -> array` and are built by factories:
+
+  random_uniform(scale=0.5)                       U[-scale, scale] (the paper's "random")
+  sampled_vocab(embeddings, population_size=5000) rows of the embedding table's first N tokens
+  class_labels(embeddings, vocab, labels, ...)    mean embedding of each label's pieces, then fallback
+  from_string(embeddings, vocab, text, ...)       embeddings of a text's pieces, then fallback
+  from_array(array) / from_file(path)             a saved prompt (.npy, never unpickled)
+
+`get_initializer(name, **kwargs)` picks one by name for configs.
+"""
+import logging
+import os
+from typing import Callable, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+ArrayLike = Union[np.ndarray, jax.Array]
+PROMPT_AXES = ("prompt", "prompt_embed")
+
+
+class PromptInitError(ValueError):
+  """A prompt initialiser was given inputs it cannot use."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisers.
+
+
+def random_uniform(scale: float = 0.5) -> Initializer:
+  """U[-scale, scale]; the paper's random initialisation uses scale 0.5."""
+  def init(rng, shape, dtype=jnp.float32):
+    return jax.random.uniform(rng, shape, dtype, minval=-scale, maxval=scale)
+  return init
+
+
+def _check_embeddings(embeddings, shape):
+  embeddings = np.asarray(embeddings) if not isinstance(embeddings, jax.Array) else embeddings
+  if embeddings.ndim != 2:
+    raise PromptInitError(f"The embedding table must be 2-D [vocab, embed]; got {embeddings.shape}.")
+  if embeddings.shape[1] != shape[-1]:
+    raise PromptInitError(
+        f"Embedding width {embeddings.shape[1]} does not match the prompt's {shape[-1]} "
+        f"(prompt shape {tuple(shape)}).")
+  return embeddings
+
+
+def sampled_vocab(embeddings: ArrayLike, population_size: Optional[int] = 5000) -> Initializer:
+  """Rows sampled without replacement from the first `population_size` embeddings.
+
+  The T5 vocabulary is ordered by frequency, so the first 5,000 rows are common tokens.
+  `population_size=None` samples from the whole table.
+  """
+  def init(rng, shape, dtype=jnp.float32):
+    table = _check_embeddings(embeddings, shape)
+    population = table if population_size is None else table[:population_size]
+    if shape[0] > population.shape[0]:
+      raise PromptInitError(
+          f"Cannot sample {shape[0]} distinct rows from a population of {population.shape[0]}.")
+    rows = jax.random.choice(rng, jnp.asarray(population), (shape[0],), replace=False)
+    return rows.astype(dtype)
+  return init
+
+
+def _fill_rows(rows: np.ndarray, fallback: Initializer, rng, shape, dtype, what: str):
+  """Puts `rows` first and takes the remaining positions from `fallback(rng, shape)`."""
+  if len(rows) > shape[0]:
+    raise PromptInitError(
+        f"{len(rows)} {what} do not fit in a prompt of length {shape[0]}: use a longer prompt "
+        f"(PROMPT_LENGTH) or fewer {what}.")
+  base = fallback(rng, shape, dtype)
+  if len(rows) == 0:
+    return base
+  return jnp.concatenate([jnp.asarray(rows, dtype), base[len(rows):]], axis=0)
+
+
+def class_labels(embeddings: ArrayLike, vocab, labels: Sequence[str],
+                 fallback: Optional[Initializer] = None) -> Initializer:
+  """One prompt position per class label: the mean embedding of the label's sub-tokens.
+
+  Remaining positions come from `fallback` (default: `sampled_vocab(embeddings)`, the paper's
+  setting).
+  """
+  fallback = fallback or sampled_vocab(embeddings)
+
+  def init(rng, shape, dtype=jnp.float32):
+    table = _check_embeddings(embeddings, shape)
+    rows = []
+    for label in labels:
+      ids = list(vocab.encode(label))
+      if not ids:
+        raise PromptInitError(f"Class label {label!r} tokenises to no tokens; cannot embed it.")
+      rows.append(np.asarray(jnp.mean(jnp.asarray(table)[np.asarray(ids)], axis=0)))
+    return _fill_rows(np.stack(rows) if rows else np.zeros((0, shape[-1])), fallback, rng, shape,
+                      dtype, "class labels")
+  return init
+
+
+def from_string(embeddings: ArrayLike, vocab, text: str,
+                fallback: Optional[Initializer] = None) -> Initializer:
+  """The embeddings of `text`'s tokens fill the first positions (truncated with a warning)."""
+  fallback = fallback or sampled_vocab(embeddings)
+
+  def init(rng, shape, dtype=jnp.float32):
+    table = _check_embeddings(embeddings, shape)
+    ids = list(vocab.encode(text))
+    if not ids:
+      raise PromptInitError(f"Prompt text {text!r} tokenises to no tokens.")
+    if len(ids) > shape[0]:
+      logging.warning("Prompt text %r has %d tokens; keeping the first %d.", text, len(ids),
+                      shape[0])
+      ids = ids[:shape[0]]
+    rows = np.asarray(jnp.asarray(table)[np.asarray(ids)])
+    return _fill_rows(rows, fallback, rng, shape, dtype, "tokens")
+  return init
+
+
+def from_array(array: ArrayLike) -> Initializer:
+  """A fixed prompt, e.g. one trained before; its shape must match."""
+  array = np.asarray(array)
+
+  def init(rng, shape, dtype=jnp.float32):
+    del rng
+    if tuple(array.shape) != tuple(shape):
+      raise PromptInitError(
+          f"Saved prompt has shape {array.shape} but the model's prompt is {tuple(shape)} "
+          "[prompt_length, embed_dim]; set PROMPT_LENGTH to match or use another prompt.")
+    return jnp.asarray(array, dtype)
+  return init
+
+
+def load_npy(path: str) -> np.ndarray:
+  """Loads a `.npy` array without ever unpickling (saved prompts are plain float arrays)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Prompt/embedding file not found: {path}")
+  try:
+    return np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise PromptInitError(f"{path}: not a plain .npy array ({e}).") from e
+
+
+def from_file(path: str) -> Initializer:
+  """A prompt saved as `.npy` (e.g. `MODEL_DIR/numpy_checkpoints/.../prompt.npy`)."""
+  array = load_npy(path)
+  init = from_array(array)
+
+  def checked(rng, shape, dtype=jnp.float32):
+    try:
+      return init(rng, shape, dtype)
+    except PromptInitError as e:
+      raise PromptInitError(f"{path}: {e}") from None
+  return checked
+
+
+def load_embeddings(path: str) -> np.ndarray:
+  """The token embedding table [V, D] from a `.npy` file or a T5X checkpoint.
+
+  From a checkpoint only `token_embedder/embedding` is read, not the whole model.
+  """
+  path = os.fspath(path)
+  if path.endswith(".npy"):
+    return load_npy(path)
+  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  tree = checkpoints.load_t5x_checkpoint(path, regex="token_embedder/embedding")
+  return np.asarray(tree["token_embedder"]["embedding"])
+
+
+_FACTORIES = {
+    "random_uniform": random_uniform,
+    "sampled_vocab": sampled_vocab,
+    "class_labels": class_labels,
+    "from_string": from_string,
+    "from_array": from_array,
+    "from_file": from_file,
+}
+
+
+def get_initializer(name: str, **kwargs) -> Initializer:
+  """Builds an initialiser by name, e.g. `get_initializer('class_labels', embeddings=..., ...)`."""
+  if name not in _FACTORIES:
+    raise PromptInitError(
+        f"Unknown prompt initialiser {name!r}; choose one of {sorted(_FACTORIES)}.")
+  return _FACTORIES[name](**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# Modules.
+
+
+class Prompt(nn.Module):
+  """Owns the prompt parameter [length, embed_dim] (float32, whatever the activation dtype)."""
+  length: int
+  init: Initializer = random_uniform()
+
+  @nn.compact
+  def __call__(self, embed_dim: int) -> jax.Array:
+    return self.param("prompt", nn.with_logical_partitioning(self.init, PROMPT_AXES),
+                      (self.length, embed_dim), jnp.float32)
+
+
+class PrefixPrompt(nn.Module):
+  """Prepends the prompt to the embedded encoder inputs (the paper's setting).
+
+  Called by the encoder as `prompt(embedded_BxLxD, tokens_BxL)`; returns [B, P + L, D]. The
+  encoder treats the first `length` positions as always valid.
+  """
+  length: int
+  init: Initializer = random_uniform()
+
+  def setup(self):
+    self.prompt = Prompt(self.length, self.init)
+
+  def __call__(self, embedded_BxLxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    del tokens_BxL  # A prefix prompt is the same for every example.
+    batch, _, embed_dim = embedded_BxLxD.shape
+    prompt_PxD = self.prompt(embed_dim).astype(embedded_BxLxD.dtype)
+    prompt_BxPxD = jnp.broadcast_to(prompt_PxD, (batch,) + prompt_PxD.shape)
+    return jnp.concatenate([prompt_BxPxD, embedded_BxLxD], axis=1)
