@@ -39,8 +39,9 @@ FACTOR_RULES = {
 # Trainable / frozen split.
 
 
-def flatten(params: Params) -> dict[str, Any]:
-  return flax.traverse_util.flatten_dict(params, sep="/")
+def flatten(params: Params, is_leaf=None) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(params, sep="/", is_leaf=(
+      (lambda _, x: is_leaf(x)) if is_leaf else None))
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,10 +189,14 @@ def adafactor(learning_rate: Schedule = 0.3, *, decay_rate: float = 0.8, step_of
 
 
 def create_optimizer(name: str = "adafactor", learning_rate: Schedule = 0.3,
+                     param_axes: Optional[Params] = None,
                      **kwargs) -> optax.GradientTransformationExtraArgs:
-  """The optimizer by name, for gin: 'adafactor' (T5X semantics) or any `optax.<name>`."""
+  """The optimizer by name, for gin: 'adafactor' (T5X semantics) or any `optax.<name>`.
+
+  The trainer passes `param_axes` (logical axes of the trainable parameters) for factoring.
+  """
   if name == "adafactor":
-    return adafactor(learning_rate, **kwargs)
+    return adafactor(learning_rate, param_axes=param_axes, **kwargs)
   factory = getattr(optax, name, None)
   if factory is None:
     raise ValueError(f"Unknown optimizer {name!r}: use 'adafactor' or an optax optimizer name.")

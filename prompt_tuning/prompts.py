@@ -14,6 +14,7 @@ Initialisers follow Flax's signature `(rng, shape, dtype) -> array` and are buil
 
 `get_initializer(name, **kwargs)` picks one by name for configs.
 """
+import functools
 import logging
 import os
 from typing import Callable, Optional, Sequence, Union
@@ -93,13 +94,15 @@ def class_labels(embeddings: ArrayLike, vocab, labels: Sequence[str],
   fallback = fallback or sampled_vocab(embeddings)
 
   def init(rng, shape, dtype=jnp.float32):
-    table = _check_embeddings(embeddings, shape)
+    # Host-side numpy: the labels are static, and jnp ops here would be traced under
+    # `jax.jit(module.init)`, where converting their result to numpy fails.
+    table = np.asarray(_check_embeddings(embeddings, shape))
     rows = []
     for label in labels:
       ids = list(vocab.encode(label))
       if not ids:
         raise PromptInitError(f"Class label {label!r} tokenises to no tokens; cannot embed it.")
-      rows.append(np.asarray(jnp.mean(jnp.asarray(table)[np.asarray(ids)], axis=0)))
+      rows.append(table[np.asarray(ids)].mean(axis=0))
     return _fill_rows(np.stack(rows) if rows else np.zeros((0, shape[-1])), fallback, rng, shape,
                       dtype, "class labels")
   return init
@@ -111,7 +114,7 @@ def from_string(embeddings: ArrayLike, vocab, text: str,
   fallback = fallback or sampled_vocab(embeddings)
 
   def init(rng, shape, dtype=jnp.float32):
-    table = _check_embeddings(embeddings, shape)
+    table = np.asarray(_check_embeddings(embeddings, shape))  # Host-side, as in class_labels.
     ids = list(vocab.encode(text))
     if not ids:
       raise PromptInitError(f"Prompt text {text!r} tokenises to no tokens.")
@@ -119,8 +122,7 @@ def from_string(embeddings: ArrayLike, vocab, text: str,
       logging.warning("Prompt text %r has %d tokens; keeping the first %d.", text, len(ids),
                       shape[0])
       ids = ids[:shape[0]]
-    rows = np.asarray(jnp.asarray(table)[np.asarray(ids)])
-    return _fill_rows(rows, fallback, rng, shape, dtype, "tokens")
+    return _fill_rows(table[np.asarray(ids)], fallback, rng, shape, dtype, "tokens")
   return init
 
 
@@ -162,6 +164,7 @@ def from_file(path: str) -> Initializer:
   return checked
 
 
+@functools.lru_cache(maxsize=4)
 def load_embeddings(path: str) -> np.ndarray:
   """The token embedding table [V, D] from a `.npy` file or a T5X checkpoint.
 
@@ -206,6 +209,13 @@ class Prompt(nn.Module):
   def __call__(self, embed_dim: int) -> jax.Array:
     return self.param("prompt", nn.with_logical_partitioning(self.init, PROMPT_AXES),
                       (self.length, embed_dim), jnp.float32)
+
+
+def prefix_prompt_factory(length: int, init: Initializer = random_uniform()):
+  """What the encoder's `prompt_factory` takes: builds a fresh `PrefixPrompt` when called."""
+  if length <= 0:
+    raise PromptInitError(f"PROMPT_LENGTH must be positive; got {length}.")
+  return functools.partial(PrefixPrompt, length, init)
 
 
 class PrefixPrompt(nn.Module):

@@ -1,0 +1,118 @@
+"""Gin command lines the T5X way: `--gin_file` (repeatable), `--gin.NAME=VALUE`,
+`--gin_search_paths`, plus `--tfds_data_dir` and multi-host flags.
+
+The project's `configs/` folder (installed as `prompt_tuning/configs`) is always on the search
+path, so `--gin_file=runs/prompt_finetune.gin` and
+`--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin` both work.
+"""
+import argparse
+import os
+import pathlib
+from typing import Sequence
+
+import gin
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+if not CONFIGS_DIR.is_dir():  # Editable install or source checkout: configs/ is at the top.
+  CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+  """A configuration problem found before any compute."""
+
+
+def parse_args(argv: Sequence[str], description: str) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--gin_file", action="append", default=[],
+                      help="Gin file; repeatable, later files override earlier ones.")
+  parser.add_argument("--gin_search_paths", default="",
+                      help="Comma-separated folders where gin files and includes are looked up.")
+  parser.add_argument("--gin_bindings", action="append", default=[],
+                      help="A gin binding; `--gin.NAME=VALUE` is the short form.")
+  parser.add_argument("--tfds_data_dir", default=None, help="TFDS data directory.")
+  parser.add_argument("--coordinator_address", default=None,
+                      help="Multi-host: address of process 0 (host:port) for jax.distributed.")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  gin_args, rest = [], []
+  for arg in argv:  # `--gin.NAME=VALUE` becomes the binding `NAME = VALUE`.
+    if arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin."):].split("=", 1)
+      gin_args.append(f"{name} = {value}")
+    else:
+      rest.append(arg)
+  args = parser.parse_args(rest)
+  args.gin_bindings = list(args.gin_bindings) + gin_args
+  return args
+
+
+def search_paths(extra: str = "") -> list[str]:
+  paths = [p for p in extra.split(",") if p] + [os.getcwd(), str(CONFIGS_DIR),
+                                               str(CONFIGS_DIR.parent.parent)]
+  return list(dict.fromkeys(paths))
+
+
+def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_search_paths: str = ""):
+  """Parses files then bindings; an unknown file fails with the places that were searched."""
+  paths = search_paths(extra_search_paths)
+  for p in paths:
+    gin.add_config_file_search_path(p)
+  for f in gin_files:
+    if not any(os.path.exists(os.path.join(p, f)) for p in paths) and not os.path.exists(f):
+      raise ConfigError(f"Gin file {f!r} not found in {paths}. Available run configs: "
+                        f"{sorted(x.name for x in (CONFIGS_DIR / 'runs').glob('*.gin'))}.")
+  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+
+
+def require_macros(names: Sequence[str], run_file: str) -> None:
+  """Fails before any compute if a required macro is unset."""
+  missing = []
+  for name in names:
+    try:
+      value = gin.query_parameter(f"%{name}")
+    except ValueError:
+      missing.append(name)
+      continue
+    if value is gin.REQUIRED or repr(value) == "%gin.REQUIRED":
+      missing.append(name)
+  if missing:
+    raise ConfigError(
+        f"{run_file} needs these macros, which are not set: {missing}. Set each with "
+        f"--gin.NAME=VALUE, e.g. --gin.{missing[0]}=...")
+
+
+def macro(name: str, default=None):
+  try:
+    value = gin.query_parameter(f"%{name}")
+  except ValueError:
+    return default
+  if isinstance(value, gin.config.ConfigurableReference):
+    return default
+  return value
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+  """Multi-controller SPMD: every host runs the same program (jax.distributed)."""
+  if args.coordinator_address:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def setup(argv: Sequence[str], description: str,
+          required: Sequence[str] = ()) -> argparse.Namespace:
+  args = parse_args(argv, description)
+  if not args.gin_file:
+    raise ConfigError(f"Give at least one --gin_file (e.g. runs/prompt_finetune.gin); configs are "
+                      f"in {CONFIGS_DIR}.")
+  if args.tfds_data_dir:
+    import seqio  # pylint: disable=g-import-not-at-top
+    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
+  require_macros(required, args.gin_file[0])
+  vocab_path = macro("VOCAB_PATH")
+  if vocab_path:  # Before any task or prompt initialiser reads the vocabulary.
+    from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
+    vocab.set_default_vocab_path(vocab_path)
+  init_distributed(args)
+  return args
+

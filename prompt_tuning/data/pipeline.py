@@ -1,0 +1,119 @@
+"""From a SeqIO task or mixture to numpy batches: the one input path for train, eval and infer.
+
+`seqio.get_dataset` with the encoder-decoder feature converter (no packing: prompt tuning rejects
+it), sharded per host with `seqio.ShardInfo`, in a deterministic order for a seed. The position in
+the stream is a number of batches, saved in checkpoints; resuming skips that many batches.
+"""
+import dataclasses
+import difflib
+import importlib
+from typing import Iterator, Mapping, Optional, Sequence, Union
+
+import jax
+import numpy as np
+import seqio
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+  """What to read. `batch_size` is global; each host reads its share."""
+  mixture_or_task_name: str
+  task_feature_lengths: Mapping[str, int]
+  split: str = "train"
+  batch_size: int = 32
+  shuffle: bool = True
+  seed: Optional[int] = 42
+  use_cached: bool = False
+  module: Union[None, str, Sequence[str]] = None  # Modules that register tasks (imported first).
+
+
+def import_task_modules(modules: Union[None, str, Sequence[str]]) -> None:
+  """Imports the modules that register tasks, e.g. `--gin.MIXTURE_OR_TASK_MODULE=my_tasks`."""
+  if not modules:
+    return
+  for name in [modules] if isinstance(modules, str) else modules:
+    try:
+      importlib.import_module(name)
+    except ImportError as e:
+      raise ImportError(f"Could not import the task module {name!r} "
+                        f"(MIXTURE_OR_TASK_MODULE): {e}") from e
+
+
+def get_task(name: str, module: Union[None, str, Sequence[str]] = None):
+  """The registered task or mixture, or an error listing the closest registered names."""
+  import_task_modules(module)
+  try:
+    return seqio.get_mixture_or_task(name)
+  except ValueError:
+    names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+    hint = f" Closest registered names: {close}." if close else ""
+    raise ValueError(
+        f"Unknown task or mixture {name!r} (MIXTURE_OR_TASK_NAME).{hint} Tasks register when "
+        "their module is imported: pass it with --gin.MIXTURE_OR_TASK_MODULE=...") from None
+
+
+def check_feature_lengths(lengths: Mapping[str, int], prompt_length: int = 0,
+                          max_encoder_length: Optional[int] = None) -> None:
+  """Fails early, with the fix, on feature lengths the model cannot take."""
+  if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
+    raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'inputs': N, 'targets': M}}; got {lengths!r}.")
+  for k, v in lengths.items():
+    if not isinstance(v, int) or v <= 0:
+      raise ValueError(f"TASK_FEATURE_LENGTHS[{k!r}] must be a positive integer; got {v!r}.")
+  if max_encoder_length is not None and prompt_length + lengths["inputs"] > max_encoder_length:
+    raise ValueError(
+        f"The prompt ({prompt_length}) plus inputs ({lengths['inputs']}) make an encoder length "
+        f"of {prompt_length + lengths['inputs']}, over the maximum {max_encoder_length}: lower "
+        "TASK_FEATURE_LENGTHS['inputs'] or PROMPT_LENGTH.")
+
+
+def feature_converter() -> seqio.FeatureConverter:
+  return seqio.EncDecFeatureConverter(pack=False)
+
+
+def shard_info() -> seqio.ShardInfo:
+  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def host_batch_size(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"BATCH_SIZE {global_batch_size} is not divisible by the "
+                     f"{jax.process_count()} hosts.")
+  return global_batch_size // jax.process_count()
+
+
+def train_batches(cfg: DatasetConfig, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Endless host-local batches; `skip_batches` resumes the stream where a checkpoint left it."""
+  get_task(cfg.mixture_or_task_name, cfg.module)
+  ds = seqio.get_dataset(
+      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
+      dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=None, seed=cfg.seed,
+      use_cached=cfg.use_cached, shard_info=shard_info(),
+      feature_converter=feature_converter())
+  ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=True)
+  if skip_batches:
+    ds = ds.skip(skip_batches)
+  return ds.as_numpy_iterator()
+
+
+def padded_batches(ds, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+  """Batches of an enumerated `(index, features)` dataset; the last is padded with copies.
+
+  Yields (indices, batch) where padded rows have index -1, so results can be dropped.
+  """
+  items = []
+  for index, features in ds.as_numpy_iterator():
+    items.append((index, features))
+    if len(items) == batch_size:
+      yield _stack(items, batch_size)
+      items = []
+  if items:
+    yield _stack(items, batch_size)
+
+
+def _stack(items, batch_size):
+  indices = np.full((batch_size,), -1, np.int64)
+  indices[:len(items)] = [i for i, _ in items]
+  rows = [f for _, f in items] + [items[-1][1]] * (batch_size - len(items))
+  return indices, {k: np.stack([r[k] for r in rows]) for k in rows[0]}

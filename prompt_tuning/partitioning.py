@@ -1,0 +1,72 @@
+"""Where arrays live: a `data` x `model` device mesh and logical-axis rules, as T5X's partitioner.
+
+Parameters and activations carry logical axis names (`embed`, `mlp`, `heads`, ...; see
+`models/t5.py`); the rules below map them to mesh axes in one place. `num_partitions` is the size
+of the `model` axis (model parallelism); the rest of the devices form the `data` axis. The same
+code runs on one CPU, 8 forced host devices, a GPU, or a multi-host TPU slice.
+"""
+import contextlib
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# T5X's standard rules (1-D parameter partitioning) plus prompt tuning's: prompts are replicated.
+DEFAULT_RULES = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("embed", None),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("joined_kv", "model"),
+    ("relpos_buckets", None),
+    ("length", None),
+    ("prompt", None),
+    ("prompt_embed", None),
+)
+
+
+class Partitioner:
+  """Builds the mesh and turns logical specs into shardings."""
+
+  def __init__(self, num_partitions: int = 1, logical_axis_rules: Sequence = DEFAULT_RULES,
+               devices: Optional[Sequence[jax.Device]] = None):
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    if devices.size % num_partitions:
+      raise ValueError(f"num_partitions={num_partitions} does not divide the {devices.size} "
+                       "devices.")
+    self.mesh = Mesh(devices.reshape(-1, num_partitions), ("data", "model"))
+    self.rules = tuple(tuple(r) for r in logical_axis_rules)
+
+  @property
+  def data_parallel_size(self) -> int:
+    return self.mesh.shape["data"]
+
+  @contextlib.contextmanager
+  def activation_rules(self):
+    """Context in which `nn.with_logical_constraint` inside the model takes effect."""
+    with jax.sharding.use_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+      yield
+
+  def sharding(self, logical_spec) -> NamedSharding:
+    return NamedSharding(self.mesh, nn.logical_to_mesh_axes(logical_spec, self.rules))
+
+  def param_shardings(self, boxed_params: Any) -> Any:
+    """Shardings for a tree of `nn.LogicallyPartitioned` params (from `model.init`)."""
+    specs = nn.get_partition_spec(boxed_params)
+    return jax.tree.map(self.sharding, specs, is_leaf=lambda x: isinstance(x, P))
+
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  def data_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data"))
+
+  def shard_batch(self, host_batch: dict) -> dict:
+    """Assembles each host's slice of the batch into global arrays split over `data`."""
+    sharding = self.data_sharding()
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in host_batch.items()}

@@ -1,0 +1,223 @@
+"""The training loop: state, jitted steps, metrics, evaluation and checkpoints.
+
+The path of one batch: `pipeline.train_batches` (SeqIO task -> host numpy batch) ->
+`partitioner.shard_batch` (global jax arrays split over `data`) -> `train_step` (gradient of
+`model.loss_fn` with respect to the *trainable* subset only, T5X Adafactor update) ->
+`save_checkpoint` (trainable state, optimizer state, step, input position; the frozen backbone is
+always re-read from `INITIAL_CHECKPOINT_PATH`).
+"""
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prompt_tuning import checkpoints
+from prompt_tuning import optim
+from prompt_tuning import partitioning
+from prompt_tuning.data import pipeline
+
+Params = Mapping[str, Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # Global step: starts at the initial checkpoint's step, as in T5X.
+  params: Params  # Trainable parameters only.
+  opt_state: Any  # Optimizer state for the trainable parameters only.
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  """What is saved and how often. `save_mode='full'` saves every parameter (model tuning)."""
+  period: int = 1000
+  keep: Optional[int] = None
+  save_mode: str = "trainable"
+  export_numpy: bool = True
+
+
+# ------------------------------------------------------------------------------------------------
+# Initialisation and restore.
+
+
+def _is_axes(x) -> bool:
+  return isinstance(x, tuple)
+
+
+def _select(flat: Mapping[str, Any], patterns: Sequence[str], keep: bool) -> dict[str, Any]:
+  return {k: v for k, v in flat.items() if optim.is_trainable(k, patterns) == keep}
+
+
+class Trainer:
+  """Holds the model, optimizer and partitioner, and the jitted functions built from them."""
+
+  def __init__(self, model, optimizer_factory: Callable[..., optax.GradientTransformation],
+               partitioner: partitioning.Partitioner,
+               trainable_patterns: Sequence[str] = optim.PROMPT_PATTERNS,
+               init_from_scratch_patterns: Optional[Sequence[str]] = None,
+               input_shapes: Mapping[str, int] = None, seed: int = 0):
+    self.model = model
+    self.partitioner = partitioner
+    self.trainable_patterns = tuple(trainable_patterns)
+    # Parameters never read from the initial checkpoint (the prompt, for prompt tuning).
+    self.scratch_patterns = tuple(init_from_scratch_patterns if init_from_scratch_patterns
+                                  is not None else optim.PROMPT_PATTERNS)
+    self.rng = jax.random.PRNGKey(seed)
+    shapes = dict(input_shapes or {"inputs": 8, "targets": 4})
+    boxed = jax.eval_shape(lambda r: model.get_initial_variables(
+        r, 1, shapes["inputs"], shapes["targets"])["params"], self.rng)
+    self.abstract_params = nn.unbox(boxed)
+    self.param_axes = jax.tree.map(lambda s: tuple(s), nn.get_partition_spec(boxed),
+                                   is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    self.param_shardings = partitioner.param_shardings(boxed)
+    flat = optim.flatten(self.abstract_params)
+    if not _select(flat, self.trainable_patterns, True):
+      raise ValueError(f"No parameter matches the trainable patterns {self.trainable_patterns}; "
+                       f"names look like {sorted(flat)[:4]}.")
+    trainable_axes = optim.unflatten(_select(optim.flatten(self.param_axes, is_leaf=_is_axes),
+                                             self.trainable_patterns, True))
+    self.optimizer = optimizer_factory(param_axes=trainable_axes)
+    self._train_step = None
+
+  # -- state -------------------------------------------------------------------------------------
+
+  def _split(self, tree):
+    flat = optim.flatten(tree)
+    return (optim.unflatten(_select(flat, self.trainable_patterns, True)),
+            optim.unflatten(_select(flat, self.trainable_patterns, False)))
+
+  def _shardings_of(self, tree):
+    flat = optim.flatten(self.param_shardings)
+    return optim.unflatten({k: flat[k] for k in optim.flatten(tree)})
+
+  def init_scratch_params(self, rng) -> dict:
+    """Initialises only the parameters not read from a checkpoint (XLA drops the rest)."""
+    flat_abstract = optim.flatten(self.abstract_params)
+    scratch = optim.unflatten(_select(flat_abstract, self.scratch_patterns, True))
+    if not scratch:
+      return {}
+
+    def init(r):
+      params = nn.unbox(self.model.get_initial_variables(r)["params"])
+      flat = optim.flatten(params)
+      return optim.unflatten({k: flat[k] for k in optim.flatten(scratch)})
+    return jax.jit(init, out_shardings=self._shardings_of(scratch))(rng)
+
+  def load_initial_params(self, initial_checkpoint_path: Optional[str]) -> tuple[dict, int]:
+    """(all parameters, global step): backbone from the checkpoint, the rest from scratch."""
+    scratch = self.init_scratch_params(self.rng)
+    if not initial_checkpoint_path:
+      logging.warning("No INITIAL_CHECKPOINT_PATH: every parameter starts from scratch.")
+      params = jax.jit(lambda r: nn.unbox(self.model.get_initial_variables(r)["params"]),
+                       out_shardings=self.param_shardings)(self.rng)
+      return params, 0
+    scratch_flat = optim.flatten(scratch)
+    regex = None
+    if scratch_flat:  # Read everything except the parameters initialised from scratch.
+      regex = "(?!(" + "|".join(f"(?:{p})" for p in self.scratch_patterns) + ")$).*"
+    loaded = checkpoints.load_t5x_checkpoint(initial_checkpoint_path, regex=regex,
+                                             shardings=self.param_shardings, dtype=jnp.float32)
+    loaded_all = optim.unflatten({**optim.flatten(loaded), **scratch_flat})
+    checkpoints.check_against(self.abstract_params, loaded_all)
+    return loaded_all, checkpoints.read_step(initial_checkpoint_path)
+
+  def create_state(self, params: Params, step: int) -> tuple[TrainState, dict]:
+    trainable, frozen = self._split(params)
+    opt_state = jax.jit(self.optimizer.init)(trainable)
+    state = TrainState(step=jnp.asarray(step, jnp.int32), params=trainable, opt_state=opt_state)
+    return state, frozen
+
+  # -- steps -------------------------------------------------------------------------------------
+
+  def train_step(self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step; only the trainable parameters are differentiated and updated."""
+    if self._train_step is None:
+      def step_fn(state, frozen, batch, rng):
+        dropout_rng = jax.random.fold_in(rng, state.step)
+
+        def loss_fn(trainable):
+          return self.model.loss_fn(optim.merge_params(trainable, frozen), batch, dropout_rng)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params,
+                                                   step=state.step)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, loss=loss)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+      self._train_step = jax.jit(step_fn, donate_argnums=(0,))
+    with self.partitioner.activation_rules():
+      return self._train_step(state, frozen, batch, self.rng)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints of the train state.
+
+
+def _npy_name(path: str) -> str:
+  return path.replace("/", ".") + ".npy"
+
+
+def save_checkpoint(model_dir: str, state: TrainState, frozen: Params, input_position: int,
+                    cfg: CheckpointConfig, protected_steps: Sequence[int] = ()) -> str:
+  """Writes `MODEL_DIR/checkpoint_<step>` atomically, the numpy export, and prunes old ones.
+
+  `input_position` is the number of batches consumed, so a restart resumes the data stream.
+  """
+  step = int(state.step)
+  target = state.params if cfg.save_mode == "trainable" else optim.merge_params(state.params,
+                                                                              frozen)
+  extra = {"opt_state": flax.serialization.to_state_dict(state.opt_state),
+           "input_position": np.asarray(input_position, np.int64)}
+  path = os.path.join(model_dir, f"checkpoint_{step}")
+  if not os.path.exists(path):
+    checkpoints.save_t5x_checkpoint(path, jax.device_get(target), step=step, state=extra)
+  if cfg.export_numpy and jax.process_index() == 0:
+    out = os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}")
+    os.makedirs(out, exist_ok=True)
+    for name, value in optim.flatten(jax.device_get(state.params)).items():
+      np.save(os.path.join(out, _npy_name(name)), np.asarray(value))
+  if cfg.keep and jax.process_index() == 0:
+    steps = checkpoints.all_checkpoint_steps(model_dir)
+    for old in steps[:-cfg.keep]:
+      if old not in protected_steps:
+        shutil.rmtree(os.path.join(model_dir, f"checkpoint_{old}"), ignore_errors=True)
+        shutil.rmtree(os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{old}"),
+                      ignore_errors=True)
+  return path
+
+
+def restore_checkpoint(trainer: Trainer, path: str, state: TrainState, frozen: Params
+                       ) -> tuple[TrainState, Params, int]:
+  """Combines the frozen backbone already loaded with the trainable state saved at `path`."""
+  target = checkpoints.load_t5x_checkpoint(path, shardings=trainer.param_shardings)
+  flat_target = optim.flatten(target)
+  trainable_flat = optim.flatten(state.params)
+  missing = sorted(set(trainable_flat) - set(flat_target))
+  if missing:
+    raise checkpoints.CheckpointError(
+        f"{path}: trainable parameters missing from the checkpoint: {missing}. Was it written "
+        "with other trainable patterns?")
+  params = optim.unflatten({k: flat_target[k] for k in trainable_flat})
+  checkpoints.check_against(state.params, params)
+  frozen_flat = optim.flatten(frozen)
+  if any(k in frozen_flat for k in flat_target):  # A full-model checkpoint.
+    frozen = optim.unflatten({k: flat_target.get(k, v) for k, v in frozen_flat.items()})
+  saved = checkpoints.load_state(path)
+  extra = saved["param_states"]
+  opt_state = flax.serialization.from_state_dict(state.opt_state, extra["opt_state"])
+  opt_state = jax.tree.map(lambda t, v: jax.device_put(np.asarray(v, t.dtype), t.sharding),
+                           state.opt_state, opt_state)
+  state = TrainState(step=jnp.asarray(int(saved["step"]), jnp.int32), params=params,
+                     opt_state=opt_state)
+  return state, frozen, int(extra["input_position"])
