@@ -6,6 +6,7 @@ path, so `--gin_file=runs/prompt_finetune.gin` and
 `--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin` both work.
 """
 import argparse
+import logging
 import os
 import pathlib
 from typing import Sequence
@@ -46,9 +47,17 @@ def parse_args(argv: Sequence[str], description: str) -> argparse.Namespace:
   return args
 
 
+def setup_logging():
+  """INFO logs for the run, without gin's noise about each search path it tried."""
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(lambda r: f"{os.sep}gin{os.sep}" not in r.pathname)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 def search_paths(extra: str = "") -> list[str]:
-  paths = [p for p in extra.split(",") if p] + [os.getcwd(), str(CONFIGS_DIR),
-                                               str(CONFIGS_DIR.parent.parent)]
+  paths = [str(CONFIGS_DIR)] + [p for p in extra.split(",") if p] + [
+      os.getcwd(), str(CONFIGS_DIR.parent.parent)]
   return list(dict.fromkeys(paths))
 
 

@@ -111,13 +111,20 @@ def run(model, trainer, task_feature_lengths: Mapping[str, int], output_file: st
   return n
 
 
+def _self():
+  # Under `python -m`, this file runs as `__main__`; gin registered the importable module's
+  # functions, so look them up there.
+  import prompt_tuning.infer as module  # pylint: disable=g-import-not-at-top
+  return module
+
+
 def main(argv=None):
   config.setup(sys.argv[1:] if argv is None else argv, __doc__, REQUIRED)
-  gin.get_configurable(run)()
+  gin.get_configurable(_self().run)()
 
 
 def console_main():
-  logging.basicConfig(level=logging.INFO)
+  config.setup_logging()
   main()
 
 

@@ -48,7 +48,7 @@ class Partitioner:
   @contextlib.contextmanager
   def activation_rules(self):
     """Context in which `nn.with_logical_constraint` inside the model takes effect."""
-    with jax.sharding.use_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
 
   def sharding(self, logical_spec) -> NamedSharding:
