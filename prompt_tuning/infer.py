@@ -83,13 +83,12 @@ def run(model, trainer, task_feature_lengths: Mapping[str, int], output_file: st
   else:
     task = pipeline.get_task(mixture_or_task_name, mixture_or_task_module)
     vocab = task.output_features["targets"].vocabulary
-    raw = seqio.get_dataset(mixture_or_task_name, dict(task_feature_lengths), split,
-                            shuffle=False, num_epochs=1, feature_converter=None)
+    raw = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False,
+                           num_epochs=1)
     examples = list(raw.as_numpy_iterator())
     texts = [vocab.decode(list(e["inputs"])) for e in examples]
     targets = [vocab.decode(list(e["targets"])) for e in examples]
     ds = pipeline.feature_converter()(raw, dict(task_feature_lengths)).enumerate()
-    ds = ds.map(lambda i, f: (i, f))
   predict = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b))
   n = 0
   os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
