@@ -188,8 +188,8 @@ def _binary_name(value: Any) -> Any:
 
 
 def _copa_name(value: Any) -> Any:
-  """COPA labels: 0 -> choice1, 1 -> choice2."""
-  if not isinstance(value, bool) and value in (0, 1):
+  """COPA labels: 0 -> choice1, 1 -> choice2 (integers only)."""
+  if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
     return ("choice1", "choice2")[value]
   return value
 
@@ -355,8 +355,11 @@ def dataset_from_examples(examples: Sequence[Mapping[str, Any]],
   return tf.data.Dataset.from_generator(generate, output_signature=dict(signature))
 
 
-class JsonlDataSource(seqio.FunctionDataSource):
-  """Local files read in Python by `read_fn(path, split) -> examples`."""
+class CheckedFileDataSource(seqio.FunctionDataSource):
+  """Files read and checked in Python by `read_fn(path, split) -> examples`.
+
+  Paths may be local or anything `tf.io.gfile` opens (e.g. gs://), and glob patterns.
+  """
 
   def __init__(self, files_by_split: Mapping[str, Sequence[str] | str],
                read_fn: Callable[[str, str], list[dict[str, Any]]],
@@ -365,6 +368,7 @@ class JsonlDataSource(seqio.FunctionDataSource):
                       for s, p in files_by_split.items()}
     self._read_fn = read_fn
     self._signature = signature
+    self._num_examples = {}  # split -> count from the last read (mixing rates ask often).
     super().__init__(dataset_fn=self._dataset_fn, splits=list(self._patterns))
 
   def files(self, split: str) -> list[str]:
@@ -378,7 +382,9 @@ class JsonlDataSource(seqio.FunctionDataSource):
     return paths
 
   def read(self, split: str) -> list[dict[str, Any]]:
-    return [ex for path in self.files(split) for ex in self._read_fn(path, split)]
+    examples = [ex for path in self.files(split) for ex in self._read_fn(path, split)]
+    self._num_examples[split] = len(examples)
+    return examples
 
   def _dataset_fn(self, split: str, shuffle_files: bool,
                   seed: Optional[int] = None) -> tf.data.Dataset:
@@ -386,7 +392,9 @@ class JsonlDataSource(seqio.FunctionDataSource):
     return dataset_from_examples(self.read(split), self._signature)
 
   def num_input_examples(self, split: str) -> Optional[int]:
-    return len(self.read(split))
+    if split not in self._num_examples:
+      self.read(split)
+    return self._num_examples[split]
 
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self._patterns})"
@@ -420,9 +428,9 @@ def super_glue_source(config: str, source: str = "tfds", data_dir: Optional[str]
     if not data_dir:
       raise ValueError("source='jsonl' needs data_dir (the folder holding BoolQ/, CB/, ...).")
     files = super_glue_jsonl_files(config, data_dir)
-    return JsonlDataSource({s: files[s] for s in splits},
-                           functools.partial(read_super_glue_jsonl, config),
-                           super_glue_signature(config))
+    return CheckedFileDataSource({s: files[s] for s in splits},
+                                 functools.partial(read_super_glue_jsonl, config),
+                                 super_glue_signature(config))
   raise ValueError(f"source must be 'tfds' or 'jsonl', got {source!r}.")
 
 
@@ -433,7 +441,17 @@ def glue_source(config: str, splits: Sequence[str],
                               tfds_data_dir=data_dir, splits=list(splits))
 
 
-def rate_num_examples(fallback_num_examples: Mapping[str, float]) -> Callable[[seqio.Task], float]:
+def tokenize_and_append_eos() -> list[Callable[..., tf.data.Dataset]]:
+  """The steps after text formatting, shared by every task (as in T5)."""
+  return [
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      seqio.preprocessors.append_eos_after_trim,
+  ]
+
+
+def rate_num_examples(
+    fallback_num_examples: Mapping[str, float]) -> Callable[[seqio.Task], float]:
   """Mixing rate = number of training examples, from the data when it is there.
 
   `seqio.mixing_rate_num_examples` needs the data (or TFDS metadata) of each task. When
@@ -559,17 +577,8 @@ def register_text_task(
     seqio.TaskRegistry.remove(name)
   return seqio.TaskRegistry.add(
       name,
-      source=JsonlDataSource(path_pattern_by_split, read_fn, TEXT_TASK_SIGNATURE),
+      source=CheckedFileDataSource(path_pattern_by_split, read_fn, TEXT_TASK_SIGNATURE),
       preprocessors=tokenize_and_append_eos(),
       output_features=vocab.get_output_features(),
       postprocess_fn=postprocess_fn,
       metric_fns=metric_fns)
-
-
-def tokenize_and_append_eos() -> list[Callable[..., tf.data.Dataset]]:
-  """The steps after text formatting, shared by every task (as in T5)."""
-  return [
-      seqio.preprocessors.tokenize,
-      seqio.CacheDatasetPlaceholder(),
-      seqio.preprocessors.append_eos_after_trim,
-  ]
