@@ -90,6 +90,16 @@ def require_macros(names: Sequence[str], run_file: str) -> None:
         f"--gin.NAME=VALUE, e.g. --gin.{missing[0]}=...")
 
 
+def check_task_feature_lengths(lengths) -> None:
+  """Fails before any compute (and before gin builds the trainer) on malformed lengths."""
+  from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    pipeline.check_feature_lengths(lengths)
+  except ValueError as e:
+    raise ConfigError(f"{e} Set it with e.g. "
+                      "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\".") from None
+
+
 def macro(name: str, default=None):
   try:
     value = gin.query_parameter(f"%{name}")
@@ -117,7 +127,12 @@ def setup(argv: Sequence[str], description: str,
     import seqio  # pylint: disable=g-import-not-at-top
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
   parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
-  require_macros(required, args.gin_file[0])
+  # Name the run config (runs/*.gin) in messages, not the model file that usually comes first.
+  run_file = next((f for f in reversed(args.gin_file) if "runs/" in f), args.gin_file[-1])
+  require_macros(required, run_file)
+  lengths = macro("TASK_FEATURE_LENGTHS") if "TASK_FEATURE_LENGTHS" in required else None
+  if lengths is not None:  # None: not required, or a reference that gin resolves later.
+    check_task_feature_lengths(lengths)
   vocab_path = macro("VOCAB_PATH")
   if vocab_path:  # Before any task or prompt initialiser reads the vocabulary.
     from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
