@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from prompt_tuning import checkpoints
 from prompt_tuning import optim
@@ -134,9 +135,29 @@ class Trainer:
 
   def create_state(self, params: Params, step: int) -> tuple[TrainState, dict]:
     trainable, frozen = self._split(params)
-    opt_state = jax.jit(self.optimizer.init)(trainable)
+    opt_state = jax.jit(self.optimizer.init,
+                        out_shardings=self.opt_state_shardings(trainable))(trainable)
     state = TrainState(step=jnp.asarray(step, jnp.int32), params=trainable, opt_state=opt_state)
     return state, frozen
+
+  def opt_state_shardings(self, trainable: Params) -> Any:
+    """Optimizer slots shaped like their parameter are sharded like it; the rest replicated.
+
+    (Left to itself, jit puts the all-zero initial slots on one device.) A slot belongs to the
+    parameter whose path its dict keys spell, e.g. Adafactor's `v/<param path>` or Adam's
+    `mu/<param path>`; factored rows/columns and counters are small and replicated.
+    """
+    flat = optim.flatten(trainable)
+    flat_shardings = optim.flatten(self._shardings_of(trainable))
+    replicated = self.partitioner.replicated()
+
+    def sharding(path, slot):
+      name = "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+      if name in flat and tuple(flat[name].shape) == tuple(slot.shape):
+        return flat_shardings[name]
+      return replicated
+    return jax.tree_util.tree_map_with_path(sharding, jax.eval_shape(self.optimizer.init,
+                                                                     trainable))
 
   # -- steps -------------------------------------------------------------------------------------
 
@@ -168,6 +189,15 @@ def _npy_name(path: str) -> str:
   return path.replace("/", ".") + ".npy"
 
 
+def _to_host(tree: Params) -> dict[str, np.ndarray]:
+  """Flat numpy copy; arrays split over several processes are gathered (a collective)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return {k: get(v) for k, v in optim.flatten(tree).items()}
+
+
 def save_checkpoint(model_dir: str, state: TrainState, frozen: Params, input_position: int,
                     cfg: CheckpointConfig, protected_steps: Sequence[int] = ()) -> str:
   """Writes `MODEL_DIR/checkpoint_<step>` atomically, the numpy export, and prunes old ones.
@@ -180,13 +210,20 @@ def save_checkpoint(model_dir: str, state: TrainState, frozen: Params, input_pos
   extra = {"opt_state": flax.serialization.to_state_dict(state.opt_state),
            "input_position": np.asarray(input_position, np.int64)}
   path = os.path.join(model_dir, f"checkpoint_{step}")
-  if not os.path.exists(path):
-    checkpoints.save_t5x_checkpoint(path, jax.device_get(target), step=step, state=extra)
-  if cfg.export_numpy and jax.process_index() == 0:
-    out = os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}")
-    os.makedirs(out, exist_ok=True)
-    for name, value in optim.flatten(jax.device_get(state.params)).items():
-      np.save(os.path.join(out, _npy_name(name)), np.asarray(value))
+  # Multi-host: every process calls this. Process 0's view decides, so all take part in the
+  # gathers of arrays split over processes (in save_t5x_checkpoint and _to_host) or none does.
+  exists = os.path.exists(path)
+  if jax.process_count() > 1:
+    exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
+  if not exists:
+    checkpoints.save_t5x_checkpoint(path, target, step=step, state=extra)
+  if cfg.export_numpy:
+    host_params = _to_host(state.params)
+    if jax.process_index() == 0:
+      out = os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}")
+      os.makedirs(out, exist_ok=True)
+      for name, value in host_params.items():
+        np.save(os.path.join(out, _npy_name(name)), value)
   if cfg.keep and jax.process_index() == 0:
     steps = checkpoints.all_checkpoint_steps(model_dir)
     for old in steps[:-cfg.keep]:
@@ -194,6 +231,8 @@ def save_checkpoint(model_dir: str, state: TrainState, frozen: Params, input_pos
         shutil.rmtree(os.path.join(model_dir, f"checkpoint_{old}"), ignore_errors=True)
         shutil.rmtree(os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{old}"),
                       ignore_errors=True)
+  if jax.process_count() > 1:  # Nobody reads it (restore, evaluation) before process 0 is done.
+    multihost_utils.sync_global_devices(f"save_checkpoint {path}")
   return path
 
 
