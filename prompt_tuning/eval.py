@@ -6,7 +6,6 @@ Used during training (every `EVAL_PERIOD` steps) and as an entry point:
     --gin.MIXTURE_OR_TASK_NAME=... --gin.CHECKPOINT_PATH=MODEL_DIR/checkpoint_N ...
 """
 import json
-import logging
 import os
 import sys
 from typing import Any, Mapping, Optional

@@ -15,7 +15,6 @@ from typing import Mapping, Optional
 import gin
 import jax
 import numpy as np
-import seqio
 import tensorflow as tf
 
 from prompt_tuning import config

@@ -7,12 +7,9 @@ The path of one batch: `pipeline.train_batches` (SeqIO task -> host numpy batch)
 always re-read from `INITIAL_CHECKPOINT_PATH`).
 """
 import dataclasses
-import json
 import logging
 import os
-import re
 import shutil
-import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax
@@ -27,7 +24,6 @@ from jax.experimental import multihost_utils
 from prompt_tuning import checkpoints
 from prompt_tuning import optim
 from prompt_tuning import partitioning
-from prompt_tuning.data import pipeline
 
 Params = Mapping[str, Any]
 
@@ -137,7 +133,7 @@ class Trainer:
     trainable, frozen = self._split(params)
     opt_state = jax.jit(self.optimizer.init,
                         out_shardings=self.opt_state_shardings(trainable))(trainable)
-    state = TrainState(step=jnp.asarray(step, jnp.int32), params=trainable, opt_state=opt_state)
+    state = TrainState(step=self.global_step(step), params=trainable, opt_state=opt_state)
     return state, frozen
 
   def opt_state_shardings(self, trainable: Params) -> Any:
@@ -161,6 +157,9 @@ class Trainer:
 
   # -- steps -------------------------------------------------------------------------------------
 
+  def global_step(self, step: int) -> jax.Array:
+    return jax.device_put(jnp.asarray(step, jnp.int32), self.partitioner.replicated())
+
   def train_step(self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]
                  ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step; only the trainable parameters are differentiated and updated."""
@@ -176,7 +175,10 @@ class Trainer:
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
-      self._train_step = jax.jit(step_fn, donate_argnums=(0,))
+      # The new state keeps the layout of the old one, so the step compiles once.
+      state_shardings = jax.tree.map(lambda x: x.sharding, state)
+      self._train_step = jax.jit(step_fn, donate_argnums=(0,), out_shardings=(
+          state_shardings, self.partitioner.replicated()))
     with self.partitioner.activation_rules():
       return self._train_step(state, frozen, batch, self.rng)
 
@@ -257,6 +259,6 @@ def restore_checkpoint(trainer: Trainer, path: str, state: TrainState, frozen: P
   opt_state = flax.serialization.from_state_dict(state.opt_state, extra["opt_state"])
   opt_state = jax.tree.map(lambda t, v: jax.device_put(np.asarray(v, t.dtype), t.sharding),
                            state.opt_state, opt_state)
-  state = TrainState(step=jnp.asarray(int(saved["step"]), jnp.int32), params=params,
+  state = TrainState(step=trainer.global_step(int(saved["step"])), params=params,
                      opt_state=opt_state)
   return state, frozen, int(extra["input_position"])
