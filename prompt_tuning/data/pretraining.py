@@ -1,0 +1,117 @@
+"""T5's pretraining objectives as pure numpy functions over token arrays.
+
+* Span corruption (T5): ~15% of the tokens, in spans of mean length 3, are cut out; the
+  inputs keep the rest with one sentinel per cut span, the targets list each sentinel followed
+  by the tokens it replaced. Sentinels are the extra ids counting down from the end of the
+  vocabulary (`<extra_id_0>` = vocab_size - 1), as in T5 and seqio.
+* Prefix LM (T5 1.1 "LM adaptation"): the text is split at a random point; the inputs are the
+  prefix, the targets the rest.
+
+Inputs and targets carry no EOS; `encoder_decoder_batch` appends it and pads, giving the
+batch the model's `loss_fn` takes (what seqio's EncDecFeatureConverter would produce).
+"""
+from typing import Sequence
+
+import numpy as np
+
+EOS_ID = 1
+
+
+def _random_segmentation(rng: np.random.Generator, num_items: int,
+                         num_segments: int) -> np.ndarray:
+  """Lengths of `num_segments` non-empty segments of `num_items` items, uniformly at random."""
+  first = np.zeros(num_items, bool)
+  first[1 + rng.permutation(num_items - 1)[:num_segments - 1]] = True
+  segment_id = np.cumsum(first)
+  return np.bincount(segment_id, minlength=num_segments)
+
+
+def random_spans_noise_mask(length: int, rng: np.random.Generator,
+                            noise_density: float = 0.15,
+                            mean_noise_span_length: float = 3.0) -> np.ndarray:
+  """T5's noise mask: True where a token is noise; starts with a non-noise span."""
+  num_noise = int(np.clip(round(length * noise_density), 1, length - 1))
+  num_spans = max(1, int(round(num_noise / mean_noise_span_length)))
+  num_spans = min(num_spans, num_noise, length - num_noise)
+  noise_lengths = _random_segmentation(rng, num_noise, num_spans)
+  keep_lengths = _random_segmentation(rng, length - num_noise, num_spans)
+  mask = np.zeros(length, bool)
+  start = 0
+  for keep, noise in zip(keep_lengths, noise_lengths):
+    start += keep
+    mask[start:start + noise] = True
+    start += noise
+  return mask
+
+
+def sentinel_id(vocab_size: int, index: int) -> int:
+  """`<extra_id_{index}>`: extra ids count down from the end of the vocabulary."""
+  return vocab_size - 1 - index
+
+
+def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, vocab_size: int) -> np.ndarray:
+  """Each run of masked tokens becomes one sentinel, numbered in order of appearance."""
+  starts = mask & ~np.concatenate([[False], mask[:-1]])
+  sentinels = vocab_size - np.cumsum(starts)  # First span: vocab_size - 1.
+  out = np.where(starts, sentinels, tokens)
+  return out[~mask | starts]
+
+
+def span_corruption(tokens: Sequence[int], rng: np.random.Generator, vocab_size: int,
+                    noise_density: float = 0.15,
+                    mean_noise_span_length: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+  """(inputs, targets) of T5's span corruption of `tokens` (needs at least 2 tokens).
+
+  `vocab_size` is the vocabulary's size including its extra ids (seqio's `vocab_size`), not
+  the model's padded embedding size.
+  """
+  tokens = np.asarray(tokens, np.int32)
+  mask = random_spans_noise_mask(len(tokens), rng, noise_density, mean_noise_span_length)
+  return (_spans_to_sentinels(tokens, mask, vocab_size),
+          _spans_to_sentinels(tokens, ~mask, vocab_size))
+
+
+def uncorrupt(inputs: Sequence[int], targets: Sequence[int], vocab_size: int,
+              num_extra_ids: int = 100) -> np.ndarray:
+  """The original tokens from span corruption's (inputs, targets): each sentinel in the
+  inputs is replaced by what follows the same sentinel in the targets."""
+  first_sentinel = vocab_size - num_extra_ids
+  spans, current = {}, None
+  for t in targets:
+    if t >= first_sentinel:
+      current = int(t)
+      spans[current] = []
+    elif current is not None:
+      spans[current].append(int(t))
+  out = []
+  for t in inputs:
+    out.extend(spans.get(int(t), []) if t >= first_sentinel else [int(t)])
+  return np.asarray(out, np.int32)
+
+
+def prefix_lm(tokens: Sequence[int], rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """(prefix, suffix) split at a uniformly random point; both non-empty (needs 2 tokens)."""
+  tokens = np.asarray(tokens, np.int32)
+  split = int(rng.integers(1, len(tokens)))
+  return tokens[:split], tokens[split:]
+
+
+def encoder_decoder_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                          input_length: int, target_length: int,
+                          eos_id: int = EOS_ID) -> dict[str, np.ndarray]:
+  """(inputs, targets) pairs -> a padded model batch; EOS appended, overlong ones truncated."""
+  n = len(pairs)
+  enc = np.zeros((n, input_length), np.int32)
+  dec = np.zeros((n, target_length), np.int32)
+  for i, (inputs, targets) in enumerate(pairs):
+    x = list(inputs)[:input_length - 1] + [eos_id]
+    y = list(targets)[:target_length - 1] + [eos_id]
+    enc[i, :len(x)] = x
+    dec[i, :len(y)] = y
+  return {
+      "encoder_input_tokens": enc,
+      "decoder_target_tokens": dec,
+      "decoder_input_tokens": np.pad(dec[:, :-1], ((0, 0), (1, 0))),  # Shifted right, BOS 0.
+      "decoder_loss_weights": (dec > 0).astype(np.float32),
+  }
