@@ -65,8 +65,32 @@ class Partitioner:
   def data_sharding(self) -> NamedSharding:
     return NamedSharding(self.mesh, P("data"))
 
+  def data_shard_info(self) -> tuple[int, int]:
+    """(index, count): which slice of the global batch this host reads.
+
+    A host reads the rows held by its devices' `data` coordinates. When the `model` axis spans
+    hosts, several hosts hold the same rows and must read the same data, so the count is the
+    number of distinct row blocks, not the number of hosts.
+    """
+    rows_of = {}
+    for data_index, row in enumerate(self.mesh.devices):
+      for device in row:
+        rows_of.setdefault(device.process_index, set()).add(data_index)
+    blocks = sorted({tuple(sorted(r)) for r in rows_of.values()})
+    flat = [i for b in blocks for i in b]
+    contiguous = all(list(b) == list(range(b[0], b[0] + len(b))) for b in blocks)
+    if len(set(flat)) != len(flat) or len({len(b) for b in blocks}) != 1 or not contiguous:
+      raise ValueError(f"Hosts hold overlapping or uneven rows of the `data` axis {blocks}; "
+                       "choose num_partitions so each host's devices form whole data rows.")
+    return blocks.index(tuple(sorted(rows_of[jax.process_index()]))), len(blocks)
+
   def shard_batch(self, host_batch: dict) -> dict:
     """Assembles each host's slice of the batch into global arrays split over `data`."""
     sharding = self.data_sharding()
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in host_batch.items()}
+    _, count = self.data_shard_info()
+    out = {}
+    for k, v in host_batch.items():
+      v = np.asarray(v)
+      out[k] = jax.make_array_from_process_local_data(sharding, v,
+                                                      (v.shape[0] * count,) + v.shape[1:])
+    return out

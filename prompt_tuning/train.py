@@ -139,7 +139,8 @@ def train(*, model_dir: str, trainer: trainer_lib.Trainer,
   if step >= total_steps:
     logging.info("Already at step %d >= TRAIN_STEPS=%d; nothing to train.", step, total_steps)
 
-  batches = pipeline.train_batches(cfg, skip_batches=input_position)
+  shard = trainer.partitioner.data_shard_info()
+  batches = pipeline.train_batches(cfg, skip_batches=input_position, shard=shard)
   writer = MetricWriter(os.path.join(model_dir, "train"), tensorboard)
   eval_writer = MetricWriter(os.path.join(model_dir, "eval"), tensorboard)
   evaluator = None
@@ -175,9 +176,9 @@ def train(*, model_dir: str, trainer: trainer_lib.Trainer,
   pending, t0, examples, tokens = [], time.time(), 0, 0
   while step < total_steps:
     host_batch = next(batches)
-    examples += host_batch["encoder_input_tokens"].shape[0] * jax.process_count()
+    examples += host_batch["encoder_input_tokens"].shape[0] * shard[1]
     tokens += int((host_batch["encoder_input_tokens"] > 0).sum()
-                  + (host_batch["decoder_target_tokens"] > 0).sum()) * jax.process_count()
+                  + (host_batch["decoder_target_tokens"] > 0).sum()) * shard[1]
     state, metrics = trainer.train_step(state, frozen, trainer.partitioner.shard_batch(host_batch))
     pending.append(metrics)
     input_position += 1

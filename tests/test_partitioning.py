@@ -518,3 +518,35 @@ def test_two_processes_match_one(tmp_path):
 
 if __name__ == "__main__":
   _worker_main(sys.argv[1:])
+
+
+class _FakeDevice:
+
+  def __init__(self, process_index):
+    self.process_index = process_index
+
+
+def _shard_info(process_of_device, process_index, monkeypatch):
+  """`data_shard_info` of a (data, model) mesh whose devices belong to the given processes."""
+  import types  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  partitioner = partitioning.Partitioner.__new__(partitioning.Partitioner)
+  devices = np.vectorize(_FakeDevice, otypes=[object])(np.asarray(process_of_device))
+  partitioner.mesh = types.SimpleNamespace(devices=devices)
+  monkeypatch.setattr(jax, "process_index", lambda: process_index)
+  return partitioner.data_shard_info()
+
+
+def test_data_shard_info_follows_the_data_axis(monkeypatch):
+  # One host: one block of rows.
+  assert _shard_info([[0, 0], [0, 0]], 0, monkeypatch) == (0, 1)
+  # Two hosts, each holding whole data rows: each reads its own half.
+  assert _shard_info([[0, 0], [1, 1]], 1, monkeypatch) == (1, 2)
+  assert _shard_info([[0, 0], [0, 0], [1, 1], [1, 1]], 0, monkeypatch) == (0, 2)
+  # The model axis spans the two hosts: both hold every row, so both read the same data.
+  assert _shard_info([[0, 1], [0, 1]], 0, monkeypatch) == (0, 1)
+  assert _shard_info([[0, 1], [0, 1]], 1, monkeypatch) == (0, 1)
+  # Hosts holding interleaved rows cannot be fed contiguous slices.
+  with pytest.raises(ValueError, match="overlapping or uneven"):
+    _shard_info([[0, 0], [1, 1], [0, 0], [1, 1]], 0, monkeypatch)

@@ -72,26 +72,28 @@ def feature_converter() -> seqio.FeatureConverter:
   return seqio.EncDecFeatureConverter(pack=False)
 
 
-def shard_info() -> seqio.ShardInfo:
-  return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+def host_batch_size(global_batch_size: int, num_shards: int) -> int:
+  if global_batch_size % num_shards:
+    raise ValueError(f"BATCH_SIZE {global_batch_size} is not divisible by the {num_shards} "
+                     "host data shards.")
+  return global_batch_size // num_shards
 
 
-def host_batch_size(global_batch_size: int) -> int:
-  if global_batch_size % jax.process_count():
-    raise ValueError(f"BATCH_SIZE {global_batch_size} is not divisible by the "
-                     f"{jax.process_count()} hosts.")
-  return global_batch_size // jax.process_count()
+def train_batches(cfg: DatasetConfig, skip_batches: int = 0,
+                  shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+  """Endless host-local batches of this host's data shard `(index, count)`.
 
-
-def train_batches(cfg: DatasetConfig, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Endless host-local batches; `skip_batches` resumes the stream where a checkpoint left it."""
+  `skip_batches` resumes the stream where a checkpoint left it; `shard` comes from
+  `Partitioner.data_shard_info()`.
+  """
   get_task(cfg.mixture_or_task_name, cfg.module)
+  index, count = shard
   ds = seqio.get_dataset(
       cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
       dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=None, seed=cfg.seed,
-      use_cached=cfg.use_cached, shard_info=shard_info(),
+      use_cached=cfg.use_cached, shard_info=seqio.ShardInfo(index=index, num_shards=count),
       feature_converter=feature_converter())
-  ds = ds.batch(host_batch_size(cfg.batch_size), drop_remainder=True)
+  ds = ds.batch(host_batch_size(cfg.batch_size, count), drop_remainder=True)
   if skip_batches:
     ds = ds.skip(skip_batches)
   return ds.as_numpy_iterator()
