@@ -6,6 +6,7 @@ path, so `--gin_file=runs/prompt_finetune.gin` and
 `--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin` both work.
 """
 import argparse
+import importlib
 import logging
 import os
 import pathlib
@@ -140,3 +141,14 @@ def setup(argv: Sequence[str], description: str,
   init_distributed(args)
   return args
 
+
+def run(module_name: str, fn_name: str, argv: Sequence[str], description: str,
+        required: Sequence[str] = ()):
+  """Parses the command line, then calls the gin-configured `module_name.fn_name`.
+
+  The function is looked up in the importable module: under `python -m` the entry file runs as
+  `__main__`, but gin registered the functions of `prompt_tuning.<name>`.
+  """
+  setup(argv, description, required)
+  module = importlib.import_module(module_name)
+  return gin.get_configurable(getattr(module, fn_name))()

@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Any, Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 import seqio
@@ -81,16 +80,9 @@ def run(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], mode
   return metrics
 
 
-def _self():
-  # Under `python -m`, this file runs as `__main__`; gin registered the importable module's
-  # functions, so look them up there.
-  import prompt_tuning.eval as module  # pylint: disable=g-import-not-at-top
-  return module
-
-
 def main(argv=None):
-  config.setup(sys.argv[1:] if argv is None else argv, __doc__, REQUIRED)
-  gin.get_configurable(_self().run)()
+  return config.run("prompt_tuning.eval", "run", sys.argv[1:] if argv is None else argv,
+                    __doc__, REQUIRED)
 
 
 def console_main():

@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Mapping, Optional
 
-import gin
 import jax
 import numpy as np
 import tensorflow as tf
@@ -109,16 +108,9 @@ def run(model, trainer, task_feature_lengths: Mapping[str, int], output_file: st
   return n
 
 
-def _self():
-  # Under `python -m`, this file runs as `__main__`; gin registered the importable module's
-  # functions, so look them up there.
-  import prompt_tuning.infer as module  # pylint: disable=g-import-not-at-top
-  return module
-
-
 def main(argv=None):
-  config.setup(sys.argv[1:] if argv is None else argv, __doc__, REQUIRED)
-  gin.get_configurable(_self().run)()
+  return config.run("prompt_tuning.infer", "run", sys.argv[1:] if argv is None else argv,
+                    __doc__, REQUIRED)
 
 
 def console_main():

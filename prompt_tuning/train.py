@@ -19,7 +19,6 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-import gin
 import jax
 import numpy as np
 import tqdm
@@ -207,16 +206,9 @@ def _prompt_length(trainer) -> int:
   return factory().length if factory else 0
 
 
-def _self():
-  # Under `python -m`, this file runs as `__main__`; gin registered the importable module's
-  # functions, so look them up there.
-  import prompt_tuning.train as module  # pylint: disable=g-import-not-at-top
-  return module
-
-
 def main(argv: Optional[Sequence[str]] = None):
-  config.setup(sys.argv[1:] if argv is None else argv, __doc__, REQUIRED)
-  return gin.get_configurable(_self().train)()
+  return config.run("prompt_tuning.train", "train", sys.argv[1:] if argv is None else argv,
+                    __doc__, REQUIRED)
 
 
 def console_main():
