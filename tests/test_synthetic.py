@@ -195,3 +195,29 @@ def test_encoder_decoder_batch():
 def test_model_vocab_size_is_padded():
   assert pretrain.model_vocab_size(386) == 512
   assert pretrain.model_vocab_size(28) == 128
+
+
+# ------------------------------------------------------------------------ committed artefacts
+
+
+def _require_assets():
+  if not os.path.exists(os.path.join(pretrain.ASSETS_DIR, "config.json")):
+    pytest.skip("prompt_tuning/assets/embedded is not built (python -m prompt_tuning.pretrain).")
+
+
+def test_embedded_assets_load_and_are_small():
+  _require_assets()
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  cfg = pretrain.load_config()
+  sp = spm.SentencePieceProcessor(model_file=os.path.join(pretrain.ASSETS_DIR, "spiece.model"))
+  assert cfg.vocab_size == pretrain.model_vocab_size(sp.get_piece_size())
+  assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
+  for stage in ("span_corruption", "lm_adapted"):
+    params = checkpoints.load_t5x_checkpoint(pretrain.checkpoint_path(stage=stage))
+    assert params["token_embedder"]["embedding"].shape == (cfg.vocab_size, cfg.emb_dim)
+  assert (checkpoints.read_step(pretrain.checkpoint_path(stage="lm_adapted"))
+          > checkpoints.read_step(pretrain.checkpoint_path(stage="span_corruption")))
+  total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in
+              os.walk(pretrain.ASSETS_DIR) for f in files)
+  assert total < 20 * 2**20
