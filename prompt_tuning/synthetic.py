@@ -228,8 +228,10 @@ def vocab_sentences(seed: int = 0, num_docs: int = 20000,
                     data_dir: Optional[str] = None) -> Iterator[str]:
   """Text to train the SentencePiece model on: the corpus, plus task text if given."""
   yield from corpus(seed, num_docs)
-  # Label words of every task, so class-label prompt initialisation finds them.
+  # Label words of every task, so class-label prompt initialisation finds them, and the
+  # words of T5's input formats (without them lowercase "q" would be unknown).
   yield "True False entailment not_entailment contradiction neutral"
+  yield "boolq passage: question: rte cb hypothesis: premise:"
   if data_dir:
     for folder in SUPER_GLUE_FOLDERS.values():
       with open(os.path.join(data_dir, folder, "train.jsonl")) as f:

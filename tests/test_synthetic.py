@@ -221,3 +221,11 @@ def test_embedded_assets_load_and_are_small():
   total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in
               os.walk(pretrain.ASSETS_DIR) for f in files)
   assert total < 20 * 2**20
+
+
+def test_vocab_covers_the_task_formats(small_vocab):
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  sp = spm.SentencePieceProcessor(model_file=vocab_lib.get_vocab_path())
+  for text in ("boolq passage: Tom lives in Oslo. question: does Tom live in Oslo",
+               "cb hypothesis: Tom lives in Oslo. premise: Tom lives in Oslo.", "True False"):
+    assert sp.unk_id() not in sp.encode(text), text
