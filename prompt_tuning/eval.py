@@ -30,33 +30,42 @@ def make_evaluator(task_name: str, feature_lengths: Mapping[str, int], split: st
                          logger_cls=loggers, log_dir=log_dir, async_compute_metrics=False)
 
 
-def model_fns(model, params, batch_size: int, partitioner):
-  """seqio's `predict_fn` / `score_fn` over the (index, features) datasets it hands us."""
-  predict = jax.jit(model.predict_batch_with_aux)
-  score = jax.jit(model.score_batch)
+class ModelFns:
+  """seqio's `predict_fn` / `score_fn` for given parameters, jitted once and reused.
 
-  def run(ds, fn):
+  seqio hands these functions an enumerated `(index, features)` dataset; padded rows of the last
+  batch are dropped.
+  """
+
+  def __init__(self, model, batch_size: int, partitioner):
+    self.predict = jax.jit(model.predict_batch_with_aux)
+    self.score = jax.jit(model.score_batch)
+    self.batch_size = batch_size
+    self.partitioner = partitioner
+
+  def _run(self, fn, params, ds):
     results = []
-    for indices, batch in pipeline.padded_batches(ds, batch_size):
-      with partitioner.activation_rules():
+    for indices, batch in pipeline.padded_batches(ds, self.batch_size):
+      with self.partitioner.activation_rules():
         out = jax.device_get(fn(params, batch))
       for i, index in enumerate(indices):
         if index >= 0:
           results.append((int(index), jax.tree.map(lambda x: x[i], out)))
     return results
 
-  def predict_fn(ds):
-    return [(i, tokens.tolist()) for i, (tokens, _) in run(ds, predict)]
+  def for_params(self, params):
+    def predict_fn(ds):
+      return [(i, tokens.tolist()) for i, (tokens, _) in self._run(self.predict, params, ds)]
 
-  def score_fn(ds):
-    return [(i, float(s)) for i, s in run(ds, score)]
-  return predict_fn, score_fn
+    def score_fn(ds):
+      return [(i, float(s)) for i, s in self._run(self.score, params, ds)]
+    return predict_fn, score_fn
 
 
-def evaluate(evaluator: seqio.Evaluator, model, params, batch_size: int, partitioner,
+def evaluate(evaluator: seqio.Evaluator, fns: ModelFns, params,
              step: Optional[int] = None) -> dict[str, dict[str, float]]:
   """{task: {metric: value}} for every task of the evaluator."""
-  predict_fn, score_fn = model_fns(model, params, batch_size, partitioner)
+  predict_fn, score_fn = fns.for_params(params)
   metrics, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
                                   predict_fn=predict_fn, score_fn=score_fn)
   metrics = metrics.result() if hasattr(metrics, "result") else metrics
@@ -75,7 +84,7 @@ def run(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], mode
   log_dir = os.path.join(model_dir, "eval") if model_dir else None
   evaluator = make_evaluator(mixture_or_task_name, task_feature_lengths, split,
                              mixture_or_task_module, log_dir)
-  metrics = evaluate(evaluator, model, params, batch_size, trainer.partitioner)
+  metrics = evaluate(evaluator, ModelFns(model, batch_size, trainer.partitioner), params)
   print(json.dumps(metrics, indent=2, default=str))
   return metrics
 

@@ -146,6 +146,8 @@ def train(*, model_dir: str, trainer: trainer_lib.Trainer,
   if eval_period:
     evaluator = eval_lib.make_evaluator(cfg.mixture_or_task_name, cfg.task_feature_lengths,
                                         eval_split, cfg.module)
+    eval_fns = eval_lib.ModelFns(trainer.model, eval_batch_size or cfg.batch_size,
+                                 trainer.partitioner)
   best_path = os.path.join(model_dir, "best_checkpoint.json")
   best = None
   if os.path.exists(best_path):
@@ -157,8 +159,7 @@ def train(*, model_dir: str, trainer: trainer_lib.Trainer,
   def run_eval(step):
     nonlocal best
     merged = optim.merge_params(state.params, frozen)
-    metrics = eval_lib.evaluate(evaluator, trainer.model, merged,
-                                eval_batch_size or cfg.batch_size, trainer.partitioner, step)
+    metrics = eval_lib.evaluate(evaluator, eval_fns, merged, step)
     eval_writer.write(step, metrics)
     value = _pick(metrics, best_metric) if best_metric else None
     if value is not None and (best is None or value > best["value"]):

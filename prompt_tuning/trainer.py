@@ -113,12 +113,12 @@ class Trainer:
 
   def load_initial_params(self, initial_checkpoint_path: Optional[str]) -> tuple[dict, int]:
     """(all parameters, global step): backbone from the checkpoint, the rest from scratch."""
-    scratch = self.init_scratch_params(self.rng)
     if not initial_checkpoint_path:
       logging.warning("No INITIAL_CHECKPOINT_PATH: every parameter starts from scratch.")
       params = jax.jit(lambda r: nn.unbox(self.model.get_initial_variables(r)["params"]),
                        out_shardings=self.param_shardings)(self.rng)
       return params, 0
+    scratch = self.init_scratch_params(self.rng)
     scratch_flat = optim.flatten(scratch)
     regex = None
     if scratch_flat:  # Read everything except the parameters initialised from scratch.

@@ -74,7 +74,8 @@ def test_predictions_and_scores_match_the_model(setup):
   model, params, rows = setup
   evaluator = eval_lib.make_evaluator("eval_test_task_scored", LENGTHS)
   # Batch 2 over 5 examples: the last batch is padded, and the padding must be dropped.
-  metrics = eval_lib.evaluate(evaluator, model, params, 2, partitioning.Partitioner())
+  metrics = eval_lib.evaluate(
+      evaluator, eval_lib.ModelFns(model, 2, partitioning.Partitioner()), params)
   batch = _converted("eval_test_task_scored")
   scores = np.asarray(jax.jit(model.score_batch)(params, batch))
   np.testing.assert_allclose(metrics["eval_test_task_scored"]["mean_score"], scores.mean(),

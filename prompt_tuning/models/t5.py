@@ -258,8 +258,12 @@ class MlpBlock(nn.Module):
     return Dense(emb_dim, ("mlp", "embed"), dtype=self.dtype, name="wo")(hidden)
 
 
-def _residual_dropout(cfg, x, enable_dropout):
-  return nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=not enable_dropout)
+def _sublayer(cfg: T5Config, x, norm_name: str, layer, logit_mask, enable_dropout):
+  """Pre-norm residual block: x + dropout(layer(norm(x) * logit_mask))."""
+  h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name=norm_name)(x) * logit_mask
+  h = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(layer(h),
+                                                         deterministic=not enable_dropout)
+  return x + h
 
 
 class EncoderLayer(nn.Module):
@@ -268,16 +272,14 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, bias, logit_mask, enable_dropout=False):
     cfg = self.config
-    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_attention_layer_norm")(x)
-    h = h * logit_mask
-    h = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
-                           name="attention")(h, h, bias, enable_dropout=enable_dropout)
-    x = x + _residual_dropout(cfg, h, enable_dropout)
-    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(x)
-    h = h * logit_mask
-    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(
-        h, enable_dropout)
-    x = x + _residual_dropout(cfg, h, enable_dropout)
+    attention = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
+                                   name="attention")
+    mlp = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")
+    x = _sublayer(cfg, x, "pre_attention_layer_norm",
+                  lambda h: attention(h, h, bias, enable_dropout=enable_dropout), logit_mask,
+                  enable_dropout)
+    x = _sublayer(cfg, x, "pre_mlp_layer_norm", lambda h: mlp(h, enable_dropout), logit_mask,
+                  enable_dropout)
     return _constrain(x * logit_mask, ("batch", "length", "embed"))
 
 
@@ -290,21 +292,19 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
                                   cfg.dropout_rate, cfg.dtype)
-    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_self_attention_layer_norm")(y)
-    h = h * logit_mask
-    h = attention(name="self_attention")(h, h, self_bias, enable_dropout=enable_dropout,
-                                         decode=decode, decode_position=decode_position)
-    y = y + _residual_dropout(cfg, h, enable_dropout)
-    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_cross_attention_layer_norm")(y)
-    h = h * logit_mask
-    h = attention(name="encoder_decoder_attention")(h, encoded, cross_bias,
-                                                    enable_dropout=enable_dropout)
-    y = y + _residual_dropout(cfg, h, enable_dropout)
-    h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name="pre_mlp_layer_norm")(y)
-    h = h * logit_mask
-    h = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")(
-        h, enable_dropout)
-    y = y + _residual_dropout(cfg, h, enable_dropout)
+    self_attention = attention(name="self_attention")
+    cross_attention = attention(name="encoder_decoder_attention")
+    mlp = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")
+    y = _sublayer(cfg, y, "pre_self_attention_layer_norm",
+                  lambda h: self_attention(h, h, self_bias, enable_dropout=enable_dropout,
+                                           decode=decode, decode_position=decode_position),
+                  logit_mask, enable_dropout)
+    y = _sublayer(cfg, y, "pre_cross_attention_layer_norm",
+                  lambda h: cross_attention(h, encoded, cross_bias,
+                                            enable_dropout=enable_dropout),
+                  logit_mask, enable_dropout)
+    y = _sublayer(cfg, y, "pre_mlp_layer_norm", lambda h: mlp(h, enable_dropout), logit_mask,
+                  enable_dropout)
     return _constrain(y * logit_mask, ("batch", "length", "embed"))
 
 
