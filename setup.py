@@ -12,7 +12,10 @@ setuptools.setup(
               "prompt_tuning.configs"],
     package_dir={"prompt_tuning": "prompt_tuning", "prompt_tuning.tasks": "tasks",
                  "prompt_tuning.configs": "configs"},
-    package_data={"prompt_tuning.configs": ["**/*.gin"], "prompt_tuning": ["assets/**/*"]},
+    # The embedded default's T5X checkpoints keep zarr metadata in dotfiles (`.zarray`), which
+    # `*` does not match.
+    package_data={"prompt_tuning.configs": ["**/*.gin"],
+                  "prompt_tuning": ["assets/**/*", "assets/**/.zarray"]},
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",

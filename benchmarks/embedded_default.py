@@ -6,8 +6,10 @@ label names), under the same wall-clock budget each, trains:
     class-label initialisation), the paper's recipe;
   * model tuning of the same checkpoint (every parameter, Adafactor lr 1e-3, T5's finetuning);
   * prompt tuning on a randomly initialised frozen model of the same shape;
-and prints the dev accuracy of each, the ratio prompt/model tuning and the gap to the random
-backbone. Accuracy is exact match of the greedy output with the target (computed with teacher
+  * prompt tuning with random-uniform initialisation instead of class labels;
+  * prompt tuning on the span-corruption-only checkpoint (the pretraining-objective ablation);
+and prints the dev accuracy of each, the steps each needed to reach 80%, the ratio prompt/model
+tuning and the gap to the random backbone. Accuracy is exact match of the greedy output with the target (computed with teacher
 forcing: the greedy output equals the target iff every target token is the argmax).
 
   python benchmarks/embedded_default.py --minutes=5
@@ -24,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import checkpoints
+from prompt_tuning import embedded
 from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
-from prompt_tuning import pretrain
 from prompt_tuning import prompts
 from prompt_tuning import synthetic
 from prompt_tuning import trainer as trainer_lib
@@ -61,12 +63,16 @@ def write_random_checkpoint(path: str, cfg: t5.T5Config, seed: int = 1) -> str:
 
 
 def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_length: int,
-                 input_length: int, target_length: int, learning_rate: float):
+                 input_length: int, target_length: int, learning_rate: float,
+                 init: str = "class_labels"):
   """(trainer, state, frozen) for mode 'prompt' or 'model' tuning from `checkpoint`."""
   if mode == "prompt":
-    embeddings = checkpoints.load_t5x_checkpoint(
-        checkpoint, regex="token_embedder/.*")["token_embedder"]["embedding"]
-    init = prompts.class_labels(np.asarray(embeddings), vocab_lib.get_vocabulary(), labels)
+    if init == "class_labels":
+      embeddings = checkpoints.load_t5x_checkpoint(
+          checkpoint, regex="token_embedder/.*")["token_embedder"]["embedding"]
+      init = prompts.class_labels(np.asarray(embeddings), vocab_lib.get_vocabulary(), labels)
+    else:
+      init = prompts.random_uniform()
     module = t5.EncoderDecoder(cfg, prompt_factory=prompts.prefix_prompt_factory(
         prompt_length, init))
     patterns = optim.PROMPT_PATTERNS
@@ -97,18 +103,18 @@ def accuracy(trainer, state, frozen, batches) -> float:
   return hits / sum(len(b["encoder_input_tokens"]) for b in batches)
 
 
-def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, prompt_length=20, batch_size=32,
-        input_length=96, target_length=4, learning_rate=None, eval_every=60.0, seed=0,
-        max_steps=None, log=print):
+def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_labels",
+        prompt_length=20, batch_size=32, input_length=64, target_length=4, learning_rate=None,
+        eval_every=25, seed=0, max_steps=None, log=print):
   """Trains for `seconds` of wall-clock (compilation included, evaluation excluded), or
-  `max_steps` steps if that comes first."""
+  `max_steps` steps if that comes first; evaluates every `eval_every` steps."""
   lr = learning_rate or (0.3 if mode == "prompt" else 1e-3)
   trainer, state, frozen = make_trainer(cfg, checkpoint, mode, labels, prompt_length,
-                                        input_length, target_length, lr)
+                                        input_length, target_length, lr, init)
   dev_batches = [pretraining.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
                  for i in range(0, len(dev), 100)]
   rng = np.random.default_rng(seed)
-  spent, steps, next_eval, curve = 0.0, 0, eval_every, []
+  spent, steps, curve = 0.0, 0, []
   while spent < seconds and steps < (max_steps or float("inf")):
     start = time.time()
     idx = rng.integers(0, len(train), batch_size)
@@ -118,55 +124,83 @@ def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, prompt_length=20,
     jax.block_until_ready(m["loss"])
     spent += time.time() - start
     steps += 1
-    if spent >= next_eval or spent >= seconds or steps == max_steps:
-      next_eval += eval_every
+    if steps % eval_every == 0 or spent >= seconds or steps == max_steps:
       acc = accuracy(trainer, state, frozen, dev_batches)
       curve.append((steps, round(spent), acc))
-      log(f"  {mode} tuning: {steps} steps, {spent:.0f}s, loss {float(m['loss']):.3f}, "
-          f"dev accuracy {acc:.3f}")
+      if len(curve) % 4 == 1 or spent >= seconds or steps == max_steps:
+        log(f"  {mode} tuning: {steps} steps, {spent:.0f}s, loss {float(m['loss']):.3f}, "
+            f"dev accuracy {acc:.3f}")
   return {"accuracy": curve[-1][2], "best": max(c[2] for c in curve), "steps": steps,
           "curve": curve}
+
+
+def steps_to(curve, threshold: float):
+  """(steps, seconds) of the first evaluation at or above `threshold`, else None."""
+  return next(((s, t) for s, t, a in curve if a >= threshold), None)
+
+
+# name: (backbone, tuning mode, prompt initialisation)
+RUNS = {
+    "prompt": ("lm_adapted", "prompt", "class_labels"),
+    "model": ("lm_adapted", "model", None),
+    "random": ("random", "prompt", "class_labels"),
+    "uniform": ("lm_adapted", "prompt", "random_uniform"),
+    "span": ("span_corruption", "prompt", "class_labels"),
+}
+DESCRIPTIONS = {
+    "prompt": "prompt tuning, LM-adapted, class-label init",
+    "model": "model tuning, LM-adapted",
+    "random": "prompt tuning, random frozen backbone",
+    "uniform": "prompt tuning, LM-adapted, random-uniform init",
+    "span": "prompt tuning, span-corruption only",
+}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model_dir", default=pretrain.ASSETS_DIR,
-                      help="Holds spiece.model, config.json and lm_adapted/checkpoint_*.")
+  parser.add_argument("--model_dir", default=embedded.ASSETS_DIR,
+                      help="Holds spiece.model, config.json and {span_corruption,lm_adapted}/.")
   parser.add_argument("--task", default="boolq", choices=sorted(LABELS))
   parser.add_argument("--minutes", type=float, default=5.0)
   parser.add_argument("--prompt_length", type=int, default=20)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--runs", default="prompt,model,random")
+  parser.add_argument("--runs", default="prompt,model,random,uniform,span",
+                      help=f"Comma-separated, from {sorted(RUNS)}.")
   args = parser.parse_args()
-  vocab_lib.set_default_vocab_path(os.path.join(args.model_dir, "spiece.model"))
-  cfg = pretrain.load_config(args.model_dir)
-  checkpoint = pretrain.checkpoint_path(args.model_dir)
+  vocab_lib.set_default_vocab_path(embedded.vocab_path(args.model_dir))
+  cfg = embedded.load_config(args.model_dir)
   tmp = tempfile.mkdtemp()
   data_dir = synthetic.write_super_glue(os.path.join(tmp, "data"), args.seed)
-  train = task_arrays(args.task, "train", data_dir, 96, 4)
-  dev = task_arrays(args.task, "validation", data_dir, 96, 4)
+  train = task_arrays(args.task, "train", data_dir, 64, 4)
+  dev = task_arrays(args.task, "validation", data_dir, 64, 4)
   labels = LABELS[args.task]
   print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus; task {args.task}: "
-        f"{len(train)} train / {len(dev)} dev examples; checkpoint {checkpoint}; "
+        f"{len(train)} train / {len(dev)} dev examples; model {args.model_dir}; "
         f"budget {args.minutes} min per run")
   seconds = args.minutes * 60
   results = {}
   for name in args.runs.split(","):
-    ckpt = checkpoint
-    if name == "random":
+    stage, mode, init = RUNS[name]
+    if stage == "random":
       ckpt = write_random_checkpoint(os.path.join(tmp, "random", "checkpoint_0"), cfg)
-    print(f"{name}:", flush=True)
-    results[name] = run(cfg, ckpt, "model" if name == "model" else "prompt", train, dev,
-                        labels, seconds, prompt_length=args.prompt_length,
-                        batch_size=args.batch_size, seed=args.seed)
+    else:
+      ckpt = embedded.checkpoint_path(stage, args.model_dir)
+    print(f"{name} ({DESCRIPTIONS[name]}, {ckpt}):", flush=True)
+    results[name] = run(cfg, ckpt, mode, train, dev, labels, seconds, init=init,
+                        prompt_length=args.prompt_length, batch_size=args.batch_size,
+                        seed=args.seed)
   print(f"\n{args.task} dev accuracy after {args.minutes} min each "
         f"({len(dev)} examples, labels balanced: chance {1 / len(labels):.3f}):")
   for name, r in results.items():
-    print(f"  {name:7s} {r['accuracy']:.3f} (best {r['best']:.3f}, {r['steps']} steps)")
+    reached = steps_to(r["curve"], 0.8)
+    to80 = f"{reached[0]} steps ({reached[1]} s)" if reached else "never"
+    print(f"  {DESCRIPTIONS[name]:48s} {r['accuracy']:.3f} (best {r['best']:.3f}, "
+          f"{r['steps']} steps; 80% after {to80})")
   if "prompt" in results and "model" in results:
-    print(f"  prompt / model tuning: {results['prompt']['accuracy'] / results['model']['accuracy']:.3f}")
+    print(f"  prompt / model tuning: "
+          f"{results['prompt']['accuracy'] / results['model']['accuracy']:.3f}")
   if "prompt" in results and "random" in results:
     gap = 100 * (results["prompt"]["accuracy"] - results["random"]["accuracy"])
     print(f"  pretrained - random backbone (prompt tuning): {gap:+.1f} points")

@@ -6,6 +6,7 @@ path, so `--gin_file=runs/prompt_finetune.gin` and
 `--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin` both work.
 """
 import argparse
+import copy
 import importlib
 import logging
 import os
@@ -101,13 +102,15 @@ def check_task_feature_lengths(lengths) -> None:
                       "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\".") from None
 
 
-def macro(name: str, default=None):
+def macro(name: str, default=None, evaluate: bool = False):
+  """A macro's value; an `@fn()` reference is called if `evaluate`, else gives `default`."""
   try:
     value = gin.query_parameter(f"%{name}")
   except ValueError:
     return default
   if isinstance(value, gin.config.ConfigurableReference):
-    return default
+    # gin calls an evaluated reference when deep-copying it (its documented way to resolve).
+    return copy.deepcopy(value) if evaluate and value.evaluate else default
   return value
 
 
@@ -134,7 +137,7 @@ def setup(argv: Sequence[str], description: str,
   lengths = macro("TASK_FEATURE_LENGTHS") if "TASK_FEATURE_LENGTHS" in required else None
   if lengths is not None:  # None: not required, or a reference that gin resolves later.
     check_task_feature_lengths(lengths)
-  vocab_path = macro("VOCAB_PATH")
+  vocab_path = macro("VOCAB_PATH", evaluate=True)  # e.g. @embedded.vocab_path()
   if vocab_path:  # Before any task or prompt initialiser reads the vocabulary.
     from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
     vocab.set_default_vocab_path(vocab_path)

@@ -6,17 +6,20 @@ train from scratch with span corruption (noise density 0.15, mean span length 3)
 `span_corruption/checkpoint_N`, continue with the prefix-LM objective ("LM adaptation") and
 save `lm_adapted/checkpoint_{N+M}` (the step counts on, like lm100k's 1,100,000). Batches are
 built in numpy (`data/pretraining.py`) and fed to the project's `Trainer` with every parameter
-trainable.
+trainable. Every `log_period` steps it logs a zero-shot probe: BoolQ-like dev questions written
+as corpus text ("... Question: <q>? Answer:"), scored True vs False.
 
-  python -m prompt_tuning.pretrain --out_dir=/tmp/embedded
+Rebuild the committed assets (about 45 minutes on 2 CPU cores):
+  python -m prompt_tuning.pretrain --gin_file=runs/pretrain_embedded.gin \\
+    --gin.OUT_DIR="'prompt_tuning/assets/embedded'"
 """
-import argparse
 import functools
 import json
 import os
 import shutil
+import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -32,11 +35,6 @@ from prompt_tuning.data import pretraining
 from prompt_tuning.models import t5
 
 EXTRA_IDS = 100
-ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets", "embedded")
-# The architecture of the embedded model (vocab_size is set from the SentencePiece model).
-MODEL_CONFIG = dict(emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256, num_encoder_layers=3,
-                    num_decoder_layers=2, relative_attention_num_buckets=16,
-                    relative_attention_max_distance=64)
 
 
 def model_vocab_size(num_pieces: int) -> int:
@@ -45,48 +43,50 @@ def model_vocab_size(num_pieces: int) -> int:
 
 
 def train_vocab(out_dir: str, sentences, num_pieces: int) -> str:
+  # BPE, not T5's unigram: at a few hundred pieces the unigram trainer stops early and splits
+  # common words into letters, while BPE makes every word of this small world one piece.
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   prefix = os.path.join(out_dir, "spiece")
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(sentences), model_prefix=prefix, vocab_size=num_pieces,
-      model_type="unigram", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+      model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
       input_sentence_size=200000, shuffle_input_sentence=True, minloglevel=2)
   return prefix + ".model"
 
 
-def load_config(directory: str = ASSETS_DIR, dtype: str = "float32") -> t5.T5Config:
-  """The T5Config saved beside a pretrained model by `main` (`config.json`)."""
-  with open(os.path.join(directory, "config.json")) as f:
-    return t5.T5Config(**json.load(f), dtype=dtype)
-
-
-def checkpoint_path(directory: str = ASSETS_DIR, stage: str = "lm_adapted") -> str:
-  """`<directory>/<stage>/checkpoint_<step>` (the latest one)."""
-  path = checkpoints.latest_checkpoint(os.path.join(directory, stage))
-  if path is None:
-    raise FileNotFoundError(f"No checkpoint under {os.path.join(directory, stage)}.")
-  return path
-
-
 class Pretrainer:
-  """Every parameter trainable; numpy batches of one objective at a time."""
+  """Every parameter trainable (AdamW); numpy batches of one objective at a time.
 
-  def __init__(self, cfg: t5.T5Config, learning_rate: float, total_steps: int, seed: int = 0):
+  The learning rate follows one schedule over the global step (warmup, then cosine decay over
+  `schedule_steps`), so a stage started from a saved checkpoint continues it exactly; the
+  optimizer state starts afresh at each stage, whether or not the run was interrupted.
+  """
+
+  def __init__(self, cfg: t5.T5Config, learning_rate: float, schedule_steps: int,
+               seed: int = 0, params=None, step: int = 0):
     self.model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg))
-    warmup = min(200, total_steps // 10 + 1)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, total_steps,
-                                                  learning_rate * 0.1)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, min(200, schedule_steps // 10 + 1), schedule_steps,
+        learning_rate * 0.1)
     self.trainer = trainer_lib.Trainer(
         self.model, functools.partial(optim.create_optimizer, "adamw", schedule),
         partitioning.Partitioner(), trainable_patterns=(".*",),
         init_from_scratch_patterns=(".*",), seed=seed)
-    params, _ = self.trainer.load_initial_params(None)
-    self.state, self.frozen = self.trainer.create_state(params, 0)
+    if params is None:
+      params, _ = self.trainer.load_initial_params(None)
+    params = jax.device_put(params)  # Numpy trees (from a checkpoint) become jax arrays.
+    self.state, self.frozen = self.trainer.create_state(params, step)
+    self._score = None
 
   def step(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     self.state, metrics = self.trainer.train_step(
         self.state, self.frozen, self.trainer.partitioner.shard_batch(batch))
     return metrics
+
+  def score(self, trainable, frozen, batch):
+    if self._score is None:
+      self._score = jax.jit(lambda t, f, b: self.model.score_batch(optim.merge_params(t, f), b))
+    return self._score(trainable, frozen, batch)
 
   @property
   def params(self):
@@ -98,7 +98,7 @@ class Pretrainer:
 
 
 def _batches(docs, objective: str, batch_size: int, input_length: int, target_length: int,
-             vocab_size: int, rng: np.random.Generator):
+             vocab_size: int, rng: np.random.Generator, split_after=None):
   while True:
     pairs = []
     for i in rng.integers(0, len(docs), batch_size):
@@ -106,40 +106,54 @@ def _batches(docs, objective: str, batch_size: int, input_length: int, target_le
       if objective == "span_corruption":
         pairs.append(pretraining.span_corruption(tokens, rng, vocab_size))
       else:
-        pairs.append(pretraining.prefix_lm(tokens, rng))
+        pairs.append(pretraining.prefix_lm(tokens, rng, split_after))
     yield pretraining.encoder_decoder_batch(pairs, input_length, target_length)
 
 
-def run_stage(pt: Pretrainer, batches, steps: int, name: str, log, log_period: int = 50):
-  start, loss = time.time(), float('nan')
+def probe_batch(sp, examples, input_length: int) -> dict[str, np.ndarray]:
+  """BoolQ-like examples as corpus text ("<passage> Question: <q>? Answer:"), each paired
+  with both answers, False then True."""
+  pairs = []
+  for ex in examples:
+    inputs = sp.encode(f"{ex['passage']} Question: {ex['question']}? Answer:")
+    pairs += [(inputs, sp.encode("False")), (inputs, sp.encode("True"))]
+  return pretraining.encoder_decoder_batch(pairs, input_length, 4)
+
+
+def probe_accuracy(pt: Pretrainer, batch, labels: np.ndarray) -> float:
+  """Zero-shot accuracy: does the model score the right answer above the wrong one?"""
+  scores = np.asarray(pt.score(pt.state.params, pt.frozen, batch)).reshape(-1, 2)
+  return float(np.mean(np.argmax(scores, -1) == labels))
+
+
+def run_stage(pt: Pretrainer, batches, steps: int, name: str, log, probe=None,
+              log_period: int = 100):
+  start, loss = time.time(), float("nan")
   for i in range(1, steps + 1):
     m = pt.step(next(batches))
     if i % log_period == 0 or i == steps:
       m = jax.device_get(m)
       loss = float(m["loss_sum"]) / float(m["num_tokens"])
       acc = float(m["correct_tokens"]) / float(m["num_tokens"])
+      zero_shot = f" zero-shot BoolQ-like {probe():.3f}" if probe else ""
       log(f"{name} step {int(pt.state.step)} ({i}/{steps}) loss/token {loss:.4f} "
-          f"token accuracy {acc:.3f} {i / (time.time() - start):.2f} steps/s")
+          f"token accuracy {acc:.3f}{zero_shot} {i / (time.time() - start):.2f} steps/s")
   return loss
 
 
-def main(argv: Optional[list[str]] = None) -> str:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out_dir", required=True)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--num_docs", type=int, default=20000)
-  parser.add_argument("--num_pieces", type=int, default=400)
-  parser.add_argument("--span_steps", type=int, default=1500)
-  parser.add_argument("--lm_steps", type=int, default=1500)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--input_length", type=int, default=128)
-  parser.add_argument("--span_target_length", type=int, default=32)
-  parser.add_argument("--lm_target_length", type=int, default=64)
-  parser.add_argument("--learning_rate", type=float, default=3e-3)
-  args = parser.parse_args(argv)
-  os.makedirs(args.out_dir, exist_ok=True)
-  log_file = open(os.path.join(args.out_dir, "pretrain.log"), "a")
+def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[dict] = None,
+             seed: int = 0, num_docs: int = 20000, num_pieces: int = 600,
+             span_steps: int = 1500, lm_steps: int = 2000, batch_size: int = 32,
+             input_length: int = 96, span_target_length: int = 32, lm_target_length: int = 48,
+             learning_rate: float = 1e-3, schedule_steps: int = 5000,
+             lm_split_after: Sequence[str] = (".", "?", ":"), log_period: int = 100) -> str:
+  """Runs the whole recipe into `out_dir`; returns the LM-adapted checkpoint's path.
+
+  A stage whose checkpoint is already in `out_dir` is not run again: a killed run resumes at
+  the stage it was in.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  log_file = open(os.path.join(out_dir, "pretrain.log"), "a")
 
   def log(msg):
     line = f"{time.strftime('%H:%M:%S')} {msg}"
@@ -147,35 +161,56 @@ def main(argv: Optional[list[str]] = None) -> str:
     log_file.write(line + "\n")
     log_file.flush()
 
-  data_dir = synthetic.write_super_glue(os.path.join(args.out_dir, "data"), args.seed)
-  vocab_path = train_vocab(args.out_dir, synthetic.vocab_sentences(args.seed, args.num_docs,
-                                                                   data_dir), args.num_pieces)
+  vocab_path = os.path.join(out_dir, "spiece.model")
+  if not os.path.exists(vocab_path):
+    data_dir = synthetic.write_super_glue(os.path.join(out_dir, "data"), seed)
+    train_vocab(out_dir, synthetic.vocab_sentences(seed, num_docs, data_dir), num_pieces)
+    shutil.rmtree(data_dir)  # Regenerated from the seed by prompt_tuning.tasks.synthetic.
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
-  docs = sp.encode(list(synthetic.corpus(args.seed, args.num_docs)))
+  docs = sp.encode(list(synthetic.corpus(seed, num_docs)))
   lengths = np.array([len(d) for d in docs])
   vocab_size = sp.get_piece_size() + EXTRA_IDS  # Sentinels count down from here.
-  config = dict(MODEL_CONFIG, vocab_size=model_vocab_size(sp.get_piece_size()))
-  with open(os.path.join(args.out_dir, "config.json"), "w") as f:
+  config = {**t5.SIZES[size], **(model_overrides or {}),
+            "vocab_size": model_vocab_size(sp.get_piece_size())}
+  if config["vocab_size"] != t5.SIZES[size].get("vocab_size", config["vocab_size"]):
+    log(f"WARNING: vocab_size {config['vocab_size']} differs from t5.SIZES[{size!r}]; "
+        f"update it there, or models/sizes/{size}.gin will not fit this checkpoint.")
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=1)
   log(f"{len(docs)} docs, tokens/doc mean {lengths.mean():.1f} max {lengths.max()}, "
-      f"{sp.get_piece_size()} pieces, model vocab {config['vocab_size']}, config {config}")
-  total = args.span_steps + args.lm_steps
-  pt = Pretrainer(t5.T5Config(**config, dtype="float32"), args.learning_rate, total,
-                  args.seed)
-  rng = np.random.default_rng(args.seed)
-  run_stage(pt, _batches(docs, "span_corruption", args.batch_size, args.input_length,
-                         args.span_target_length, vocab_size, rng), args.span_steps,
-            "span_corruption", log)
-  path = pt.save(os.path.join(args.out_dir, "span_corruption",
-                              f"checkpoint_{args.span_steps}"))
-  log(f"saved {path}")
-  run_stage(pt, _batches(docs, "prefix_lm", args.batch_size, args.input_length,
-                         args.lm_target_length, vocab_size, rng), args.lm_steps, "lm_adapted",
-            log)
-  path = pt.save(os.path.join(args.out_dir, "lm_adapted", f"checkpoint_{total}"))
-  log(f"saved {path}")
+      f"{sp.get_piece_size()} pieces, config {config}")
+  cfg = t5.T5Config(**config, dtype="float32")
+  dev = synthetic.boolq_examples(seed, "validation", 200)
+  probe_inputs = probe_batch(sp, dev, input_length)
+  labels = np.array([ex["label"] for ex in dev], np.int32)
+  split_ids = [sp.piece_to_id(p) for p in lm_split_after]
+  params, step, path = None, 0, None
+  stages = (("span_corruption", "span_corruption", span_steps, span_target_length, None),
+            ("lm_adapted", "prefix_lm", lm_steps, lm_target_length, split_ids))
+  for index, (stage, objective, steps, target_length, split) in enumerate(stages):
+    path = checkpoints.latest_checkpoint(os.path.join(out_dir, stage))
+    if path:
+      log(f"{stage}: found {path}, not run again")
+      params, step = checkpoints.load_t5x_checkpoint(path), checkpoints.read_step(path)
+      continue
+    pt = Pretrainer(cfg, learning_rate, schedule_steps, seed, params, step)
+    rng = np.random.default_rng(seed if index == 0 else [seed, index])
+    batches = _batches(docs, objective, batch_size, input_length, target_length, vocab_size,
+                       rng, split)
+    run_stage(pt, batches, steps, stage, log,
+              lambda: probe_accuracy(pt, probe_inputs, labels), log_period)
+    path = pt.save(os.path.join(out_dir, stage, f"checkpoint_{int(pt.state.step)}"))
+    log(f"saved {path}")
+    params, step = pt.params, int(pt.state.step)
   return path
+
+
+def main(argv: Optional[list[str]] = None) -> str:
+  from prompt_tuning import config  # pylint: disable=g-import-not-at-top
+  config.setup_logging()
+  return config.run("prompt_tuning.pretrain", "pretrain", sys.argv[1:] if argv is None else argv,
+                    __doc__, required=("OUT_DIR",))
 
 
 if __name__ == "__main__":

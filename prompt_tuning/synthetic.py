@@ -3,16 +3,21 @@
 Everything is generated deterministically from a seed by `random.Random`, so the embedded
 default model, its vocabulary and its tasks can be rebuilt bit for bit.
 
-The world is people with facts ("Anya lives in Paris.", "Tom works as a baker."). A passage
-states some facts about two or three people; several people share each relation with
-different values, so a question's words always appear in the passage whatever its answer
-and only binding the right value to the right person answers it.
+The world is 28 people with fixed facts: where each lives, works, which pet each has and what
+each likes to eat ("Anya lives in Paris."). One relation per person is never known. The facts
+hold everywhere, in the corpus and in the tasks, the way a real pretraining corpus carries
+knowledge about the world.
 
-* `corpus(...)`: pretraining documents, each a passage followed by questions answered in
-  natural language, paraphrases, negations and "the text does not say" statements: the
-  skills the tasks need, never in the tasks' exact input format.
+* `corpus(...)`: pretraining documents, each a passage stating some facts about two or three
+  people, then 3-6 questions about those people, answered from what the world knows (stated
+  in the passage or not): open questions, yes/no questions answered True/False, yes/no or
+  with a correction, claims judged entailed or contradicted, and "nobody knows" (neutral) for
+  unknown facts. The tasks' skills, in prose, never in their input format.
 * `boolq_examples`, `rte_examples`, `cb_examples`: records in the official SuperGLUE JSONL
-  schemas, with labels balanced exactly; `write_super_glue(data_dir)` writes
+  schemas, labels balanced exactly. Each passage/premise talks about the person asked about
+  but never states the asked fact, and a question's value is as likely to appear in the
+  passage under either label: the answer needs the world knowledge that pretraining puts in
+  the model (a randomly initialised backbone has none). `write_super_glue(data_dir)` writes
   `BoolQ/ RTE/ CB/ {train,val}.jsonl` for `tasks.super_glue.register_super_glue('jsonl', ...)`.
 """
 import json
@@ -45,6 +50,9 @@ TEMPLATES = {
     "food": ("{n} likes to eat {v}", "{n} does not like to eat {v}", "does {n} like to eat {v}",
              "what does {n} like to eat"),
 }
+# Names the generator's output (prompt_tuning.tasks.synthetic caches files under it): change it
+# whenever what this module writes changes.
+VERSION = "v4"
 SPLIT_SIZES = (("train", 2000), ("validation", 400))
 SUPER_GLUE_FOLDERS = {"boolq": "BoolQ", "rte": "RTE", "cb": "CB"}
 SPLIT_FILES = {"train": "train.jsonl", "validation": "val.jsonl"}
@@ -62,81 +70,88 @@ def question(rel: str, name: str, value: str) -> str:
   return TEMPLATES[rel][2].format(n=name, v=value)
 
 
-class Passage:
-  """Facts {(name, relation): value} about a few people, and their text."""
+class World:
+  """Every person's facts {(name, relation): value}; one relation per person is unknown."""
 
-  def __init__(self, rng: random.Random, num_people: int = 0, num_relations: int = 0,
-               num_missing: int = 0):
-    num_people = num_people or rng.randint(2, 3)
-    num_relations = num_relations or rng.randint(1, 2)
-    self.names = rng.sample(NAMES, num_people)
-    self.relations = rng.sample(RELATIONS, num_relations)
-    # Values differ between people, so "X lives in <Y's city>" is false, not unknown.
+  def __init__(self, seed: int = 0):
+    rng = random.Random(f"world-{seed}")
     self.facts = {}
-    for rel in self.relations:
-      for name, value in zip(self.names, rng.sample(VALUES[rel], num_people)):
-        self.facts[(name, rel)] = value
-    # Unstated facts (CB's neutral): keep at least two stated values per relation.
-    droppable = [k for k in self.facts if sum(r == k[1] for _, r in self.facts) > 2]
-    self.missing = {}
-    for key in rng.sample(droppable, min(num_missing, len(droppable))):
-      if sum(r == key[1] for _, r in self.facts) > 2:
-        self.missing[key] = self.facts.pop(key)
+    for rel in RELATIONS:
+      # Each value held by equally many people, so no value is a cue to either label.
+      values = [VALUES[rel][i % len(VALUES[rel])] for i in range(len(NAMES))]
+      rng.shuffle(values)
+      self.facts.update({(name, rel): v for name, v in zip(NAMES, values)})
+    self.unknown = {name: rng.choice(RELATIONS) for name in NAMES}
+    for name, rel in self.unknown.items():
+      del self.facts[(name, rel)]
+
+  def other_value(self, rng: random.Random, name: str, rel: str) -> str:
+    """A uniformly random value of `rel` that is not `name`'s."""
+    return rng.choice([v for v in VALUES[rel] if v != self.facts.get((name, rel))])
+
+
+class Passage:
+  """Stated facts about `about` and one or two others, never the `hidden` (name, relation)."""
+
+  def __init__(self, world: World, rng: random.Random, about: Optional[str] = None,
+               hidden: Optional[tuple[str, str]] = None):
+    about = about or rng.choice(NAMES)
+    self.names = [about] + rng.sample([n for n in NAMES if n != about], rng.randint(1, 2))
+    relations = rng.sample(RELATIONS, rng.randint(1, 2))
+    self.facts = {(n, r): world.facts[(n, r)] for n in self.names for r in relations
+                  if (n, r) in world.facts and (n, r) != hidden}
+    if not any(n == about for n, _ in self.facts):  # Always say something about `about`.
+      rel = rng.choice(sorted(r for n, r in world.facts if n == about and (n, r) != hidden))
+      self.facts[(about, rel)] = world.facts[(about, rel)]
     sentences = [_cap(statement(rel, name, value)) + "." for (name, rel), value
                  in self.facts.items()]
     rng.shuffle(sentences)
     self.text = " ".join(sentences)
 
-  def other_value(self, rng: random.Random, name: str, rel: str) -> str:
-    """A value of `rel` stated for someone else (so it appears in the passage)."""
-    return rng.choice(sorted(v for (n, r), v in self.facts.items() if r == rel and n != name))
-
 
 # ------------------------------------------------------------------------------------ corpus
 
 
-def _qa_lines(rng: random.Random, p: Passage) -> list[str]:
-  """Questions about the passage answered in several natural styles."""
+def _qa_lines(rng: random.Random, world: World, p: Passage) -> list[str]:
+  """Questions about the passage's people, answered from the world's facts."""
   lines = []
-  for _ in range(rng.randint(3, 5)):
-    name, rel = rng.choice(sorted(p.facts))
-    true_v = p.facts[(name, rel)]
+  for _ in range(rng.randint(3, 6)):
+    name = rng.choice(p.names)
+    rel = world.unknown[name] if rng.random() < 0.15 else rng.choice(
+        [r for r in RELATIONS if (name, r) in world.facts])
+    if (name, rel) not in world.facts:  # The unknown relation.
+      value = rng.choice(VALUES[rel])
+      lines.append(f"{_cap(question(rel, name, value))}? Nobody knows, so that is neutral.")
+      continue
+    true_v = world.facts[(name, rel)]
     truth = rng.random() < 0.5
-    value = true_v if truth else p.other_value(rng, name, rel)
+    value = true_v if truth else world.other_value(rng, name, rel)
     q, s = question(rel, name, value), statement(rel, name, value)
-    # Yes/no questions answered True/False are the commonest style.
-    style = rng.choice((0, 1, 1, 2, 2, 3, 4, 5, 6))
-    if style == 0:
-      lines.append(f"{_cap(q)}? " + ("Yes, " + s if truth else
-                                     "No, " + statement(rel, name, true_v)) + ".")
+    style = rng.choice((0, 0, 1, 1, 1, 2, 3, 4))
+    if style == 0:  # Open question, answered with the value.
+      lines.append(f"{_cap(TEMPLATES[rel][3].format(n=name))}? The answer is {true_v}.")
     elif style == 1:
       lines.append(f"Question: {q}? Answer: {'True' if truth else 'False'}.")
     elif style == 2:
-      lines.append(f"Is it true that {s}? {'True' if truth else 'False'}.")
+      lines.append(f"{_cap(q)}? " + ("Yes, " + s if truth else
+                                     "No, " + statement(rel, name, true_v)) + ".")
     elif style == 3:
-      lines.append(f"{_cap(q)}? {'yes' if truth else 'no'}.")
-    elif style == 4:  # Entailment: a statement that follows, or does not.
+      lines.append(f"Is it true that {s}? {'True' if truth else 'False'}.")
+    else:  # Entailment: a statement that follows, or does not.
       neg = rng.random() < 0.5
       follows = truth != neg
       lines.append(f"Does it follow that {statement(rel, name, value, neg)}? "
                    f"{'Yes, that is entailment' if follows else 'No, that is a contradiction'}.")
-    elif style == 5:  # Negations and paraphrase.
-      lines.append(_cap(statement(rel, name, value, negated=True)) + "." if not truth else
-                   f"So it is true that {s}.")
-    else:  # Something the text does not say.
-      unknown = [n for n in NAMES if (n, rel) not in p.facts]
-      other = rng.choice(unknown)
-      lines.append(f"{_cap(question(rel, other, value))}? The text does not say, "
-                   "so that is neutral.")
   return lines
 
 
 def corpus(seed: int = 0, num_docs: int = 20000) -> Iterator[str]:
-  """English-like pretraining documents: a passage, then questions about it answered."""
+  """English-like pretraining documents: a passage, then questions about its people answered."""
+  world = World(seed)
   rng = random.Random(f"corpus-{seed}")
   for _ in range(num_docs):
-    p = Passage(rng)
-    yield " ".join([p.text] + _qa_lines(rng, p))
+    p = Passage(world, rng)
+    yield " ".join([p.text] + _qa_lines(rng, world, p))
 
 
 # ------------------------------------------------------------------------------------- tasks
@@ -148,55 +163,60 @@ def _balanced(rng: random.Random, n: int, labels: Sequence[Any]) -> list[Any]:
   return out
 
 
+def _known(rng: random.Random, world: World) -> tuple[str, str]:
+  return rng.choice(sorted(world.facts))
+
+
 def boolq_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
-  """BoolQ schema: {question, passage, idx, label: bool}; the answer is in the passage."""
+  """BoolQ schema: {question, passage, idx, label: bool}; the passage is about the person
+  but never states the asked fact."""
+  world = World(seed)
   rng = random.Random(f"boolq-{seed}-{split}")
   out = []
   for idx, label in enumerate(_balanced(rng, n, (True, False))):
-    p = Passage(rng)
-    name, rel = rng.choice(sorted(p.facts))
-    value = p.facts[(name, rel)] if label else p.other_value(rng, name, rel)
+    name, rel = _known(rng, world)
+    value = world.facts[(name, rel)] if label else world.other_value(rng, name, rel)
+    p = Passage(world, rng, about=name, hidden=(name, rel))
     out.append({"question": question(rel, name, value), "passage": p.text, "idx": idx,
                 "label": label})
   return out
 
 
-def _hypothesis(rng: random.Random, p: Passage, label: str) -> str:
-  """A hypothesis whose words are all in the premise, with the given relation to it."""
+def _hypothesis(rng: random.Random, world: World, label: str) -> tuple[str, str, str]:
+  """(name, relation, hypothesis) with the given relation to the world's facts."""
   if label == "neutral":
-    name, rel = rng.choice(sorted(p.missing))
-    value = rng.choice(sorted(v for (_, r), v in p.facts.items() if r == rel))
-    return _cap(statement(rel, name, value, negated=rng.random() < 0.5)) + "."
-  name, rel = rng.choice(sorted(p.facts))
-  # Entailed: the stated fact, or a swapped value negated; contradicted: the reverse.
+    name = rng.choice(NAMES)
+    rel = world.unknown[name]
+    value = rng.choice(VALUES[rel])
+    return name, rel, _cap(statement(rel, name, value, negated=rng.random() < 0.5)) + "."
+  name, rel = _known(rng, world)
+  # Entailed: the true fact, or another value negated; contradicted: the reverse.
   negated = rng.random() < 0.5
   true_value = (label == "entailment") != negated
-  value = p.facts[(name, rel)] if true_value else p.other_value(rng, name, rel)
-  return _cap(statement(rel, name, value, negated)) + "."
+  value = world.facts[(name, rel)] if true_value else world.other_value(rng, name, rel)
+  return name, rel, _cap(statement(rel, name, value, negated)) + "."
 
 
-def rte_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
-  """RTE schema: {premise, hypothesis, idx, label: entailment|not_entailment}."""
-  rng = random.Random(f"rte-{seed}-{split}")
+def _entailment_examples(kind: str, labels: Sequence[str], seed: int, split: str, n: int):
+  world = World(seed)
+  rng = random.Random(f"{kind}-{seed}-{split}")
   out = []
-  for idx, label in enumerate(_balanced(rng, n, ("entailment", "not_entailment"))):
-    p = Passage(rng)
-    hyp = _hypothesis(rng, p, "entailment" if label == "entailment" else "contradiction")
+  for idx, label in enumerate(_balanced(rng, n, labels)):
+    name, rel, hyp = _hypothesis(rng, world, "contradiction" if label == "not_entailment"
+                                 else label)
+    p = Passage(world, rng, about=name, hidden=(name, rel))
     out.append({"premise": p.text, "hypothesis": hyp, "idx": idx, "label": label})
   return out
 
 
+def rte_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
+  """RTE schema: {premise, hypothesis, idx, label: entailment|not_entailment}."""
+  return _entailment_examples("rte", ("entailment", "not_entailment"), seed, split, n)
+
+
 def cb_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
   """CB schema: {premise, hypothesis, idx, label: entailment|contradiction|neutral}."""
-  rng = random.Random(f"cb-{seed}-{split}")
-  out = []
-  for idx, label in enumerate(_balanced(rng, n, ("entailment", "contradiction", "neutral"))):
-    # Three people, two relations and one dropped fact whatever the label: everyone is
-    # still named in the premise, and a missing fact is no cue by itself.
-    p = Passage(rng, num_people=3, num_relations=2, num_missing=1)
-    out.append({"premise": p.text, "hypothesis": _hypothesis(rng, p, label), "idx": idx,
-                "label": label})
-  return out
+  return _entailment_examples("cb", ("entailment", "contradiction", "neutral"), seed, split, n)
 
 
 EXAMPLE_FNS = {"boolq": boolq_examples, "rte": rte_examples, "cb": cb_examples}

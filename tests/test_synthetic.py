@@ -61,24 +61,63 @@ def test_files_follow_the_official_schemas(tmp_path):
       assert {e["label"] for e in examples} == set(range(len(names)))
 
 
-def test_boolq_needs_the_passage():
-  """Both answers use only passage words; the answer is whether the fact is stated."""
-  for r in synthetic.boolq_examples(0, "train", 300):
-    assert _words(r["question"]) - {"does", "live", "work", "have", "like", "eat"} <= (
-        _words(r["passage"]) | {"a", "to", "pet", "in", "as"})
-    name = r["question"].split()[1]
-    value = r["question"].split()[-1]
-    assert name in r["passage"] and value in r["passage"]
-    stated = any(s.startswith(name + " ") and s.endswith(" " + value)
-                 for s in r["passage"].rstrip(".").split(". "))
-    assert stated == r["label"]
+def test_world_has_fixed_balanced_facts():
+  world = synthetic.World(0)
+  assert world.facts == synthetic.World(0).facts and world.facts != synthetic.World(1).facts
+  for name in synthetic.NAMES:  # Exactly one unknown relation per person.
+    known = [r for r in synthetic.RELATIONS if (name, r) in world.facts]
+    assert len(known) == len(synthetic.RELATIONS) - 1
+    assert world.unknown[name] not in known
+  for rel, values in synthetic.VALUES.items():
+    counts = collections.Counter(
+        synthetic.World(0).facts.get((n, rel)) for n in synthetic.NAMES)
+    counts.pop(None, None)
+    assert max(counts.values()) <= -(-len(synthetic.NAMES) // len(values))
 
 
-def test_hypotheses_reuse_premise_words():
+def _stated(passage: str) -> set[str]:
+  return set(passage.rstrip(".").split(". "))
+
+
+def test_boolq_needs_world_knowledge():
+  """The passage is about the person asked about but never states the asked fact; the label
+  is the world's truth; the asked value is as likely to be in the passage under each label."""
+  world = synthetic.World(0)
+  in_passage = collections.defaultdict(list)
+  for r in synthetic.boolq_examples(0, "train", 2000):
+    words = r["question"].split()
+    name, value = words[1], words[-1]
+    rel = next(rel for rel, t in synthetic.TEMPLATES.items()
+               if t[2].format(n=name, v=value) == r["question"])
+    assert (world.facts[(name, rel)] == value) == r["label"]
+    assert name in r["passage"].split()
+    assert not any(s.startswith(name + " ") and rel_statement_matches(s, rel, name)
+                   for s in _stated(r["passage"]))
+    in_passage[r["label"]].append(value in r["passage"].split())
+  assert abs(np.mean(in_passage[True]) - np.mean(in_passage[False])) < 0.05
+
+
+def rel_statement_matches(sentence: str, rel: str, name: str) -> bool:
+  prefix = synthetic.TEMPLATES[rel][0].format(n=name, v="")
+  return sentence.startswith(prefix)
+
+
+def test_hypotheses_follow_the_world_and_are_never_stated():
+  world = synthetic.World(0)
   for config in ("rte", "cb"):
     for r in synthetic.EXAMPLE_FNS[config](0, "train", 300):
-      content = _words(r["hypothesis"]) - {"does", "not", "live", "work", "have", "like", "Does"}
-      assert content <= _words(r["premise"]) | {"live", "work", "have", "like"}, r
+      hyp = r["hypothesis"].rstrip(".")
+      matches = [(rel, name, v, neg) for rel in synthetic.RELATIONS for name in synthetic.NAMES
+                 for v in synthetic.VALUES[rel] for neg in (False, True)
+                 if synthetic._cap(synthetic.statement(rel, name, v, neg)) == hyp]
+      ((rel, name, value, negated),) = matches
+      assert not any(rel_statement_matches(s, rel, name) for s in _stated(r["premise"]))
+      if (name, rel) not in world.facts:
+        expected = "neutral"
+      else:
+        expected = "entailment" if (world.facts[(name, rel)] == value) != negated else (
+            "contradiction" if config == "cb" else "not_entailment")
+      assert r["label"] == expected, r
 
 
 def test_negation_is_no_cue():
@@ -94,10 +133,24 @@ def test_negation_is_no_cue():
 def test_corpus_contains_the_skills():
   text = " ".join(synthetic.corpus(0, 500))
   for phrase in ("Answer: True", "Answer: False", "does not", "entailment", "contradiction",
-                 "neutral", "Is it true that"):
+                 "neutral", "Is it true that", "The answer is"):
     assert phrase in text
   # And never the tasks' own input format.
   assert "passage:" not in text and "hypothesis:" not in text
+
+
+def test_corpus_answers_agree_with_the_world():
+  world = synthetic.World(0)
+  checked = 0
+  for doc in synthetic.corpus(0, 300):
+    for q, a in re.findall(r"Question: does (.+?)\? Answer: (True|False)\.", doc):
+      name = q.split()[0]
+      stated = [(rel, v) for rel in synthetic.RELATIONS for v in synthetic.VALUES[rel]
+                if synthetic.question(rel, name, v) == "does " + q]
+      ((rel, value),) = stated
+      assert (world.facts[(name, rel)] == value) == (a == "True")
+      checked += 1
+  assert checked > 300
 
 
 @pytest.fixture
@@ -183,6 +236,16 @@ def test_prefix_lm_splits_the_text():
   assert len(splits) > 5
 
 
+def test_prefix_lm_can_split_only_after_given_tokens():
+  tokens = [5, 6, 9, 7, 9, 8]  # 9 ends a sentence.
+  rng = np.random.default_rng(0)
+  splits = collections.Counter(len(pretraining.prefix_lm(tokens, rng, [9])[0])
+                               for _ in range(200))
+  assert set(splits) == {3, 5}  # Right after each 9 (never after the last token).
+  no_boundary = {len(pretraining.prefix_lm([5, 6, 7], rng, [9])[0]) for _ in range(50)}
+  assert no_boundary == {1, 2}  # None present: any point.
+
+
 def test_encoder_decoder_batch():
   batch = pretraining.encoder_decoder_batch([([5, 6, 7], [8, 9]), ([5] * 10, [9] * 10)], 6, 4)
   np.testing.assert_array_equal(batch["encoder_input_tokens"],
@@ -197,30 +260,42 @@ def test_model_vocab_size_is_padded():
   assert pretrain.model_vocab_size(28) == 128
 
 
-# ------------------------------------------------------------------------ committed artefacts
+# ------------------------------------------------------------------------------ the recipe
 
 
-def _require_assets():
-  if not os.path.exists(os.path.join(pretrain.ASSETS_DIR, "config.json")):
-    pytest.skip("prompt_tuning/assets/embedded is not built (python -m prompt_tuning.pretrain).")
-
-
-def test_embedded_assets_load_and_are_small():
-  _require_assets()
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+def test_pretraining_recipe_runs_end_to_end(tmp_path):
+  """The gin recipe at a toy size: vocabulary, both stages, T5X checkpoints, config.json."""
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-  cfg = pretrain.load_config()
-  sp = spm.SentencePieceProcessor(model_file=os.path.join(pretrain.ASSETS_DIR, "spiece.model"))
-  assert cfg.vocab_size == pretrain.model_vocab_size(sp.get_piece_size())
-  assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
-  for stage in ("span_corruption", "lm_adapted"):
-    params = checkpoints.load_t5x_checkpoint(pretrain.checkpoint_path(stage=stage))
-    assert params["token_embedder"]["embedding"].shape == (cfg.vocab_size, cfg.emb_dim)
-  assert (checkpoints.read_step(pretrain.checkpoint_path(stage="lm_adapted"))
-          > checkpoints.read_step(pretrain.checkpoint_path(stage="span_corruption")))
-  total = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in
-              os.walk(pretrain.ASSETS_DIR) for f in files)
-  assert total < 20 * 2**20
+  from prompt_tuning import embedded  # pylint: disable=g-import-not-at-top
+  import gin  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "embedded"
+  gin.clear_config()
+  args = [
+      "--gin_file=runs/pretrain_embedded.gin", f"--gin.OUT_DIR='{out}'",
+      "--gin.pretrain.pretrain.num_docs=200", "--gin.pretrain.pretrain.num_pieces=200",
+      "--gin.pretrain.pretrain.span_steps=2", "--gin.pretrain.pretrain.lm_steps=3",
+      "--gin.pretrain.pretrain.batch_size=4", "--gin.pretrain.pretrain.log_period=1",
+      "--gin.pretrain.pretrain.model_overrides={'emb_dim': 8, 'num_heads': 2, 'head_dim': 4, "
+      "'mlp_dim': 16, 'num_encoder_layers': 1, 'num_decoder_layers': 1}"]
+  path = pretrain.main(args)
+  gin.clear_config()
+  assert path == embedded.checkpoint_path("lm_adapted", str(out))
+  assert checkpoints.read_step(path) == 5
+  assert checkpoints.read_step(embedded.checkpoint_path("span_corruption", str(out))) == 2
+  cfg = embedded.load_config(str(out))
+  assert (cfg.emb_dim, cfg.vocab_size) == (8, 384)  # 200 pieces + 100 extra ids -> 384.
+  params = checkpoints.load_t5x_checkpoint(path)
+  assert params["token_embedder"]["embedding"].shape == (384, 8)
+  log = (out / "pretrain.log").read_text()
+  assert log.count("zero-shot BoolQ-like") == 5
+  assert not (out / "data").exists()  # Task files are regenerated from the seed, not shipped.
+  # A killed run resumes by stage: with the LM-adapted checkpoint gone, only that stage reruns.
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(out / "lm_adapted")
+  assert pretrain.main(args) == path
+  gin.clear_config()
+  log = (out / "pretrain.log").read_text()
+  assert "span_corruption: found" in log and log.count("zero-shot BoolQ-like") == 8
 
 
 def test_vocab_covers_the_task_formats(small_vocab):
@@ -229,3 +304,18 @@ def test_vocab_covers_the_task_formats(small_vocab):
   for text in ("boolq passage: Tom lives in Oslo. question: does Tom live in Oslo",
                "cb hypothesis: Tom lives in Oslo. premise: Tom lives in Oslo.", "True False"):
     assert sp.unk_id() not in sp.encode(text), text
+
+
+def test_task_module_writes_files_once(tmp_path, monkeypatch):
+  from prompt_tuning.tasks import synthetic as synthetic_tasks  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv(synthetic_tasks.DATA_DIR_ENV_VAR, str(tmp_path))
+  path = synthetic_tasks.data_dir()
+  assert path == str(tmp_path / f"{synthetic.VERSION}_seed0")
+  assert synthetic_tasks.ensure_data(path) == path
+  boolq = tmp_path / path / "BoolQ" / "val.jsonl"
+  assert len(boolq.read_text().splitlines()) == dict(synthetic.SPLIT_SIZES)["validation"]
+  stamp = os.path.getmtime(boolq)
+  synthetic_tasks.ensure_data(path)  # Complete: left alone.
+  assert os.path.getmtime(boolq) == stamp
+  assert sorted(os.listdir(tmp_path)) == [os.path.basename(path)]  # No temporary leftovers.
+  assert "synthetic_taskless_super_glue_boolq_v102" in synthetic_tasks.REGISTERED

@@ -4,13 +4,13 @@
   inputs keep the rest with one sentinel per cut span, the targets list each sentinel followed
   by the tokens it replaced. Sentinels are the extra ids counting down from the end of the
   vocabulary (`<extra_id_0>` = vocab_size - 1), as in T5 and seqio.
-* Prefix LM (T5 1.1 "LM adaptation"): the text is split at a random point; the inputs are the
-  prefix, the targets the rest.
+* Prefix LM (T5 1.1 "LM adaptation"): the text is split at a random point (optionally only
+  at sentence or clause ends); the inputs are the prefix, the targets the rest.
 
 Inputs and targets carry no EOS; `encoder_decoder_batch` appends it and pads, giving the
 batch the model's `loss_fn` takes (what seqio's EncDecFeatureConverter would produce).
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -89,11 +89,20 @@ def uncorrupt(inputs: Sequence[int], targets: Sequence[int], vocab_size: int,
   return np.asarray(out, np.int32)
 
 
-def prefix_lm(tokens: Sequence[int], rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray]:
-  """(prefix, suffix) split at a uniformly random point; both non-empty (needs 2 tokens)."""
+def prefix_lm(tokens: Sequence[int], rng: np.random.Generator,
+              split_after: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+  """(prefix, suffix) split at a uniformly random point; both non-empty (needs 2 tokens).
+
+  With `split_after` (token ids, e.g. of "." "?" ":"), the split is uniform over the points
+  right after one of those tokens (any point if there is none), so that a question ends the
+  prefix as often as anything else instead of rarely.
+  """
   tokens = np.asarray(tokens, np.int32)
-  split = int(rng.integers(1, len(tokens)))
+  points = np.arange(1, len(tokens))
+  if split_after is not None:
+    at_boundary = points[np.isin(tokens[:-1], split_after)]
+    points = at_boundary if len(at_boundary) else points
+  split = int(rng.choice(points))
   return tokens[:split], tokens[split:]
 
 

@@ -1,0 +1,41 @@
+"""The embedded default model: where its committed files live and how to read them.
+
+`python -m prompt_tuning.pretrain` builds `prompt_tuning/assets/embedded/`: a small T5 1.1
+pretrained on the synthetic world (`synthetic.py`) with span corruption, then LM adaptation,
+saved as T5X checkpoints beside its SentencePiece vocabulary and `config.json`. The gin files
+`models/sizes/embedded.gin` and `runs/embedded_default.gin` point at these paths through
+`@embedded.checkpoint_path()` and `@embedded.vocab_path()`, so no path is written by hand.
+"""
+import json
+import os
+
+from prompt_tuning import checkpoints
+from prompt_tuning.models import t5
+
+ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets", "embedded")
+STAGES = ("span_corruption", "lm_adapted")
+
+
+def vocab_path(directory: str = ASSETS_DIR) -> str:
+  path = os.path.join(directory, "spiece.model")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No SentencePiece model at {path}; build the embedded default "
+                            f"with `python -m prompt_tuning.pretrain --out_dir={directory}`.")
+  return path
+
+
+def checkpoint_path(stage: str = "lm_adapted", directory: str = ASSETS_DIR) -> str:
+  """`<directory>/<stage>/checkpoint_<step>`, the latest one."""
+  if stage not in STAGES:
+    raise ValueError(f"Unknown pretraining stage {stage!r}; choose one of {STAGES}.")
+  path = checkpoints.latest_checkpoint(os.path.join(directory, stage))
+  if path is None:
+    raise FileNotFoundError(f"No checkpoint under {os.path.join(directory, stage)}; build the "
+                            f"embedded default with `python -m prompt_tuning.pretrain`.")
+  return path
+
+
+def load_config(directory: str = ASSETS_DIR, dtype: str = "float32") -> t5.T5Config:
+  """The T5Config saved beside the checkpoints (`config.json`)."""
+  with open(os.path.join(directory, "config.json")) as f:
+    return t5.T5Config(**json.load(f), dtype=dtype)

@@ -1,0 +1,164 @@
+"""The embedded default: committed assets, its gin files, and the thresholds of issue #6.
+
+The end-to-end tests run the README's first command (`runs/embedded_default.gin`) through the
+real train CLI at a reduced budget, next to the same prompt tuning on a randomly initialised
+frozen backbone and model tuning of the pretrained one (benchmarks/embedded_default.py prints
+the full-budget figures). The thresholds are not met yet: that test is a strict xfail.
+"""
+import json
+import os
+import pathlib
+
+import gin
+import numpy as np
+import pytest
+
+from prompt_tuning import checkpoints
+from prompt_tuning import config
+from prompt_tuning import embedded
+from prompt_tuning.models import t5
+from tests import cli_utils
+
+ASSETS = pathlib.Path(embedded.ASSETS_DIR)
+STEPS = 200  # Reduced budget of the threshold tests (the main job trains 600 steps).
+# What model tuning takes from runs/embedded_default.gin, so both train on the same data.
+MODEL_TUNING_MACROS = ("MIXTURE_OR_TASK_MODULE", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
+                       "ACTIVATION_DTYPE", "BATCH_SIZE", "BEST_METRIC")
+
+
+def _lm_step() -> int:
+  return checkpoints.read_step(embedded.checkpoint_path("lm_adapted"))
+
+
+def test_assets_are_committed_and_small():
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  cfg = embedded.load_config()
+  sp = spm.SentencePieceProcessor(model_file=embedded.vocab_path())
+  assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
+  assert cfg.vocab_size == 128 * -(-(sp.get_piece_size() + 100) // 128)
+  # models/sizes/embedded.gin builds t5.SIZES['embedded']: it must be the saved architecture.
+  with open(ASSETS / "config.json") as f:
+    assert json.load(f) == t5.SIZES["embedded"]
+  for stage in embedded.STAGES:
+    params = checkpoints.load_t5x_checkpoint(embedded.checkpoint_path(stage))
+    assert params["token_embedder"]["embedding"].shape == (cfg.vocab_size, cfg.emb_dim)
+  assert _lm_step() > checkpoints.read_step(embedded.checkpoint_path("span_corruption"))
+  total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+  assert total < 10 * 2**20, total
+
+
+def test_the_vocabulary_keeps_the_world_s_words_whole():
+  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import synthetic  # pylint: disable=g-import-not-at-top
+  sp = spm.SentencePieceProcessor(model_file=embedded.vocab_path())
+  words = set(synthetic.NAMES) | {v for vs in synthetic.VALUES.values() for v in vs}
+  words |= {w for t in synthetic.TEMPLATES.values() for s in t[:3] for w in s.split()
+            if "{" not in w}
+  words |= {"What", "Where", "Which", "Question", "Answer"}  # Capitalised in the corpus.
+  words |= {"True", "False", "entailment", "contradiction", "neutral"}
+  for word in sorted(words):
+    assert sp.encode(word, out_type=str) == ["▁" + word], word
+  # The task formats' "passage:" / "question:" are rarer and split into pieces (see
+  # docs/embedded_default.md); they must still encode without <unk>.
+  assert sp.unk_id() not in sp.encode("passage: question: hypothesis: premise:")
+
+
+def test_gin_files_resolve_the_committed_paths():
+  gin.clear_config()
+  try:
+    config.parse_gin(["runs/embedded_default.gin"], [])
+    assert config.macro("INITIAL_CHECKPOINT_PATH", evaluate=True) == embedded.checkpoint_path()
+    assert config.macro("VOCAB_PATH", evaluate=True) == embedded.vocab_path()
+    # Without evaluate, a reference is left for gin to resolve when the function is called.
+    assert config.macro("VOCAB_PATH") is None
+    gin.parse_config(["embedded.checkpoint_path.stage = 'span_corruption'"])
+    assert config.macro("INITIAL_CHECKPOINT_PATH", evaluate=True) == (
+        embedded.checkpoint_path("span_corruption"))
+    # TRAIN_STEPS counts on from the checkpoint's global step, T5X-style.
+    assert config.macro("TRAIN_STEPS") - _lm_step() == 600
+  finally:
+    gin.clear_config()
+
+
+def test_missing_assets_name_the_fix(tmp_path):
+  with pytest.raises(FileNotFoundError, match="prompt_tuning.pretrain"):
+    embedded.checkpoint_path(directory=str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="spiece.model"):
+    embedded.vocab_path(str(tmp_path))
+  with pytest.raises(ValueError, match="span_corruption"):
+    embedded.checkpoint_path("lm100k")
+
+
+# ----------------------------------------------------------------------- thresholds (issue 6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The main job at a reduced budget, and the two comparisons, run one after the other."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("embedded")
+  module = t5.EncoderDecoder(embedded.load_config())
+  ones = jnp.ones((1, 4), jnp.int32)
+  random_params = nn.unbox(module.init(jax.random.PRNGKey(1), ones, ones, ones)["params"])
+  # Same global step as the pretrained checkpoint, so TRAIN_STEPS means the same budget.
+  random_ckpt = checkpoints.save_t5x_checkpoint(
+      root / "random" / f"checkpoint_{_lm_step()}", jax.device_get(random_params),
+      step=_lm_step())
+  env = cli_utils.make_env(root, pathlib.Path(embedded.vocab_path()),
+                           {"PROMPT_TUNING_SYNTHETIC_DIR": str(root / "synthetic")})
+  gin.clear_config()
+  config.parse_gin(["runs/embedded_default.gin"], [])
+  config_macros = {k: config.macro(k) for k in MODEL_TUNING_MACROS}
+  gin.clear_config()
+  common = {"TRAIN_STEPS": _lm_step() + STEPS, "EVAL_PERIOD": STEPS,
+            "CHECKPOINT_PERIOD": STEPS}
+  variants = {
+      "prompt": ["--gin_file=runs/embedded_default.gin"],
+      "random": ["--gin_file=runs/embedded_default.gin"] + cli_utils.gin_flags(
+          {"INITIAL_CHECKPOINT_PATH": random_ckpt}),
+      # Model tuning: no prompt, every parameter trains (runs/finetune.gin, lr 1e-3).
+      "model": ["--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/embedded.gin",
+                "--gin_file=models/decoding/greedy.gin", "--gin_file=runs/finetune.gin"]
+               + cli_utils.gin_flags({k: config_macros[k] for k in MODEL_TUNING_MACROS}),
+  }
+  out = {}
+  for name, args in variants.items():
+    model_dir = root / name
+    cli_utils.Cli("train", args + cli_utils.gin_flags({**common, "MODEL_DIR": model_dir}),
+                  env, root / "logs", name).check(timeout=900)
+    evals = cli_utils.read_jsonl(model_dir / "eval" / "metrics.jsonl")
+    out[name] = (model_dir, evals[-1])
+  return out
+
+
+def _accuracy(metrics) -> float:
+  return metrics["synthetic_taskless_super_glue_boolq_v102/accuracy"]
+
+
+@pytest.mark.slow
+def test_main_job_leaves_prompt_logs_and_metrics(runs):
+  model_dir, metrics = runs["prompt"]
+  assert 0.0 <= _accuracy(metrics) <= 100.0, metrics
+  (npy,) = (model_dir / "numpy_checkpoints").glob(f"checkpoint_{_lm_step() + STEPS}/*.npy")
+  prompt = np.load(npy)
+  assert prompt.shape == (20, embedded.load_config().emb_dim)
+  assert list((model_dir / "train").glob("events.out.tfevents.*"))
+  assert list((model_dir / "eval").glob("events.out.tfevents.*"))
+  # Only the prompt trained: the model-tuning run's checkpoint holds every parameter.
+  assert len(list((runs["model"][0] / "numpy_checkpoints").glob("*/*.npy"))) > 10
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "Issue #6 is not met: the committed model memorises the world's facts (statement recall "
+    "100%) but does not verify them (zero-shot True/False at chance), so prompt tuning stays at "
+    "~50% on the BoolQ-like task. Strict: remove this marker once the thresholds pass."))
+def test_issue_6_thresholds(runs):
+  prompt = _accuracy(runs["prompt"][1])
+  model = _accuracy(runs["model"][1])
+  random = _accuracy(runs["random"][1])
+  assert prompt >= 80.0, (prompt, model, random)  # 85% at the full budget (benchmark).
+  assert prompt >= 0.9 * model, (prompt, model, random)
+  assert prompt - random >= 20.0, (prompt, model, random)
