@@ -104,7 +104,7 @@ def runs(tmp_path_factory):
   random_params = nn.unbox(module.init(jax.random.PRNGKey(1), ones, ones, ones)["params"])
   # Same global step as the pretrained checkpoint, so TRAIN_STEPS means the same budget.
   random_ckpt = checkpoints.save_t5x_checkpoint(
-      root / "random" / f"checkpoint_{_lm_step()}", jax.device_get(random_params),
+      root / "random_backbone" / f"checkpoint_{_lm_step()}", jax.device_get(random_params),
       step=_lm_step())
   env = cli_utils.make_env(root, pathlib.Path(embedded.vocab_path()),
                            {"PROMPT_TUNING_SYNTHETIC_DIR": str(root / "synthetic")})
