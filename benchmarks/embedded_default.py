@@ -20,7 +20,6 @@ import os
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,13 +52,6 @@ def task_arrays(task: str, split: str, data_dir: str, input_length: int,
   return [(x["inputs"][:-1] if x["inputs"][-1] == 1 else x["inputs"],
            x["targets"][:-1] if x["targets"][-1] == 1 else x["targets"])
           for x in ds.as_numpy_iterator()]
-
-
-def write_random_checkpoint(path: str, cfg: t5.T5Config, seed: int = 1) -> str:
-  module = t5.EncoderDecoder(cfg)
-  ones = jnp.ones((1, 4), jnp.int32)
-  params = nn.unbox(module.init(jax.random.PRNGKey(seed), ones, ones, ones)["params"])
-  return checkpoints.save_t5x_checkpoint(path, jax.device_get(params), step=0, overwrite=True)
 
 
 def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_length: int,
@@ -184,7 +176,7 @@ def main():
   for name in args.runs.split(","):
     stage, mode, init = RUNS[name]
     if stage == "random":
-      ckpt = write_random_checkpoint(os.path.join(tmp, "random", "checkpoint_0"), cfg)
+      ckpt = embedded.write_random_checkpoint(os.path.join(tmp, "random", "checkpoint_0"), cfg)
     else:
       ckpt = embedded.checkpoint_path(stage, args.model_dir)
     print(f"{name} ({DESCRIPTIONS[name]}, {ckpt}):", flush=True)

@@ -39,3 +39,16 @@ def load_config(directory: str = ASSETS_DIR, dtype: str = "float32") -> t5.T5Con
   """The T5Config saved beside the checkpoints (`config.json`)."""
   with open(os.path.join(directory, "config.json")) as f:
     return t5.T5Config(**json.load(f), dtype=dtype)
+
+
+def write_random_checkpoint(path: str, cfg: t5.T5Config, step: int = 0, seed: int = 1) -> str:
+  """A randomly initialised model of `cfg`'s shape as a T5X checkpoint: the untrained-backbone
+  baseline that shows what the pretraining contributes."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  ones = jnp.ones((1, 4), jnp.int32)
+  params = nn.unbox(t5.EncoderDecoder(cfg).init(jax.random.PRNGKey(seed), ones, ones, ones)
+                    ["params"])
+  return checkpoints.save_t5x_checkpoint(path, jax.device_get(params), step=step,
+                                         overwrite=True)

@@ -95,16 +95,10 @@ def test_missing_assets_name_the_fix(tmp_path):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """The main job at a reduced budget, and the two comparisons, run one after the other."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("embedded")
-  module = t5.EncoderDecoder(embedded.load_config())
-  ones = jnp.ones((1, 4), jnp.int32)
-  random_params = nn.unbox(module.init(jax.random.PRNGKey(1), ones, ones, ones)["params"])
   # Same global step as the pretrained checkpoint, so TRAIN_STEPS means the same budget.
-  random_ckpt = checkpoints.save_t5x_checkpoint(
-      root / "random_backbone" / f"checkpoint_{_lm_step()}", jax.device_get(random_params),
+  random_ckpt = embedded.write_random_checkpoint(
+      str(root / "random_backbone" / f"checkpoint_{_lm_step()}"), embedded.load_config(),
       step=_lm_step())
   env = cli_utils.make_env(root, pathlib.Path(embedded.vocab_path()),
                            {"PROMPT_TUNING_SYNTHETIC_DIR": str(root / "synthetic")})
