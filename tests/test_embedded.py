@@ -52,15 +52,14 @@ def test_the_vocabulary_keeps_the_world_s_words_whole():
   from prompt_tuning import synthetic  # pylint: disable=g-import-not-at-top
   sp = spm.SentencePieceProcessor(model_file=embedded.vocab_path())
   words = set(synthetic.NAMES) | {v for vs in synthetic.VALUES.values() for v in vs}
-  words |= {w for t in synthetic.TEMPLATES.values() for s in t[:3] for w in s.split()
-            if "{" not in w}
+  statements = [t[0] for t in synthetic.TEMPLATES.values()]  # Wh-questions start capitalised.
+  words |= {w for s in statements + [s for t in synthetic.TRAITS.values() for s in t]
+            for w in s.split() if "{" not in w}
   words |= {"What", "Where", "Which", "Question", "Answer"}  # Capitalised in the corpus.
   words |= {"True", "False", "entailment", "contradiction", "neutral"}
+  words |= {"boolq", "passage", "question", "rte", "cb", "hypothesis", "premise"}  # Formats.
   for word in sorted(words):
     assert sp.encode(word, out_type=str) == ["▁" + word], word
-  # The task formats' "passage:" / "question:" are rarer and split into pieces (see
-  # docs/embedded_default.md); they must still encode without <unk>.
-  assert sp.unk_id() not in sp.encode("passage: question: hypothesis: premise:")
 
 
 def test_gin_files_resolve_the_committed_paths():
@@ -145,14 +144,12 @@ def test_main_job_leaves_prompt_logs_and_metrics(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "Issue #6 is not met: the committed model memorises the world's facts (statement recall "
-    "100%) but does not verify them (zero-shot True/False at chance), so prompt tuning stays at "
-    "~50% on the BoolQ-like task. Strict: remove this marker once the thresholds pass."))
 def test_issue_6_thresholds(runs):
   prompt = _accuracy(runs["prompt"][1])
   model = _accuracy(runs["model"][1])
   random = _accuracy(runs["random"][1])
-  assert prompt >= 80.0, (prompt, model, random)  # 85% at the full budget (benchmark).
+  # The issue's 85% is for the full budget (the main job's 600 steps, the benchmark); a third
+  # of it reaches about 88% (docs/embedded_default.md), so 80% here still fails a broken model.
+  assert prompt >= 80.0, (prompt, model, random)
   assert prompt >= 0.9 * model, (prompt, model, random)
   assert prompt - random >= 20.0, (prompt, model, random)

@@ -63,61 +63,79 @@ def test_files_follow_the_official_schemas(tmp_path):
 
 def test_world_has_fixed_balanced_facts():
   world = synthetic.World(0)
-  assert world.facts == synthetic.World(0).facts and world.facts != synthetic.World(1).facts
-  for name in synthetic.NAMES:  # Exactly one unknown relation per person.
-    known = [r for r in synthetic.RELATIONS if (name, r) in world.facts]
-    assert len(known) == len(synthetic.RELATIONS) - 1
-    assert world.unknown[name] not in known
-  for rel, values in synthetic.VALUES.items():
-    counts = collections.Counter(
-        synthetic.World(0).facts.get((n, rel)) for n in synthetic.NAMES)
-    counts.pop(None, None)
+  assert (world.facts, world.traits) == (synthetic.World(0).facts, synthetic.World(0).traits)
+  assert world.traits != synthetic.World(1).traits
+  for rel, values in synthetic.VALUES.items():  # Every value held by about as many people.
+    counts = collections.Counter(world.facts[(n, rel)] for n in synthetic.NAMES)
     assert max(counts.values()) <= -(-len(synthetic.NAMES) // len(values))
+  for name in synthetic.NAMES:  # Exactly one unknown trait per person.
+    assert [t for t in synthetic.TRAITS if (name, t) not in world.traits] == [world.unknown[name]]
+  train, validation = world.people["train"], world.people["validation"]
+  assert not set(train) & set(validation) and set(train) | set(validation) == set(synthetic.NAMES)
+  for people in (train, validation):  # Within a split, each trait holds for half the people.
+    for trait in synthetic.TRAITS:
+      holds = [world.traits[(n, trait)] for n in people if (n, trait) in world.traits]
+      assert abs(sum(holds) - len(holds) / 2) <= 0.5
 
 
-def _stated(passage: str) -> set[str]:
-  return set(passage.rstrip(".").split(". "))
+def _parse(sentence: str):
+  """('trait', name, trait, holds) or ('fact', name, relation, value) of a sentence."""
+  sentence = sentence.rstrip(".?")
+  found = [("trait", m.group(1), trait, form == forms[0])
+           for trait, forms in synthetic.TRAITS.items() for form in forms[:2]
+           if (m := re.fullmatch(form.format(n=r"(\w+)"), sentence))]
+  found += [("fact", m.group(1), rel, m.group(2)) for rel, forms in synthetic.TEMPLATES.items()
+            if (m := re.fullmatch(forms[0].format(n=r"(\w+)", v=r"(\w+)"), sentence))]
+  (parsed,) = found
+  return parsed
+
+
+def _question(text: str) -> tuple[str, str]:
+  ((name, trait),) = [(m.group(1), trait) for trait, forms in synthetic.TRAITS.items()
+                      if (m := re.fullmatch(forms[2].format(n=r"(\w+)"), text))]
+  return name, trait
+
+
+def _check_passage(world, passage: str, name: str, trait: str):
+  """Every sentence is a true fact; the person is named; the asked trait is never stated."""
+  parsed = [_parse(s) for s in passage.rstrip(".").split(". ")]
+  assert name in {p[1] for p in parsed}
+  for kind, who, what, value in parsed:
+    truth = world.traits if kind == "trait" else world.facts
+    assert truth[(who, what)] == value
+    assert (who, what) != (name, trait)
 
 
 def test_boolq_needs_world_knowledge():
-  """The passage is about the person asked about but never states the asked fact; the label
-  is the world's truth; the asked value is as likely to be in the passage under each label."""
+  """The label is the world's truth about a trait the passage never states, asked about the
+  split's own people; trait words are no cue (each trait about as often True as False)."""
   world = synthetic.World(0)
-  in_passage = collections.defaultdict(list)
-  for r in synthetic.boolq_examples(0, "train", 2000):
-    words = r["question"].split()
-    name, value = words[1], words[-1]
-    rel = next(rel for rel, t in synthetic.TEMPLATES.items()
-               if t[2].format(n=name, v=value) == r["question"])
-    assert (world.facts[(name, rel)] == value) == r["label"]
-    assert name in r["passage"].split()
-    assert not any(s.startswith(name + " ") and rel_statement_matches(s, rel, name)
-                   for s in _stated(r["passage"]))
-    in_passage[r["label"]].append(value in r["passage"].split())
-  assert abs(np.mean(in_passage[True]) - np.mean(in_passage[False])) < 0.05
-
-
-def rel_statement_matches(sentence: str, rel: str, name: str) -> bool:
-  prefix = synthetic.TEMPLATES[rel][0].format(n=name, v="")
-  return sentence.startswith(prefix)
+  for split in ("train", "validation"):
+    by_trait = collections.defaultdict(list)
+    for r in synthetic.boolq_examples(0, split, 2000):
+      name, trait = _question(r["question"])
+      assert name in world.people[split]
+      assert world.traits[(name, trait)] == r["label"]
+      _check_passage(world, r["passage"], name, trait)
+      by_trait[trait].append(r["label"])
+    for trait, labels in by_trait.items():
+      assert 0.4 < np.mean(labels) < 0.6, (split, trait)
 
 
 def test_hypotheses_follow_the_world_and_are_never_stated():
   world = synthetic.World(0)
   for config in ("rte", "cb"):
-    for r in synthetic.EXAMPLE_FNS[config](0, "train", 300):
-      hyp = r["hypothesis"].rstrip(".")
-      matches = [(rel, name, v, neg) for rel in synthetic.RELATIONS for name in synthetic.NAMES
-                 for v in synthetic.VALUES[rel] for neg in (False, True)
-                 if synthetic._cap(synthetic.statement(rel, name, v, neg)) == hyp]
-      ((rel, name, value, negated),) = matches
-      assert not any(rel_statement_matches(s, rel, name) for s in _stated(r["premise"]))
-      if (name, rel) not in world.facts:
-        expected = "neutral"
-      else:
-        expected = "entailment" if (world.facts[(name, rel)] == value) != negated else (
-            "contradiction" if config == "cb" else "not_entailment")
-      assert r["label"] == expected, r
+    for split in ("train", "validation"):
+      for r in synthetic.EXAMPLE_FNS[config](0, split, 300):
+        _, name, trait, claim = _parse(r["hypothesis"])
+        assert name in world.people[split]
+        _check_passage(world, r["premise"], name, trait)
+        if (name, trait) not in world.traits:
+          expected = "neutral"
+        else:
+          expected = "entailment" if world.traits[(name, trait)] == claim else (
+              "contradiction" if config == "cb" else "not_entailment")
+        assert r["label"] == expected, r
 
 
 def test_negation_is_no_cue():
@@ -125,7 +143,7 @@ def test_negation_is_no_cue():
   for config in ("rte", "cb"):
     by_label = collections.defaultdict(list)
     for r in synthetic.EXAMPLE_FNS[config](0, "train", 600):
-      by_label[r["label"]].append(" not " in r["hypothesis"])
+      by_label[r["label"]].append(" not " in r["hypothesis"] or "cannot" in r["hypothesis"])
     for label, negated in by_label.items():
       assert 0.3 < np.mean(negated) < 0.7, (config, label)
 
@@ -133,22 +151,24 @@ def test_negation_is_no_cue():
 def test_corpus_contains_the_skills():
   text = " ".join(synthetic.corpus(0, 500))
   for phrase in ("Answer: True", "Answer: False", "does not", "entailment", "contradiction",
-                 "neutral", "Is it true that", "The answer is"):
+                 "neutral", "Is it true that", "The answer is", "? Yes, ", "? No, "):
     assert phrase in text
   # And never the tasks' own input format.
   assert "passage:" not in text and "hypothesis:" not in text
 
 
-def test_corpus_answers_agree_with_the_world():
+def test_corpus_passages_and_answers_agree_with_the_world():
   world = synthetic.World(0)
   checked = 0
   for doc in synthetic.corpus(0, 300):
-    for q, a in re.findall(r"Question: does (.+?)\? Answer: (True|False)\.", doc):
-      name = q.split()[0]
-      stated = [(rel, v) for rel in synthetic.RELATIONS for v in synthetic.VALUES[rel]
-                if synthetic.question(rel, name, v) == "does " + q]
-      ((rel, value),) = stated
-      assert (world.facts[(name, rel)] == value) == (a == "True")
+    passage = doc[:doc.index("?")].rsplit(". ", 1)[0] + "."
+    _check_passage(world, passage, _parse(passage.split(". ")[0])[1], None)
+    for q, a in re.findall(r"Question: (.+?)\? Answer: (True|False)\.", doc):
+      assert world.traits[_question(q)] == (a == "True")
+      checked += 1
+    for s, a in re.findall(r"Is it true that (.+?)\? (True|False)\.", doc):
+      _, name, trait, claim = _parse(s)
+      assert (world.traits[(name, trait)] == claim) == (a == "True")
       checked += 1
   assert checked > 300
 
