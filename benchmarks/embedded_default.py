@@ -2,8 +2,9 @@
 
 On a synthetic SuperGLUE task (BoolQ-like by default, the real task's format, preprocessor and
 label names), under the same wall-clock budget each, trains:
-  * prompt tuning on the LM-adapted embedded checkpoint (backbone frozen, Adafactor lr 0.3,
-    class-label initialisation), the paper's recipe;
+  * prompt tuning on the LM-adapted embedded checkpoint (backbone frozen, Adafactor, class-label
+    initialisation), the paper's recipe with the main job's learning rate (0.1, not 0.3: see
+    configs/runs/embedded_default.gin);
   * model tuning of the same checkpoint (every parameter, Adafactor lr 1e-3, T5's finetuning);
   * prompt tuning on a randomly initialised frozen model of the same shape;
   * prompt tuning with random-uniform initialisation instead of class labels;
@@ -30,7 +31,6 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
-from prompt_tuning import synthetic
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.data import pretraining
 from prompt_tuning.data import vocab as vocab_lib
@@ -40,13 +40,13 @@ LABELS = {"boolq": ["False", "True"], "rte": ["entailment", "not_entailment"],
           "cb": ["entailment", "contradiction", "neutral"]}
 
 
-def task_arrays(task: str, split: str, data_dir: str, input_length: int,
+def task_arrays(task: str, split: str, input_length: int,
                 target_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
-  """(inputs, targets) token pairs of the registered synthetic task, without EOS."""
+  """(inputs, targets) token pairs of the synthetic task the main job trains on, without EOS."""
   import seqio  # pylint: disable=g-import-not-at-top
+  # Importing the task module registers the tasks over the world the model was pretrained on.
+  from prompt_tuning.tasks import synthetic as synthetic_tasks  # pylint: disable=g-import-not-at-top,unused-import
   name = f"synthetic_taskless_super_glue_{task}_v102"
-  if name not in seqio.TaskRegistry.names():
-    synthetic.register_tasks(data_dir)
   ds = seqio.get_mixture_or_task(name).get_dataset(
       {"inputs": input_length, "targets": target_length}, split=split, shuffle=False)
   return [(x["inputs"][:-1] if x["inputs"][-1] == 1 else x["inputs"],
@@ -97,10 +97,10 @@ def accuracy(trainer, state, frozen, batches) -> float:
 
 def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_labels",
         prompt_length=20, batch_size=32, input_length=64, target_length=4, learning_rate=None,
-        eval_every=25, seed=0, max_steps=None, log=print):
+        eval_every=25, seed=0, max_steps=None, prompt_learning_rate=0.1, log=print):
   """Trains for `seconds` of wall-clock (compilation included, evaluation excluded), or
   `max_steps` steps if that comes first; evaluates every `eval_every` steps."""
-  lr = learning_rate or (0.3 if mode == "prompt" else 1e-3)
+  lr = learning_rate or (prompt_learning_rate if mode == "prompt" else 1e-3)
   trainer, state, frozen = make_trainer(cfg, checkpoint, mode, labels, prompt_length,
                                         input_length, target_length, lr, init)
   dev_batches = [pretraining.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
@@ -157,16 +157,19 @@ def main():
   parser.add_argument("--minutes", type=float, default=5.0)
   parser.add_argument("--prompt_length", type=int, default=20)
   parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=int, default=0, help="Order of the training batches.")
+  parser.add_argument("--max_steps", type=int, default=None,
+                      help="Stop each run after this many steps (if before --minutes).")
+  parser.add_argument("--prompt_learning_rate", type=float, default=0.1,
+                      help="Adafactor learning rate of the prompt runs (the paper's is 0.3).")
   parser.add_argument("--runs", default="prompt,model,random,uniform,span",
                       help=f"Comma-separated, from {sorted(RUNS)}.")
   args = parser.parse_args()
   vocab_lib.set_default_vocab_path(embedded.vocab_path(args.model_dir))
   cfg = embedded.load_config(args.model_dir)
   tmp = tempfile.mkdtemp()
-  data_dir = synthetic.write_super_glue(os.path.join(tmp, "data"), args.seed)
-  train = task_arrays(args.task, "train", data_dir, 64, 4)
-  dev = task_arrays(args.task, "validation", data_dir, 64, 4)
+  train = task_arrays(args.task, "train", 64, 4)
+  dev = task_arrays(args.task, "validation", 64, 4)
   labels = LABELS[args.task]
   print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus; task {args.task}: "
         f"{len(train)} train / {len(dev)} dev examples; model {args.model_dir}; "
@@ -182,7 +185,8 @@ def main():
     print(f"{name} ({DESCRIPTIONS[name]}, {ckpt}):", flush=True)
     results[name] = run(cfg, ckpt, mode, train, dev, labels, seconds, init=init,
                         prompt_length=args.prompt_length, batch_size=args.batch_size,
-                        seed=args.seed)
+                        seed=args.seed, max_steps=args.max_steps,
+                        prompt_learning_rate=args.prompt_learning_rate)
   print(f"\n{args.task} dev accuracy after {args.minutes} min each "
         f"({len(dev)} examples, labels balanced: chance {1 / len(labels):.3f}):")
   for name, r in results.items():
