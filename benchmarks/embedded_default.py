@@ -10,8 +10,9 @@ label names), under the same wall-clock budget each, trains:
   * prompt tuning with random-uniform initialisation instead of class labels;
   * prompt tuning on the span-corruption-only checkpoint (the pretraining-objective ablation);
 and prints the dev accuracy of each, the steps each needed to reach 80%, the ratio prompt/model
-tuning and the gap to the random backbone. Accuracy is exact match of the greedy output with the target (computed with teacher
-forcing: the greedy output equals the target iff every target token is the argmax).
+tuning and the gap to the random backbone. Accuracy is exact match of the greedy output with
+the target (computed with teacher forcing: the greedy output equals the target iff every target
+token is the argmax).
 
   python benchmarks/embedded_default.py --minutes=5
 """
