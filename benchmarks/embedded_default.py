@@ -46,8 +46,8 @@ def task_arrays(task: str, split: str, input_length: int,
   """(inputs, targets) token pairs of the synthetic task the main job trains on, without EOS."""
   import seqio  # pylint: disable=g-import-not-at-top
   # Importing the task module registers the tasks over the world the model was pretrained on.
-  from prompt_tuning.tasks import synthetic as synthetic_tasks  # pylint: disable=g-import-not-at-top,unused-import
-  name = f"synthetic_taskless_super_glue_{task}_v102"
+  from prompt_tuning.tasks import synthetic as tasks  # pylint: disable=g-import-not-at-top
+  name = f"{tasks.PREFIX}taskless_super_glue_{task}_v102"
   ds = seqio.get_mixture_or_task(name).get_dataset(
       {"inputs": input_length, "targets": target_length}, split=split, shuffle=False)
   return [(x["inputs"][:-1] if x["inputs"][-1] == 1 else x["inputs"],

@@ -9,6 +9,10 @@ saved as T5X checkpoints beside its SentencePiece vocabulary and `config.json`. 
 import json
 import os
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
 from prompt_tuning import checkpoints
 from prompt_tuning.models import t5
 
@@ -16,11 +20,15 @@ ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets", "embedded")
 STAGES = ("span_corruption", "lm_adapted")
 
 
+def _rebuild_hint(directory: str) -> str:
+  return ("build the embedded default with `python -m prompt_tuning.pretrain "
+          f"--gin_file=runs/pretrain_embedded.gin --gin.OUT_DIR=\"'{directory}'\"`.")
+
+
 def vocab_path(directory: str = ASSETS_DIR) -> str:
   path = os.path.join(directory, "spiece.model")
   if not os.path.exists(path):
-    raise FileNotFoundError(f"No SentencePiece model at {path}; build the embedded default "
-                            f"with `python -m prompt_tuning.pretrain --out_dir={directory}`.")
+    raise FileNotFoundError(f"No SentencePiece model at {path}; {_rebuild_hint(directory)}")
   return path
 
 
@@ -30,8 +38,8 @@ def checkpoint_path(stage: str = "lm_adapted", directory: str = ASSETS_DIR) -> s
     raise ValueError(f"Unknown pretraining stage {stage!r}; choose one of {STAGES}.")
   path = checkpoints.latest_checkpoint(os.path.join(directory, stage))
   if path is None:
-    raise FileNotFoundError(f"No checkpoint under {os.path.join(directory, stage)}; build the "
-                            f"embedded default with `python -m prompt_tuning.pretrain`.")
+    raise FileNotFoundError(f"No checkpoint under {os.path.join(directory, stage)}; "
+                            f"{_rebuild_hint(directory)}")
   return path
 
 
@@ -44,9 +52,6 @@ def load_config(directory: str = ASSETS_DIR, dtype: str = "float32") -> t5.T5Con
 def write_random_checkpoint(path: str, cfg: t5.T5Config, step: int = 0, seed: int = 1) -> str:
   """A randomly initialised model of `cfg`'s shape as a T5X checkpoint: the untrained-backbone
   baseline that shows what the pretraining contributes."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   ones = jnp.ones((1, 4), jnp.int32)
   params = nn.unbox(t5.EncoderDecoder(cfg).init(jax.random.PRNGKey(seed), ones, ones, ones)
                     ["params"])

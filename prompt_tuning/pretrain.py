@@ -9,7 +9,7 @@ built in numpy (`data/pretraining.py`) and fed to the project's `Trainer` with e
 trainable. Every `log_period` steps it logs a zero-shot probe: BoolQ-like dev questions written
 as corpus text ("... Question: <q>? Answer:"), scored True vs False.
 
-Rebuild the committed assets (about 45 minutes on 2 CPU cores):
+Rebuild the committed assets (about 25 minutes on 2 CPU cores):
   python -m prompt_tuning.pretrain --gin_file=runs/pretrain_embedded.gin \\
     --gin.OUT_DIR="'prompt_tuning/assets/embedded'"
 """
