@@ -9,7 +9,7 @@ built in numpy (`data/pretraining.py`) and fed to the project's `Trainer` with e
 trainable. Every `log_period` steps it logs a zero-shot probe: BoolQ-like dev questions written
 as corpus text ("... Question: <q>? Answer:"), scored True vs False.
 
-Rebuild the committed assets (about 25 minutes on 2 CPU cores):
+Rebuild the committed assets (about 35 minutes on 2 CPU cores):
   python -m prompt_tuning.pretrain --gin_file=runs/pretrain_embedded.gin \\
     --gin.OUT_DIR="'prompt_tuning/assets/embedded'"
 """
@@ -143,7 +143,7 @@ def run_stage(pt: Pretrainer, batches, steps: int, name: str, log, probe=None,
 
 def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[dict] = None,
              seed: int = 0, num_docs: int = 20000, num_pieces: int = 600,
-             span_steps: int = 1500, lm_steps: int = 2000, batch_size: int = 32,
+             span_steps: int = 1500, lm_steps: int = 3500, batch_size: int = 32,
              input_length: int = 96, span_target_length: int = 32, lm_target_length: int = 48,
              learning_rate: float = 1e-3, schedule_steps: int = 5000,
              lm_split_after: Sequence[str] = (".", "?", ":"), log_period: int = 100) -> str:

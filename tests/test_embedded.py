@@ -20,7 +20,7 @@ from prompt_tuning.models import t5
 from tests import cli_utils
 
 ASSETS = pathlib.Path(embedded.ASSETS_DIR)
-STEPS = 200  # Reduced budget of the threshold tests (the main job trains 600 steps).
+STEPS = 100  # Reduced budget of the threshold tests (the main job trains 600 steps).
 # What model tuning takes from runs/embedded_default.gin, so both train on the same data.
 MODEL_TUNING_MACROS = ("MIXTURE_OR_TASK_MODULE", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
                        "ACTIVATION_DTYPE", "BATCH_SIZE", "BEST_METRIC")
@@ -148,8 +148,7 @@ def test_issue_6_thresholds(runs):
   prompt = _accuracy(runs["prompt"][1])
   model = _accuracy(runs["model"][1])
   random = _accuracy(runs["random"][1])
-  # The issue's 85% is for the full budget (the main job's 600 steps, the benchmark). At a third
-  # of it the main job measured 88%, but single evaluations swing by a few points, so 80%.
-  assert prompt >= 80.0, (prompt, model, random)
+  # Issue #6's targets, met here at a sixth of the main job's 600 steps.
+  assert prompt >= 85.0, (prompt, model, random)
   assert prompt >= 0.9 * model, (prompt, model, random)
   assert prompt - random >= 20.0, (prompt, model, random)
