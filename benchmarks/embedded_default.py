@@ -82,18 +82,22 @@ def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_le
   return trainer, state, frozen
 
 
-def accuracy(trainer, state, frozen, batches) -> float:
-  """Exact match of the greedy output, via teacher-forced argmax over every target token."""
+def dev_accuracy(trainer, batches):
+  """`accuracy(state, frozen)`: exact match of the greedy output on `batches`, via teacher-forced
+  argmax over every target token; compiled once per run, not once per evaluation."""
   @jax.jit
   def correct(params, batch):
     logits = trainer.model.compute_logits(params, batch)
     ok = (jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) | (
         batch["decoder_loss_weights"] == 0)
     return jnp.sum(jnp.all(ok, axis=-1))
-  params = optim.merge_params(state.params, frozen)
-  with trainer.partitioner.activation_rules():
-    hits = sum(int(correct(params, b)) for b in batches)
-  return hits / sum(len(b["encoder_input_tokens"]) for b in batches)
+  total = sum(len(b["encoder_input_tokens"]) for b in batches)
+
+  def accuracy(state, frozen) -> float:
+    params = optim.merge_params(state.params, frozen)
+    with trainer.partitioner.activation_rules():
+      return sum(int(correct(params, b)) for b in batches) / total
+  return accuracy
 
 
 def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_labels",
@@ -106,10 +110,11 @@ def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_label
   lr = learning_rate or (prompt_learning_rate if mode == "prompt" else 1e-3)
   trainer, state, frozen = make_trainer(cfg, checkpoint, mode, labels, prompt_length,
                                         input_length, target_length, lr, init)
-  dev_batches = [pretraining.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
-                 for i in range(0, len(dev), 100)]
+  accuracy = dev_accuracy(trainer, [
+      pretraining.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
+      for i in range(0, len(dev), 100)])
   rng = np.random.default_rng(seed)
-  spent, steps, curve = 0.0, 0, [(0, 0, accuracy(trainer, state, frozen, dev_batches))]
+  spent, steps, curve = 0.0, 0, [(0, 0, accuracy(state, frozen))]
   log(f"  {mode} tuning: 0 steps, dev accuracy {curve[0][2]:.3f}")
   while spent < seconds and steps < (max_steps or float("inf")):
     start = time.time()
@@ -122,7 +127,7 @@ def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_label
     steps += 1
     last = spent >= seconds or steps == max_steps
     if steps <= 20 or steps % (5 if steps <= 100 else eval_every) == 0 or last:
-      acc = accuracy(trainer, state, frozen, dev_batches)
+      acc = accuracy(state, frozen)
       curve.append((steps, round(spent), acc))
       if (steps > 100 and steps % 100 == 0) or steps in (25, 50) or last:
         log(f"  {mode} tuning: {steps} steps, {spent:.0f}s, loss {float(m['loss']):.3f}, "
