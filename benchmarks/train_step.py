@@ -17,6 +17,7 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
+from prompt_tuning import restore
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.models import t5
 
@@ -33,7 +34,7 @@ def run(cfg, patterns, batch, steps, prompt_length):
       trainable_patterns=patterns,
       input_shapes={"inputs": batch["encoder_input_tokens"].shape[1],
                     "targets": batch["decoder_target_tokens"].shape[1]})
-  params, _ = trainer.load_initial_params(None)
+  params = restore.init_params(trainer.model, trainer.spec, trainer.rng)
   state, frozen = trainer.create_state(params, 0)
   del params
   batch = trainer.partitioner.shard_batch(batch)

@@ -27,6 +27,8 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from prompt_tuning import partitioning
+
 __all__ = [
     "CheckpointError",
     "all_checkpoint_steps",
@@ -470,15 +472,6 @@ def _encode_ndarray(x: np.ndarray) -> bytes:
                        use_bin_type=True)
 
 
-def _to_host(x: Any) -> np.ndarray:
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    # Collective: every process must call save for multi-host arrays.
-    # pylint: disable-next=g-import-not-at-top
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(x)
-
-
 def _zarr_dtype(dtype: np.dtype) -> str:
   # ml_dtypes (bfloat16, float8...) have no typestr; zarr knows their names.
   return dtype.name if dtype.kind == "V" else dtype.str
@@ -531,7 +524,7 @@ def _encode_tree(tree: Any, prefix: str, directory: str, threshold: int,
     raise CheckpointError(
         f"{prefix}: cannot save a {type(tree).__name__}; use nested dicts of "
         "arrays.")
-  x = _to_host(tree)
+  x = partitioning.to_host(tree)
   if x.dtype == object:
     raise CheckpointError(f"{prefix}: object arrays cannot be saved.")
   if x.ndim == 0 or x.nbytes <= threshold:
@@ -618,7 +611,7 @@ def save_t5x_checkpoint(directory: str | os.PathLike, target: Mapping[str, Any],
     for tree in (target, state or {}):
       for _, leaf in _flatten(tree):
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-          _to_host(leaf)
+          partitioning.to_host(leaf)
     return directory
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)

@@ -11,7 +11,8 @@ import importlib
 import logging
 import os
 import pathlib
-from typing import Sequence
+import sys
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import gin
 
@@ -114,6 +115,63 @@ def macro(name: str, default=None, evaluate: bool = False):
   return value
 
 
+# Macros that choose an optional gin file: set without it, nothing reads them.
+_MACRO_FILES = {
+    "PROMPT_FILE": "prompts/from_file.gin",
+    "CLASS_LABELS": "prompts/class_labels.gin",
+    "PROMPT_TEXT": "prompts/from_string.gin",
+    "TEMPERATURE": "models/decoding/temperature_sample.gin",
+    "TOPK": "models/decoding/temperature_sample.gin",
+    "TOPP": "models/decoding/temperature_sample.gin",
+}
+# Macros the code reads itself (with `macro()`), not through a binding.
+_READ_BY_CODE = ("VOCAB_PATH",)
+
+
+def _macro_refs(value) -> Iterator[str]:
+  """Names of the macros a binding's value refers to (`%NAME`), however deeply nested."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector == "gin.macro":
+      yield value.scoped_selector.split("/")[0]
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _macro_refs(v)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _macro_refs(v)
+
+
+def check_macros_are_read() -> None:
+  """Fails on a macro that no binding reads: a setting that would be silently ignored.
+
+  A macro counts as read when a configurable's binding refers to it, directly or through other
+  macros (`A = %B`), or when the code reads it itself (`VOCAB_PATH`).
+  """
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  defined, edges, read = set(), {}, set(_READ_BY_CODE)
+  for (scope, selector), params in config.items():
+    refs = {r for v in params.values() for r in _macro_refs(v)}
+    if selector == "gin.macro":
+      defined.add(scope)
+      edges[scope] = refs
+    else:
+      read |= refs
+  todo = list(read)
+  while todo:
+    for name in edges.get(todo.pop(), ()):
+      if name not in read:
+        read.add(name)
+        todo.append(name)
+  unread = sorted(defined - read)
+  if unread:
+    hints = [f"{m} is read by {_MACRO_FILES[m]} (add --gin_file={_MACRO_FILES[m]})"
+             for m in unread if m in _MACRO_FILES]
+    raise ConfigError(
+        f"These macros are set but nothing in the configuration reads them, so they would be "
+        f"ignored: {unread}. {'; '.join(hints) + '. ' if hints else ''}Remove them, include the "
+        "gin file that uses them, or check their spelling.")
+
+
 def init_distributed(args: argparse.Namespace) -> None:
   """Multi-controller SPMD: every host runs the same program (jax.distributed)."""
   if args.coordinator_address:
@@ -123,6 +181,7 @@ def init_distributed(args: argparse.Namespace) -> None:
 
 def setup(argv: Sequence[str], description: str,
           required: Sequence[str] = ()) -> argparse.Namespace:
+  """Parses flags and gin files, then checks the configuration before any compute."""
   args = parse_args(argv, description)
   if not args.gin_file:
     raise ConfigError(f"Give at least one --gin_file (e.g. runs/prompt_finetune.gin); configs are "
@@ -134,24 +193,24 @@ def setup(argv: Sequence[str], description: str,
   # Name the run config (runs/*.gin) in messages, not the model file that usually comes first.
   run_file = next((f for f in reversed(args.gin_file) if "runs/" in f), args.gin_file[-1])
   require_macros(required, run_file)
+  check_macros_are_read()
   lengths = macro("TASK_FEATURE_LENGTHS") if "TASK_FEATURE_LENGTHS" in required else None
   if lengths is not None:  # None: not required, or a reference that gin resolves later.
     check_task_feature_lengths(lengths)
-  vocab_path = macro("VOCAB_PATH", evaluate=True)  # e.g. @embedded.vocab_path()
-  if vocab_path:  # Before any task or prompt initialiser reads the vocabulary.
-    from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
-    vocab.set_default_vocab_path(vocab_path)
   init_distributed(args)
   return args
 
 
-def run(module_name: str, fn_name: str, argv: Sequence[str], description: str,
-        required: Sequence[str] = ()):
-  """Parses the command line, then calls the gin-configured `module_name.fn_name`.
+def entry_point(module_name: str, required: Sequence[str] = (), description: str = "",
+                fn_name: str = "run") -> Callable[[Optional[Sequence[str]]], Any]:
+  """The `main(argv=None)` of a command: parse the command line, call gin's `module.fn_name`.
 
-  The function is looked up in the importable module: under `python -m` the entry file runs as
-  `__main__`, but gin registered the functions of `prompt_tuning.<name>`.
+  The function is looked up in the importable module, where gin registered it (under
+  `python -m`, the command's own file runs as `__main__`).
   """
-  setup(argv, description, required)
-  module = importlib.import_module(module_name)
-  return gin.get_configurable(getattr(module, fn_name))()
+  def main(argv: Optional[Sequence[str]] = None):
+    setup_logging()
+    setup(sys.argv[1:] if argv is None else argv, description, required)
+    module = importlib.import_module(module_name)
+    return gin.get_configurable(getattr(module, fn_name))()
+  return main

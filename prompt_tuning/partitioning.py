@@ -6,11 +6,13 @@ of the `model` axis (model parallelism); the rest of the devices form the `data`
 code runs on one CPU, 8 forced host devices, a GPU, or a multi-host TPU slice.
 """
 import contextlib
-from typing import Any, Optional, Sequence
+import functools
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 # T5X's standard rules (1-D parameter partitioning) plus prompt tuning's: prompts are replicated.
@@ -50,6 +52,19 @@ class Partitioner:
     """Context in which `nn.with_logical_constraint` inside the model takes effect."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
       yield
+
+  def jit(self, fn: Callable[..., Any], **jit_kwargs) -> Callable[..., Any]:
+    """`jax.jit(fn)` whose every call runs under this mesh and these logical-axis rules.
+
+    The one way the project compiles model code, so no call site enters the context by hand.
+    """
+    jitted = jax.jit(fn, **jit_kwargs)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+      with self.activation_rules():
+        return jitted(*args, **kwargs)
+    return call
 
   def sharding(self, logical_spec) -> NamedSharding:
     return NamedSharding(self.mesh, nn.logical_to_mesh_axes(logical_spec, self.rules))
@@ -94,3 +109,22 @@ class Partitioner:
       out[k] = jax.make_array_from_process_local_data(sharding, v,
                                                       (v.shape[0] * count,) + v.shape[1:])
     return out
+
+
+def to_host(x: Any) -> np.ndarray:
+  """A numpy copy of `x`; an array split over several processes is gathered (a collective,
+  so every process must call this for the same arrays)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def broadcast_from_process_0(value: Any) -> Any:
+  """Process 0's `value` on every process (a collective); the value itself on one process.
+
+  For decisions only process 0 can make (SeqIO computes metrics there) that every process must
+  act on together (saves that gather arrays).
+  """
+  if jax.process_count() == 1:
+    return value
+  return multihost_utils.broadcast_one_to_all(np.asarray(value)).item()

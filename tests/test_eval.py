@@ -14,7 +14,7 @@ import seqio
 from conftest import GOLDEN, T5_VOCAB, TINY_CHECKPOINT, require
 from prompt_tuning import checkpoints
 from prompt_tuning import decoding
-from prompt_tuning import eval as eval_lib
+from prompt_tuning import evaluation
 from prompt_tuning import model as model_lib
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
@@ -72,10 +72,10 @@ def _converted(task_name):
 
 def test_predictions_and_scores_match_the_model(setup):
   model, params, rows = setup
-  evaluator = eval_lib.make_evaluator("eval_test_task_scored", LENGTHS)
+  evaluator = evaluation.make_evaluator("eval_test_task_scored", LENGTHS)
   # Batch 2 over 5 examples: the last batch is padded, and the padding must be dropped.
-  metrics = eval_lib.evaluate(
-      evaluator, eval_lib.ModelFns(model, 2, partitioning.Partitioner()), params)
+  metrics = evaluation.evaluate(
+      evaluator, evaluation.ModelFns(model, 2, partitioning.Partitioner()), params)
   batch = _converted("eval_test_task_scored")
   scores = np.asarray(jax.jit(model.score_batch)(params, batch))
   np.testing.assert_allclose(metrics["eval_test_task_scored"]["mean_score"], scores.mean(),

@@ -6,7 +6,7 @@ MODE ARGS_JSON`, see `_worker_main`). The workers write what they saw (losses, p
 sharding specs) to files; the tests compare them here.
 
 Every configuration trains the same small random T5 1.1 with a 4-token prefix prompt on the same
-random batches, from the same initial parameters (`Trainer.load_initial_params(None)` draws them
+random batches, from the same initial parameters (`restore.init_params` draws them
 with the trainer's seed; threefry is partitionable, so the draw does not depend on the sharding).
 """
 import contextlib
@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 import pytest
+
+from conftest import T5_VOCAB, require
 
 _HERE = pathlib.Path(__file__).resolve()
 _BATCH = 8  # Global batch: divisible by every data-parallel size used below.
@@ -89,15 +91,9 @@ def _global_batches(steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
 
 def _to_numpy(tree) -> dict[str, np.ndarray]:
   """Flat '/'-keyed numpy copy; gathers arrays other processes hold parts of (collective)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
-
-  def get(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-  return {k: get(v) for k, v in optim.flatten(tree).items()}
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  return {k: partitioning.to_host(v) for k, v in optim.flatten(tree).items()}
 
 
 def _local_rows(partitioner) -> slice:
@@ -113,7 +109,8 @@ def _local_rows(partitioner) -> slice:
 
 def _train(trainer, batches, rows: slice = slice(None)):
   """Initialises and trains; returns (initial params, losses, final trainable params, state)."""
-  params, step = trainer.load_initial_params(None)
+  from prompt_tuning import restore  # pylint: disable=g-import-not-at-top
+  params, step = restore.init_params(trainer.model, trainer.spec, trainer.rng), 0
   initial = _to_numpy(params)
   state, frozen = trainer.create_state(params, step)
   losses = []
@@ -134,6 +131,7 @@ def _run_mesh8(out: pathlib.Path):
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import restore  # pylint: disable=g-import-not-at-top
 
   devices = jax.devices()
   facts = {"num_devices": len(devices), "runs": {}}
@@ -149,7 +147,7 @@ def _run_mesh8(out: pathlib.Path):
   for name, (devs, num_partitions, model_tuning) in runs.items():
     partitioner = partitioning.Partitioner(num_partitions=num_partitions, devices=devs)
     trainer = _make_trainer(partitioner, model_tuning)
-    params, _ = trainer.load_initial_params(None)
+    params = restore.init_params(trainer.model, trainer.spec, trainer.rng)
     flat = optim.flatten(params)
     sharded_batch = partitioner.shard_batch(batches[0])
     run_facts = {
@@ -162,8 +160,8 @@ def _run_mesh8(out: pathlib.Path):
                               for k, v in sharded_batch.items()},
     }
     if num_partitions > 1 and not model_tuning:
-      with partitioner.activation_rules():  # The model's logical constraints under jit.
-        logits = jax.jit(trainer.model.compute_logits)(params, sharded_batch)
+      # partitioner.jit applies the model's logical constraints.
+      logits = partitioner.jit(trainer.model.compute_logits)(params, sharded_batch)
       run_facts["logits_spec"] = _spec(logits)
       run_facts["logits_shard_shape"] = list(logits.addressable_shards[0].data.shape)
     del params, flat
@@ -186,14 +184,15 @@ def _run_mesh8(out: pathlib.Path):
   trainer = _make_trainer(partitioner)
   rng = np.random.RandomState(42)
   backbone = {k: rng.normal(size=v.shape).astype(np.float32)
-              for k, v in optim.flatten(trainer.abstract_params).items()
+              for k, v in optim.flatten(trainer.spec.shapes).items()
               if not optim.is_trainable(k, optim.PROMPT_PATTERNS)}
   path = checkpoints.save_t5x_checkpoint(out / "backbone" / "checkpoint_7",
                                          optim.unflatten(backbone), step=7,
                                          inline_threshold_bytes=1024)  # Big ones go to zarr.
-  loaded, step = trainer.load_initial_params(path)
+  loaded, step = restore.initial_params(restore.RestoreConfig(path), trainer.model, trainer.spec,
+                                        trainer.rng)
   flat_loaded = optim.flatten(loaded)
-  flat_shardings = optim.flatten(trainer.param_shardings)
+  flat_shardings = optim.flatten(trainer.spec.shardings)
   facts["checkpoint"] = {
       "step": step,
       "keys": sorted(flat_loaded),
@@ -208,11 +207,12 @@ def _run_mesh8(out: pathlib.Path):
   (out / "facts.json").write_text(json.dumps(facts))
 
 
-def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, process_id: int):
+def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, process_id: int,
+                   vocab_path: str):
   """Test 4: one process of a `jax.distributed` job (or the single-process reference)."""
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train_state  # pylint: disable=g-import-not-at-top
 
   if num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -237,9 +237,10 @@ def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, proc
     _, losses, state, frozen = _train(trainer, batches, rows)
     final = _to_numpy(state.params)
     # Every process calls save and restore (gathers are collectives); process 0 writes.
-    cfg = trainer_lib.CheckpointConfig(save_mode="full" if model_tuning else "trainable")
-    path = trainer_lib.save_checkpoint(str(out / name), state, frozen, _MULTIHOST_STEPS, cfg)
-    restored, _, position = trainer_lib.restore_checkpoint(trainer, path, state, frozen)
+    cfg = train_state.CheckpointConfig(save_mode="full" if model_tuning else "trainable")
+    path = train_state.save(str(out / name), state, frozen, _MULTIHOST_STEPS, cfg)
+    restored, _, position = train_state.restore(path, state, frozen, trainer.spec.shardings,
+                                                partitioner.replicated())
     restored_params = _to_numpy(restored.params)
     facts[name] = {
         "losses": losses, "mesh": dict(partitioner.mesh.shape), "rows": [rows.start, rows.stop],
@@ -249,10 +250,65 @@ def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, proc
     }
     if process_id == 0:
       np.savez(out / f"{name}_final.npz", **final)
+  facts["best_metric"] = _train_loop_with_best_metric(out, vocab_path)
   if process_id == 0:
     (out / "facts.json").write_text(json.dumps(facts))
   if num_processes > 1:
     jax.distributed.shutdown()
+
+
+def _train_loop_with_best_metric(out: pathlib.Path, vocab_path: str) -> dict:
+  """Test 4b: the real training loop, evaluating twice with BEST_METRIC, in every process.
+
+  SeqIO computes metrics on process 0 only; the best-checkpoint decision must reach every
+  process, or process 0 alone enters the checkpoint save (collectives) and the job hangs.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import prompts  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import restore  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import train_state  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import training  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import sources  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
+
+  vocab.set_default_vocab_path(vocab_path)
+  data = out / f"task_data_{jax.process_index()}"
+  data.mkdir(parents=True, exist_ok=True)
+  words = ("great", "dull", "superb", "awful", "moving", "bland", "charming", "tedious")
+  rows = "".join(json.dumps({"sentence": f"the film is {w}", "label": label}) + "\n"
+                 for w, label in zip(words, ("positive", "negative") * 4))
+  for split in ("train", "validation"):
+    (data / f"{split}.jsonl").write_text(rows)
+  sources.register_text_task(
+      "multihost_best_metric", {s: str(data / f"{s}.jsonl") for s in ("train", "validation")},
+      input_field="sentence", target_field="label", label_names=["negative", "positive"],
+      metrics=("accuracy",), overwrite=True)
+  lengths = {"inputs": 8, "targets": 4}
+  module = t5.EncoderDecoder(t5.config_for_size("tiny", dtype="float32"),
+                             prompt_factory=prompts.prefix_prompt_factory(2))
+  partitioner = partitioning.Partitioner(num_partitions=2 if jax.process_count() > 1 else 1)
+  trainer = trainer_lib.Trainer(
+      model_lib.EncoderDecoderModel(module, decode_fn=decoding.greedy),
+      functools.partial(optim.create_optimizer, "adafactor", learning_rate=0.3), partitioner,
+      input_shapes=lengths)
+  model_dir = out / "best_metric"
+  result = training.run(
+      model_dir=str(model_dir), trainer=trainer, total_steps=4,
+      train_dataset_cfg=pipeline.DatasetConfig("multihost_best_metric", lengths, batch_size=_BATCH),
+      restore_cfg=restore.RestoreConfig(None),
+      checkpoint_cfg=train_state.CheckpointConfig(period=100, keep=1), log_period=2,
+      eval_period=2, best_metric="accuracy", progress_bar=False, tensorboard=False)
+  return {"best": result["best"], "checkpoints": checkpoints.all_checkpoint_steps(model_dir),
+          "evals": [json.loads(line)["step"] for line in
+                    (model_dir / "eval" / "metrics.jsonl").read_text().splitlines()]}
 
 
 def _worker_main(argv):
@@ -263,7 +319,8 @@ def _worker_main(argv):
   if mode == "mesh8":
     _run_mesh8(out)
   elif mode == "multihost":
-    _run_multihost(out, args["coordinator"], args["num_processes"], args["process_id"])
+    _run_multihost(out, args["coordinator"], args["num_processes"], args["process_id"],
+                   args["vocab_path"])
   else:
     raise ValueError(f"Unknown worker mode {mode!r}.")
 
@@ -464,6 +521,7 @@ def test_two_processes_match_one(tmp_path):
   on 1 data x 4 model, where every weight is split over both processes.
   """
   ref_out, multi_out = tmp_path / "reference", tmp_path / "multihost"
+  vocab_path = str(require(T5_VOCAB))
   ref_out.mkdir()
   multi_out.mkdir()
   coordinator = f"127.0.0.1:{_free_port()}"
@@ -474,10 +532,11 @@ def test_two_processes_match_one(tmp_path):
     for i in range(2):
       procs.append(subprocess.Popen(
           _worker_command("multihost", out=str(multi_out), coordinator=coordinator,
-                          num_processes=2, process_id=i),
+                          num_processes=2, process_id=i, vocab_path=vocab_path),
           env=_env(2), cwd=_HERE.parent, stdout=logs[i], stderr=subprocess.STDOUT))
     # The single-process reference (1 device, the whole global batch) runs meanwhile.
-    _run_worker("multihost", 1, out=str(ref_out), coordinator="", num_processes=1, process_id=0)
+    _run_worker("multihost", 1, out=str(ref_out), coordinator="", num_processes=1, process_id=0,
+                vocab_path=vocab_path)
     deadline = time.monotonic() + _SUBPROCESS_TIMEOUT
     for p in procs:
       try:
@@ -514,6 +573,14 @@ def test_two_processes_match_one(tmp_path):
     want = optim.flatten(checkpoints.load_t5x_checkpoint(ref_out / ref_name / path))
     _assert_trees_close(got, want, f"{name} checkpoint")
     assert (_LOGITS_KERNEL in got) == (name != "prompt")
+  # The training loop with BEST_METRIC: both processes evaluated twice, agreed on the best
+  # checkpoint, saved it together and kept it; the same as one process.
+  assert multi["best_metric"]["evals"] == [2, 4]
+  assert multi["best_metric"]["checkpoints"] == ref["best_metric"]["checkpoints"]
+  assert multi["best_metric"]["best"]["step"] == ref["best_metric"]["best"]["step"]
+  assert multi["best_metric"]["best"]["value"] == pytest.approx(
+      ref["best_metric"]["best"]["value"])
+  assert multi["best_metric"]["best"]["step"] in multi["best_metric"]["checkpoints"]
 
 
 if __name__ == "__main__":

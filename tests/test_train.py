@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 
 import numpy as np
@@ -329,3 +330,58 @@ def _flatten(tree, prefix=""):
       yield from _flatten(v, f"{prefix}{k}/")
     else:
       yield f"{prefix}{k}", np.asarray(v)
+
+
+def _printed_evals(stdout: str) -> dict[int, dict]:
+  """{step: metrics} of the `step N eval: {...}` lines a training run prints."""
+  found = re.findall(r"^step (\d+) eval: (\{.*\})$", stdout, flags=re.M)
+  return {int(step): json.loads(metrics) for step, metrics in found}
+
+
+@pytest.mark.slow
+def test_a_finished_run_restarted_evaluates_again(workdir, env, initial_checkpoint,
+                                                   run_with_eval):
+  model_dir = workdir / "run_eval_restarted"
+  shutil.copytree(run_with_eval, model_dir)  # Leaves the fixture's logs as they were.
+  before = checkpoints.all_checkpoint_steps(model_dir)
+  again = Cli("train", _prompt_train_args(model_dir, initial_checkpoint, EVAL_PERIOD=2,
+                                          BEST_METRIC="accuracy", CHECKPOINTS_TO_KEEP=1),
+              env, workdir / "logs", "run_eval_restarted").check()
+  printed = _printed_evals(again.stdout)
+  assert list(printed) == [TRAIN_STEPS], again.stdout
+  logged = read_jsonl(model_dir / "eval" / "metrics.jsonl")
+  assert [r["step"] for r in logged] == [4, 6, 8, 9, TRAIN_STEPS]  # One more evaluation.
+  key = f"{TASK_NAME}/accuracy"
+  assert printed[TRAIN_STEPS][TASK_NAME]["accuracy"] == pytest.approx(logged[-2][key])
+  assert checkpoints.all_checkpoint_steps(model_dir) == before  # Nothing trained or saved.
+
+
+@pytest.mark.slow
+def test_eval_of_a_saved_prompt_into_a_fresh_model_dir(workdir, env, initial_checkpoint,
+                                                      run_with_eval):
+  prompt = run_with_eval / "numpy_checkpoints" / f"checkpoint_{TRAIN_STEPS}" / PROMPT_NPY
+  fresh = workdir / "fresh_eval_dir"  # Does not exist yet: no eval/ folder either.
+  args = (PROMPT_MODEL + ["--gin_file=prompts/from_file.gin", "--gin_file=runs/prompt_eval.gin"]
+          + gin_flags(dict(MODEL_DIR=fresh, PROMPT_FILE=prompt, MIXTURE_OR_TASK_NAME=TASK_NAME,
+                           MIXTURE_OR_TASK_MODULE=TASK_MODULE, TASK_FEATURE_LENGTHS=LENGTHS,
+                           INITIAL_CHECKPOINT_PATH=initial_checkpoint, BATCH_SIZE=4,
+                           PROMPT_LENGTH=PROMPT_LENGTH, ACTIVATION_DTYPE="float32")))
+  cli = Cli("eval", args, env, workdir / "logs", "eval_fresh_dir").check()
+  metrics = json.loads(cli.stdout)
+  logged = _last_by_step(read_jsonl(run_with_eval / "eval" / "metrics.jsonl"))[TRAIN_STEPS]
+  assert metrics[TASK_NAME]["accuracy"] == pytest.approx(logged[f"{TASK_NAME}/accuracy"])
+  assert (fresh / "eval" / f"{TASK_NAME}-metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_an_unknown_best_metric_stops_the_run_and_keeps_its_steps(workdir, env,
+                                                                   initial_checkpoint):
+  model_dir = workdir / "run_unknown_best_metric"
+  cli = Cli("train", _prompt_train_args(model_dir, initial_checkpoint, EVAL_PERIOD=2,
+                                        BEST_METRIC="acuracy", CHECKPOINT_PERIOD=100),
+            env, workdir / "logs", "run_unknown_best_metric")
+  assert cli.wait() != 0, cli.describe()
+  assert (f"BEST_METRIC='acuracy' is not among the evaluation's metrics "
+          f"['{TASK_NAME}/accuracy']") in cli.stderr, cli.describe()
+  # The first evaluation (step 4) found the problem; the step trained so far was saved.
+  assert checkpoints.all_checkpoint_steps(model_dir) == [INITIAL_STEP + 1]

@@ -2,8 +2,11 @@
 
 Resolution order, checked every time the vocabulary is used (not at import):
   1. `set_default_vocab_path(path)`, if called;
-  2. the `PROMPT_TUNING_VOCAB` environment variable;
-  3. T5's public vocabulary, `gs://t5-data/vocabs/cc_all.32000/sentencepiece.model`.
+  2. the gin macro `VOCAB_PATH` of the configuration parsed now (e.g. `@embedded.vocab_path()`),
+     so a run configured by gin uses its vocabulary whether it starts from the command line or
+     from Python;
+  3. the `PROMPT_TUNING_VOCAB` environment variable;
+  4. T5's public vocabulary, `gs://t5-data/vocabs/cc_all.32000/sentencepiece.model`.
 
 Tasks hold a `DeferredVocabulary`, so importing `prompt_tuning.tasks` never opens a
 file or touches the network, and the path may be set after the tasks are imported.
@@ -14,6 +17,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 import seqio
 import tensorflow as tf
+
+from prompt_tuning import config
 
 DEFAULT_VOCAB_PATH = "gs://t5-data/vocabs/cc_all.32000/sentencepiece.model"
 DEFAULT_EXTRA_IDS = 100
@@ -30,7 +35,8 @@ def set_default_vocab_path(path: Optional[os.PathLike | str]) -> None:
 
 def get_vocab_path() -> str:
   """The SentencePiece model path in effect now."""
-  return _vocab_path_override or os.environ.get(VOCAB_ENV_VAR) or DEFAULT_VOCAB_PATH
+  return (_vocab_path_override or config.macro("VOCAB_PATH", evaluate=True)
+          or os.environ.get(VOCAB_ENV_VAR) or DEFAULT_VOCAB_PATH)
 
 
 @functools.lru_cache(maxsize=8)
