@@ -1,13 +1,14 @@
 """Soft prompts: the trainable [P, D] matrix, its initialisers, and how it joins the inputs.
 
-`PrefixPrompt` is what the T5 encoder calls with the embedded inputs (see `models/t5.py`); it owns
-a `Prompt` whose single parameter lives at `encoder/prompt/prompt/prompt`, as in the original
-implementation, so `.*prompt.*` selects it.
+`PrefixPrompt` is what the T5 encoder calls with the embedded inputs (see `models/t5.py`; the
+contract is `PromptModule`, built by a `PromptFactory`); it owns a `Prompt` whose single
+parameter lives at `encoder/prompt/prompt/prompt`, as in the original implementation, so
+`.*prompt.*` selects it.
 
 Initialisers follow Flax's signature `(rng, shape, dtype) -> array` and are built by factories:
 
   random_uniform(scale=0.5)                       U[-scale, scale] (the paper's "random")
-  sampled_vocab(embeddings, population_size=5000) rows of the embedding table's first N tokens
+  sampled_vocab(embeddings, 5000, vocab=None)     rows of the first N (real) tokens' embeddings
   class_labels(embeddings, vocab, labels, ...)    mean embedding of each label's pieces, then fallback
   from_string(embeddings, vocab, text, ...)       embeddings of a text's pieces, then fallback
   from_array(array) / from_file(path)             a saved prompt (.npy, never unpickled)
@@ -17,7 +18,7 @@ Initialisers follow Flax's signature `(rng, shape, dtype) -> array` and are buil
 import functools
 import logging
 import os
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -55,15 +56,56 @@ def _check_embeddings(embeddings, shape):
   return embeddings
 
 
-def sampled_vocab(embeddings: ArrayLike, population_size: Optional[int] = 5000) -> Initializer:
+def _real_tokens(vocab) -> int:
+  """The vocabulary's real pieces: seqio's `vocab_size` counts the sentinel extra ids too."""
+  return vocab.vocab_size - vocab.extra_ids
+
+
+def _describe(vocab) -> str:
+  path = getattr(vocab, "sentencepiece_model_file", None)
+  return f"{type(vocab).__name__}({path})" if path else type(vocab).__name__
+
+
+def _population_rows(table_rows: int, population_size: Optional[int], vocab) -> int:
+  """How many leading rows of a `table_rows`-row table `sampled_vocab` samples from."""
+  if vocab is None:
+    if population_size is None:
+      return table_rows
+    if population_size > table_rows:
+      raise PromptInitError(
+          f"prompts.sampled_vocab.population_size={population_size} is larger than the "
+          f"embedding table ({table_rows} rows): lower it, or pass `vocab` so it is clamped to "
+          "the vocabulary's real tokens.")
+    return population_size
+  real = _real_tokens(vocab)
+  if real > table_rows:
+    raise PromptInitError(
+        f"The vocabulary {_describe(vocab)} has {real} real tokens but the embedding table only "
+        f"{table_rows} rows: they do not belong together.")
+  if population_size is None:
+    return real
+  if population_size > real:
+    # Rows past the real pieces are sentinel extra ids and padding: never a word's embedding.
+    logging.warning(
+        "prompts.sampled_vocab.population_size=%d is larger than the %d real tokens of %s; "
+        "sampling from those %d only.", population_size, real, _describe(vocab), real)
+    return real
+  return population_size
+
+
+def sampled_vocab(embeddings: ArrayLike, population_size: Optional[int] = 5000,
+                  vocab=None) -> Initializer:
   """Rows sampled without replacement from the first `population_size` embeddings.
 
   The T5 vocabulary is ordered by frequency, so the first 5,000 rows are common tokens.
-  `population_size=None` samples from the whole table.
+  With `vocab` (a seqio vocabulary) the population never goes past its real tokens
+  (`vocab_size - extra_ids`): a larger `population_size` is clamped to them with a warning,
+  and `population_size=None` means all of them. Without `vocab`, `population_size=None` samples
+  from the whole table and a population larger than the table is a `PromptInitError`.
   """
   def init(rng, shape, dtype=jnp.float32):
     table = _check_embeddings(embeddings, shape)
-    population = table if population_size is None else table[:population_size]
+    population = table[:_population_rows(table.shape[0], population_size, vocab)]
     if shape[0] > population.shape[0]:
       raise PromptInitError(
           f"Cannot sample {shape[0]} distinct rows from a population of {population.shape[0]}.")
@@ -88,10 +130,10 @@ def class_labels(embeddings: ArrayLike, vocab, labels: Sequence[str],
                  fallback: Optional[Initializer] = None) -> Initializer:
   """One prompt position per class label: the mean embedding of the label's sub-tokens.
 
-  Remaining positions come from `fallback` (default: `sampled_vocab(embeddings)`, the paper's
-  setting).
+  Remaining positions come from `fallback` (default: `sampled_vocab(embeddings, vocab=vocab)`,
+  the paper's setting).
   """
-  fallback = fallback or sampled_vocab(embeddings)
+  fallback = fallback or sampled_vocab(embeddings, vocab=vocab)
 
   def init(rng, shape, dtype=jnp.float32):
     # Host-side numpy: the labels are static, and jnp ops here would be traced under
@@ -110,8 +152,11 @@ def class_labels(embeddings: ArrayLike, vocab, labels: Sequence[str],
 
 def from_string(embeddings: ArrayLike, vocab, text: str,
                 fallback: Optional[Initializer] = None) -> Initializer:
-  """The embeddings of `text`'s tokens fill the first positions (truncated with a warning)."""
-  fallback = fallback or sampled_vocab(embeddings)
+  """The embeddings of `text`'s tokens fill the first positions (truncated with a warning).
+
+  Remaining positions come from `fallback` (default: `sampled_vocab(embeddings, vocab=vocab)`).
+  """
+  fallback = fallback or sampled_vocab(embeddings, vocab=vocab)
 
   def init(rng, shape, dtype=jnp.float32):
     table = np.asarray(_check_embeddings(embeddings, shape))  # Host-side, as in class_labels.
@@ -211,7 +256,27 @@ class Prompt(nn.Module):
                       (self.length, embed_dim), jnp.float32)
 
 
-def prefix_prompt_factory(length: int, init: Initializer = random_uniform()):
+class PromptModule(Protocol):
+  """What the T5 encoder accepts as its prompt (`models/t5.py`, `Encoder.prompt_factory`).
+
+  Called as `prompt(embedded_BxLxD, tokens_BxL)` with the embedded inputs and their token ids;
+  returns [B, P + L, D], the inputs with `length` (P) positions prepended. The encoder treats
+  those first P positions as always valid (never padding).
+  """
+  length: int
+
+  def __call__(self, embedded_BxLxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    ...
+
+
+class PromptFactory(Protocol):
+  """The encoder's `prompt_factory`: `()` -> a fresh `PromptModule` (called in its setup)."""
+
+  def __call__(self) -> PromptModule:
+    ...
+
+
+def prefix_prompt_factory(length: int, init: Initializer = random_uniform()) -> PromptFactory:
   """What the encoder's `prompt_factory` takes: builds a fresh `PrefixPrompt` when called."""
   if length <= 0:
     raise PromptInitError(f"PROMPT_LENGTH must be positive; got {length}.")

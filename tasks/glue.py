@@ -10,11 +10,10 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
 
-import seqio
-
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
+from prompt_tuning.data import registration
 from prompt_tuning.data import sources
 from prompt_tuning.data import vocab
 
@@ -101,20 +100,19 @@ def register_glue(data_dir: Optional[str] = None, prefix: str = "") -> list[str]
     sizes = {}
     for t in GLUE_TASKS:
       name = task_name(t.config, taskless, prefix)
-      seqio.TaskRegistry.remove(name)  # An explicit re-registration replaces the old one.
-      seqio.TaskRegistry.add(
+      registration.add_task(
           name, source=sources.glue_source(t.config, t.splits, data_dir),
           preprocessors=[functools.partial(t.text_preprocessor,
                                            task_name=None if taskless else t.task_name),
-                         *sources.tokenize_and_append_eos()],
+                         *registration.tokenize_and_append_eos()],
           output_features=vocab.get_output_features(),
           postprocess_fn=t.postprocess_fn, metric_fns=list(t.metric_fns))
       names.append(name)
       if t.config in TRAIN_SIZES:
         sizes[name] = TRAIN_SIZES[t.config]
     mixture = f"{prefix}{'taskless_' if taskless else ''}glue_v002_proportional"
-    seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(mixture, [(n, sources.rate_num_examples(sizes)) for n in sizes])
+    rate = registration.rate_num_examples(sizes)
+    registration.add_mixture(mixture, [(n, rate) for n in sizes])
     names.append(mixture)
   return names
 

@@ -19,7 +19,9 @@ import seqio
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
+from prompt_tuning.data import registration
 from prompt_tuning.data import sources
+from prompt_tuning.data import super_glue_format
 from prompt_tuning.data import vocab
 
 SUPER_GLUE_DIR_ENV_VAR = "PROMPT_TUNING_SUPER_GLUE_DIR"
@@ -44,12 +46,12 @@ class SuperGlueTask:
 def _classification(config: str, field_names: Sequence[str],
                     rename: Optional[dict[str, str]] = None) -> Callable[..., Any]:
   return functools.partial(preprocessors.classification, field_names=tuple(field_names),
-                           label_names=sources.SUPER_GLUE_LABELS[config], rename=rename)
+                           label_names=super_glue_format.SUPER_GLUE_LABELS[config], rename=rename)
 
 
 def _label_ids(config: str) -> Callable[..., int]:
   return functools.partial(postprocessors.string_label_to_class_id,
-                           label_names=sources.SUPER_GLUE_LABELS[config])
+                           label_names=super_glue_format.SUPER_GLUE_LABELS[config])
 
 
 # Field order is T5's: GLUE-style tasks list their fields alphabetically, except
@@ -91,10 +93,9 @@ def task_name(name: str, taskless: bool = False, prefix: str = "") -> str:
 def _add_task(name: str, source: seqio.DataSource, text_preprocessor: Callable[..., Any],
               postprocess_fn: Optional[Callable[..., Any]],
               metric_fns: Sequence[Callable[..., Any]]) -> None:
-  seqio.TaskRegistry.remove(name)  # An explicit re-registration replaces the old task.
-  seqio.TaskRegistry.add(
+  registration.add_task(
       name, source=source,
-      preprocessors=[text_preprocessor, *sources.tokenize_and_append_eos()],
+      preprocessors=[text_preprocessor, *registration.tokenize_and_append_eos()],
       output_features=vocab.get_output_features(),
       postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
 
@@ -122,12 +123,11 @@ def _register_mixture(prefix: str, taskless: bool) -> str:
   sizes[task_name("wsc", taskless, prefix) + "_simple_train"] = TRAIN_SIZES["wsc.fixed"]
   # wsc_fixed and WSC-simple would train on the same data twice; keep T5's choice.
   sizes.pop(task_name("wsc_fixed", taskless, prefix))
-  rate = sources.rate_num_examples(sizes)
+  rate = registration.rate_num_examples(sizes)
   eval_only = [task_name("wsc", taskless, prefix) + "_simple_eval",
                task_name("axb", taskless, prefix), task_name("axg", taskless, prefix)]
   name = f"{prefix}{'taskless_' if taskless else ''}super_glue_v102_proportional"
-  seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, [(t, rate) for t in sizes] + [(t, 0.0) for t in eval_only])
+  registration.add_mixture(name, [(t, rate) for t in sizes] + [(t, 0.0) for t in eval_only])
   return name
 
 

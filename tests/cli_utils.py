@@ -28,10 +28,10 @@ import os
 import pathlib
 import time
 
-from prompt_tuning.data import sources
+from prompt_tuning.data import text_tasks
 
 _DATA = pathlib.Path(__file__).resolve().parent / "data"
-sources.register_text_task(
+text_tasks.register_text_task(
     "{task}",
     {{"train": str(_DATA / "train.jsonl"), "validation": str(_DATA / "validation.jsonl")}},
     input_field="sentence", target_field="label", label_names=["negative", "positive"],

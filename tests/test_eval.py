@@ -19,7 +19,7 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
 from prompt_tuning.data import pipeline
-from prompt_tuning.data import sources
+from prompt_tuning.data import text_tasks
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.models import t5
 
@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
            ("awful", "negative"), ("fun", "positive")]]
   (root / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  task = sources.register_text_task(
+  task = text_tasks.register_text_task(
       "eval_test_task", {"train": str(root / "train.jsonl"),
                          "validation": str(root / "validation.jsonl")},
       input_field="sentence", target_field="label", label_names=["negative", "positive"],

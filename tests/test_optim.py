@@ -13,7 +13,9 @@ from conftest import GOLDEN, TINY_CHECKPOINT, golden, golden_batch, require
 from prompt_tuning import checkpoints
 from prompt_tuning import model as model_lib
 from prompt_tuning import optim
+from prompt_tuning import partitioning
 from prompt_tuning import prompts
+from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.models import t5
 
 PROMPT_PATH = "encoder/prompt/prompt/prompt"
@@ -80,35 +82,66 @@ def _trainer(setup, patterns):
 
 @pytest.fixture(scope="module")
 def prompt_trainer(setup):
-  # Shared so the golden step and the frozen-backbone run compile the train step once.
   return _trainer(setup, optim.PROMPT_PATTERNS)
 
 
 # ------------------------------------------------------------------------------------------------
-# The original's optimizer step (golden item g).
+# The original's optimizer step (golden item g), through the production trainer.
 
 
-def test_golden_optimizer_step(setup, prompt_trainer):
-  g, batch, params = golden("prompt_tuned_fp32"), golden_batch(), setup["params"]
-  trainable, frozen = optim.split_params(params)
-  assert list(optim.flatten(trainable)) == [PROMPT_PATH]
-  assert len(optim.flatten(frozen)) == 52
-  init, step_fn = prompt_trainer
-  state = init(params)
-  # One jitted step: gradient w.r.t. the trainable half, Adafactor at the global step, apply.
-  new_params, new_state, loss, grads = step_fn(params, state, CHECKPOINT_STEP, batch)
-  np.testing.assert_allclose(loss, g["total_loss"], rtol=1e-5)
-  assert list(optim.flatten(grads)) == [PROMPT_PATH]
-  _close_to_max(_prompt(grads), g["prompt_grad"], 1e-4)
-  updated = _prompt(new_params)
-  _close_to_max(updated, g["updated_prompt"], 1e-4)
-  _close_to_max(_prompt(new_state.v), g[V_KEY], 1e-4)
-  assert new_state.m is None  # No momentum (beta1 None).
-  _close_to_max(_prompt(step_fn(params, state, 0, batch)[0]), g["updated_prompt_if_step0"], 1e-4)
+def _golden_trainer(prompt):
+  """The trainer `runs/prompt_finetune.gin` builds, on the tiny model with the golden prompt."""
+  module = t5.EncoderDecoder(
+      t5.config_for_size("tiny", dtype="float32"),
+      prompt_factory=prompts.prefix_prompt_factory(5, prompts.from_array(prompt)))
+  adafactor = functools.partial(  # As runs/finetune.gin binds optim.create_optimizer.
+      optim.create_optimizer, "adafactor", learning_rate=0.3, decay_rate=0.8, step_offset=0,
+      multiply_by_parameter_scale=False, clipping_threshold=1.0, weight_decay_rate=1e-5)
+  return trainer_lib.Trainer(
+      model_lib.EncoderDecoderModel(module), adafactor, partitioning.Partitioner(num_partitions=1),
+      trainable_patterns=[".*prompt.*"], init_from_scratch_patterns=[".*prompt.*"],
+      input_shapes={"inputs": 8, "targets": 4})
+
+
+def test_golden_optimizer_step():
+  g, prompt = golden("prompt_tuned_fp32"), np.load(require(GOLDEN / "prompt_5x4.npy"))
+  trainer = _golden_trainer(prompt)
+  params, step = trainer.load_initial_params(str(require(TINY_CHECKPOINT)))
+  assert step == CHECKPOINT_STEP
+  np.testing.assert_array_equal(_prompt(params), prompt)
+  batch = trainer.partitioner.shard_batch(golden_batch())
+  # The original's train state had step 0 in a second run (README note 6): same compiled step.
+  # That run gets a copy, since `train_step` donates the state (the prompt's buffer).
+  results = {}
+  for start in (0, CHECKPOINT_STEP):
+    state, frozen = trainer.create_state(jax.tree.map(jnp.copy, params) if start == 0 else params,
+                                         start)
+    assert list(optim.flatten(state.params)) == [PROMPT_PATH]
+    assert len(optim.flatten(frozen)) == 52
+    new_state, metrics = trainer.train_step(state, frozen, batch)  # Jitted; `state` is donated.
+    assert int(new_state.step) == start + 1
+    results[start] = (new_state, metrics, frozen)
+  new_state, metrics, frozen = results[CHECKPOINT_STEP]
+  np.testing.assert_allclose(metrics["loss"], g["total_loss"], rtol=1e-5)
+  updated = _prompt(new_state.params)
+  np.testing.assert_allclose(updated, g["updated_prompt"], rtol=0, atol=1e-6)
+  # v after one step from zero is (1 - decay) (g^2 + eps): it checks the gradient's magnitude,
+  # the signed step above its sign. It carries the float32 gradient's rounding (the gradient
+  # matches to ~2e-5 relative), hence README section 8's tolerance rather than 1e-6.
+  _close_to_max(_prompt(new_state.opt_state.v), g[V_KEY], 1e-4)
+  assert new_state.opt_state.m is None  # No momentum (beta1 None).
+  np.testing.assert_allclose(_prompt(results[0][0].params), g["updated_prompt_if_step0"], rtol=0,
+                             atol=1e-6)
   # README note 7: the first step is a signed step of size lr plus decoupled weight decay.
-  prompt = setup["prompt"]
   np.testing.assert_allclose(updated, (1 - 1e-5) * prompt - 0.3 * np.sign(g["prompt_grad"]),
                              rtol=0, atol=1.2e-7)
+  # The frozen backbone is the checkpoint's, bit for bit, before and after the step.
+  ckpt = optim.flatten(checkpoints.load_t5x_checkpoint(require(TINY_CHECKPOINT)))
+  flat = optim.flatten(frozen)
+  assert set(flat) == set(ckpt)
+  for name, value in ckpt.items():
+    new = np.asarray(flat[name])
+    assert new.dtype == value.dtype and new.tobytes() == np.asarray(value).tobytes(), name
 
 
 # ------------------------------------------------------------------------------------------------

@@ -193,8 +193,12 @@ def _synthetic_table(n, d=3):
 
 
 class _FakeVocab:
-  def __init__(self, pieces):
+  """`pieces`: text -> ids; like seqio, `vocab_size` counts the `extra_ids` sentinels too."""
+
+  def __init__(self, pieces, real_tokens=100, extra_ids=0):
     self.pieces = pieces
+    self.vocab_size = real_tokens + extra_ids
+    self.extra_ids = extra_ids
 
   def encode(self, text):
     return self.pieces[text]
@@ -216,14 +220,49 @@ def test_random_uniform_statistics():
 def test_sampled_vocab_draws_distinct_rows_of_the_population():
   table = _synthetic_table(20000)
   # (population_size=None reaching past row 5000 is shown by the golden indices above.)
-  default, bigger = _run_many(
+  default, whole = _run_many(
       (prompts.sampled_vocab(table), (300, 3)),  # Default population: the first 5000 rows.
-      (prompts.sampled_vocab(table[:8], population_size=5000), (8, 3)))
+      (prompts.sampled_vocab(table[:8], population_size=8), (8, 3)))
   assert np.all(default == default[:, :1])  # Whole rows, not mixed ones.
   ids = default[:, 0].astype(int)
   assert len(set(ids)) == 300 and ids.min() >= 0 and ids.max() < 5000
-  # A population larger than the table is the whole table; P == N gives a permutation.
-  assert sorted(bigger[:, 0].astype(int)) == list(range(8))
+  # P == N gives a permutation.
+  assert sorted(whole[:, 0].astype(int)) == list(range(8))
+
+
+def test_sampled_vocab_clamps_to_the_real_tokens_with_a_warning(caplog):
+  # Like the embedded model: rows past the real pieces are sentinel extra ids, then padding.
+  table = _synthetic_table(48)
+  vocab = _FakeVocab({}, real_tokens=30, extra_ids=10)
+  with caplog.at_level(logging.WARNING):
+    clamped, everything = _run_many((prompts.sampled_vocab(table, 5000, vocab=vocab), (30, 3)),
+                                    (prompts.sampled_vocab(table, None, vocab=vocab), (30, 3)))
+  # 30 distinct rows out of 30: exactly the real tokens, never a sentinel or padding row.
+  assert sorted(clamped[:, 0].astype(int)) == list(range(30))
+  assert sorted(everything[:, 0].astype(int)) == list(range(30))
+  assert ("prompts.sampled_vocab.population_size=5000 is larger than the 30 real tokens of "
+          "_FakeVocab; sampling from those 30 only") in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    _run(prompts.sampled_vocab(table, 20, vocab=vocab), (20, 3))
+  assert not caplog.text  # Within the real tokens: nothing to say.
+
+
+def test_sampled_vocab_population_larger_than_the_table_raises():
+  with pytest.raises(prompts.PromptInitError,
+                     match=r"prompts.sampled_vocab.population_size=5000 is larger than the "
+                     r"embedding table \(768 rows\)"):
+    _run(prompts.sampled_vocab(_synthetic_table(768), population_size=5000), (4, 3))
+  with pytest.raises(prompts.PromptInitError, match="has 800 real tokens but the embedding "
+                     "table only 768 rows"):
+    _run(prompts.sampled_vocab(_synthetic_table(768), vocab=_FakeVocab({}, 800)), (4, 3))
+
+
+def test_sampled_vocab_real_tokens_of_a_seqio_vocabulary(vocab, caplog):
+  with caplog.at_level(logging.WARNING):
+    jax.eval_shape(lambda r: prompts.sampled_vocab(_synthetic_table(32_128), 40_000, vocab)(
+        r, (4, 3), jnp.float32), RNG)
+  assert f"the 32000 real tokens of SentencePieceVocabulary({T5_VOCAB})" in caplog.text
 
 
 def test_sampled_vocab_too_long_prompt_raises():
@@ -244,7 +283,7 @@ def test_class_labels_first_then_fallback():
   filled, default, sampled = _run_many(
       (prompts.class_labels(table, vocab, ["a", "bc"], fallback=fill), (4, 3)),
       (prompts.class_labels(table, vocab, ["a"]), (6, 3)),
-      (prompts.sampled_vocab(table), (6, 3)))
+      (prompts.sampled_vocab(table, vocab=vocab), (6, 3)))
   np.testing.assert_array_equal(filled, [[10] * 3, [25.5] * 3, [-1] * 3, [-1] * 3])
   # The default fallback samples vocabulary rows (the paper's setting), distinct from each other.
   assert default[0, 0] == 10 and len(set(default[1:, 0])) == 5

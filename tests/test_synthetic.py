@@ -10,7 +10,7 @@ import pytest
 from prompt_tuning import pretrain
 from prompt_tuning import synthetic
 from prompt_tuning.data import pretraining
-from prompt_tuning.data import sources
+from prompt_tuning.data import super_glue_format
 from prompt_tuning.data import vocab as vocab_lib
 
 SMALL = (("train", 60), ("validation", 30))
@@ -52,12 +52,13 @@ def test_labels_are_balanced(config, labels):
 def test_files_follow_the_official_schemas(tmp_path):
   data_dir = synthetic.write_super_glue(str(tmp_path), 0, SMALL)
   for config in ("boolq", "rte", "cb"):
-    files = sources.super_glue_jsonl_files(config, data_dir)
+    files = super_glue_format.super_glue_jsonl_files(config, data_dir)
     for split, n in SMALL:
-      examples = sources.read_super_glue_jsonl(config, files[split], split)  # Checks fields.
+      # Reading checks every field.
+      examples = super_glue_format.read_super_glue_jsonl(config, files[split], split)
       assert len(examples) == n
       assert [e["idx"] for e in examples] == list(range(n))
-      names = sources.SUPER_GLUE_LABELS[config]
+      names = super_glue_format.SUPER_GLUE_LABELS[config]
       assert {e["label"] for e in examples} == set(range(len(names)))
 
 

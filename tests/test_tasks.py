@@ -1,10 +1,10 @@
-"""Tests for tasks/ (SuperGLUE, GLUE) and prompt_tuning/data/sources.py.
+"""Tests for tasks/ (SuperGLUE, GLUE) and the data sources, registration and text tasks.
 
 TFDS is mocked offline: `tfds.testing.mock_data` with an `as_dataset_fn` that runs the
 real TFDS `super_glue` generation code over the hand-written official JSONL files in
 testdata/super_glue/ (GLUE: hand-built TFDS-schema rows in testdata/glue/), then
 encodes and decodes them with the real TFDS features. The JSONL path reads the same
-files through `sources.py`; both must give identical preprocessed examples.
+files through `super_glue_format.py`; both must give identical preprocessed examples.
 """
 import contextlib
 import functools
@@ -21,7 +21,11 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from prompt_tuning.data import files
+from prompt_tuning.data import registration
 from prompt_tuning.data import sources
+from prompt_tuning.data import super_glue_format
+from prompt_tuning.data import text_tasks
 from prompt_tuning.data import vocab
 from prompt_tuning.tasks import glue
 from prompt_tuning.tasks import super_glue
@@ -184,7 +188,7 @@ def _tfds_examples(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
   """What TFDS itself would generate from our files (GLUE: rows already in its schema)."""
   if builder.name == "super_glue":
     config = builder.builder_config.name
-    path = sources.super_glue_jsonl_files(config, str(SUPER_GLUE_DIR))[split]
+    path = super_glue_format.super_glue_jsonl_files(config, str(SUPER_GLUE_DIR))[split]
     generate = builder._generate_examples  # pylint: disable=protected-access
     return [ex for _, ex in generate(data_file=path, split=split)]
   path = TESTDATA / "glue" / f"{builder.builder_config.name}.jsonl"
@@ -274,7 +278,7 @@ def test_super_glue_text_and_eos(name, split):
 
 @pytest.mark.parametrize("name,split", SG_CASES)
 def test_super_glue_jsonl_source_equals_tfds(name, split):
-  """The official files read by sources.py == TFDS's own generation of them."""
+  """The official files read by super_glue_format.py == TFDS's own generation of them."""
   assert_same_examples(load(_sg_task(name, split), split, "raw"),
                        load(_sg_task(name, split, prefix=JSONL_PREFIX), split, "raw"))
 
@@ -391,6 +395,54 @@ def test_jsonl_mixture_rate_counts_local_examples():
   assert rate[JSONL_PREFIX + "super_glue_boolq_v102"] == 9_427
 
 
+
+def test_mixture_rate_that_cannot_be_computed_names_the_task_and_cause(tmp_path):
+  """No silent rate 0: a task with no count and no published size, or no train split, fails."""
+  train = _write(tmp_path / "train.jsonl", [json.dumps({"x": "a", "y": "b"})])
+  counted = text_tasks.register_text_task("rate_counted", {"train": train}, "x", "y",
+                                          overwrite=True)
+  missing = text_tasks.register_text_task(
+      "rate_missing", {"train": str(tmp_path / "none.jsonl")}, "x", "y", overwrite=True)
+  eval_only = text_tasks.register_text_task("rate_eval_only", {"validation": train}, "x", "y",
+                                            overwrite=True)
+  rate = registration.rate_num_examples({"rate_eval_only": 10.0})
+  try:
+    assert rate(counted) == 1
+    with pytest.raises(registration.MixtureRateError,
+                       match=r"task 'rate_missing'.*data is missing.*none\.jsonl"):
+      rate(missing)
+    with pytest.raises(registration.MixtureRateError,
+                       match=r"task 'rate_eval_only'.*no 'train' split"):
+      rate(eval_only)
+    assert registration.rate_num_examples({"rate_missing": 7.0})(missing) == 7
+    # Bad data is a data error, not a reason to fall back to the published size.
+    _write(tmp_path / "train.jsonl", ["{not json"])
+    fresh = text_tasks.register_text_task("rate_counted", {"train": train}, "x", "y",
+                                          overwrite=True)
+    with pytest.raises(files.DataError, match="train.jsonl:1: invalid JSON"):
+      registration.rate_num_examples({"rate_counted": 5.0})(fresh)
+  finally:
+    for name in ("rate_counted", "rate_missing", "rate_eval_only"):
+      seqio.TaskRegistry.remove(name)
+
+
+def test_add_task_and_add_mixture_replace_what_was_registered(tmp_path):
+  train = _write(tmp_path / "train.jsonl", [json.dumps({"x": "a", "y": "b"})])
+  first = text_tasks.register_text_task("replaced_task", {"train": train}, "x", "y")
+  try:
+    with pytest.raises(ValueError, match="duplicate provider: replaced_task"):
+      text_tasks.register_text_task("replaced_task", {"train": train}, "x", "y")
+    second = registration.add_task("replaced_task", source=first.source,
+                                   output_features=first.output_features)
+    assert seqio.get_mixture_or_task("replaced_task") is second is not first
+    registration.add_mixture("replaced_mixture", [("replaced_task", 1.0)])
+    mixture = registration.add_mixture("replaced_mixture", [("replaced_task", 2.0)])
+    assert seqio.get_mixture_or_task("replaced_mixture") is mixture
+    assert mixture.get_rate(second) == 2.0
+  finally:
+    seqio.MixtureRegistry.remove("replaced_mixture")
+    seqio.TaskRegistry.remove("replaced_task")
+
 def test_env_var_selects_jsonl(monkeypatch):
   monkeypatch.setenv(super_glue.SUPER_GLUE_DIR_ENV_VAR, str(SUPER_GLUE_DIR))
   try:
@@ -450,38 +502,38 @@ GOOD_RTE = {"premise": "A man sleeps.", "hypothesis": "A man rests.", "label": "
 def test_bad_jsonl_names_file_line_and_field(tmp_path, config, row, field, split):
   path = _write(tmp_path / "bad.jsonl", [json.dumps(GOOD_RTE) if config == "rte" else "",
                                          json.dumps(row)])
-  with pytest.raises(sources.DataError) as e:
-    sources.read_super_glue_jsonl(config, path, split)
+  with pytest.raises(files.DataError) as e:
+    super_glue_format.read_super_glue_jsonl(config, path, split)
   assert f"{path}:2: field '{field}'" in str(e.value)
 
 
 def test_unreadable_files_name_the_file_and_line(tmp_path):
   missing = str(tmp_path / "RTE" / "val.jsonl")
-  with pytest.raises(sources.DataError, match=f"{missing}: cannot read file"):
-    sources.read_super_glue_jsonl("rte", missing, "validation")
+  with pytest.raises(files.DataError, match=f"{missing}: cannot read file"):
+    super_glue_format.read_super_glue_jsonl("rte", missing, "validation")
   bad_json = _write(tmp_path / "a.jsonl", [json.dumps(GOOD_RTE), "{not json"])
-  with pytest.raises(sources.DataError, match=f"{bad_json}:2: invalid JSON"):
-    sources.read_super_glue_jsonl("rte", bad_json, "validation")
+  with pytest.raises(files.DataError, match=f"{bad_json}:2: invalid JSON"):
+    super_glue_format.read_super_glue_jsonl("rte", bad_json, "validation")
   bad_utf8 = tmp_path / "b.jsonl"
   bad_utf8.write_bytes(b'{"premise": "caf\xe9"}\n')
-  with pytest.raises(sources.DataError, match=f"{bad_utf8}:1: not valid UTF-8"):
-    sources.read_super_glue_jsonl("rte", str(bad_utf8), "validation")
+  with pytest.raises(files.DataError, match=f"{bad_utf8}:1: not valid UTF-8"):
+    super_glue_format.read_super_glue_jsonl("rte", str(bad_utf8), "validation")
 
 
 def test_bad_data_fails_get_dataset_before_tf_data(tmp_path):
   _write(tmp_path / "RTE" / "val.jsonl", [json.dumps({**GOOD_RTE, "label": 7})])
   super_glue.register_super_glue("jsonl", str(tmp_path), prefix="bad_")
   task = seqio.get_mixture_or_task("bad_super_glue_rte_v102")
-  with pytest.raises(sources.DataError, match="val.jsonl:1: field 'label'"):
+  with pytest.raises(files.DataError, match="val.jsonl:1: field 'label'"):
     task.get_dataset(sequence_length=None, split="validation", shuffle=False)
 
 
 # ------------------------------------------------------------ register your own task
 
 MY_TASKS_MODULE = '''
-from prompt_tuning.data import sources
+from prompt_tuning.data import text_tasks
 
-sources.register_text_task(
+text_tasks.register_text_task(
     "my_sentiment",
     {{"train": "{data}/train.jsonl", "validation": "{data}/val*.jsonl"}},
     input_field="review",
@@ -518,7 +570,7 @@ def test_register_text_task_from_module_imported_by_name(tmp_path, monkeypatch):
 def test_register_text_task_tsv_with_field_list(tmp_path):
   path = tmp_path / "pairs.tsv"
   path.write_text("id\tq1\tq2\tsame\n7\tHi there?\tHello?\t1\n8\tWhy?\tHow?\t0\n")
-  task = sources.register_text_task(
+  task = text_tasks.register_text_task(
       "my_pairs", {"test": str(path)}, input_field=("q1", "q2"), target_field="same",
       file_format="tsv", label_names=("different", "same"), overwrite=True)
   examples = list(task.get_dataset(sequence_length=None, split="test",
@@ -526,22 +578,22 @@ def test_register_text_task_tsv_with_field_list(tmp_path):
   assert texts(examples) == [("q1: Hi there? q2: Hello?", "same"), ("q1: Why? q2: How?",
                                                                     "different")]
   path.write_text("id\tq1\tq2\tsame\n7\tHi there?\tHello?\t1\n8\tWhy?\tHow?\t2\n")
-  with pytest.raises(sources.DataError, match=f"{path}:3: field 'same': label '2'"):
+  with pytest.raises(files.DataError, match=f"{path}:3: field 'same': label '2'"):
     task.get_dataset(sequence_length=None, split="test", shuffle=False)
   path.write_text("id\tq1\tq2\tsame\n7\tHi there?\t1\n")
-  with pytest.raises(sources.DataError, match=f"{path}:2: expected 4 tab-separated"):
+  with pytest.raises(files.DataError, match=f"{path}:2: expected 4 tab-separated"):
     task.get_dataset(sequence_length=None, split="test", shuffle=False)
   seqio.TaskRegistry.remove("my_pairs")
 
 
 def test_register_text_task_rejects_missing_files_and_bad_metrics(tmp_path):
-  task = sources.register_text_task("my_missing", {"train": str(tmp_path / "none*.jsonl")},
+  task = text_tasks.register_text_task("my_missing", {"train": str(tmp_path / "none*.jsonl")},
                                     "x", "y", overwrite=True)
-  with pytest.raises(sources.DataError, match="no file matches"):
+  with pytest.raises(files.DataError, match="no file matches"):
     task.get_dataset(sequence_length=None, split="train", shuffle=False)
   seqio.TaskRegistry.remove("my_missing")
   with pytest.raises(ValueError, match="need label_names"):
-    sources.register_text_task("my_bad", {"train": "x.jsonl"}, "x", "y", metrics=("f1",))
+    text_tasks.register_text_task("my_bad", {"train": "x.jsonl"}, "x", "y", metrics=("f1",))
 
 
 def test_docs_snippet_matches_the_test_module():

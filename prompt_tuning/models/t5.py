@@ -7,22 +7,25 @@ float32, gated-GELU MLP (tanh approximation), no biases, no 1/sqrt(d) attention 
 relative-position table per stack, masks turned into a -1e10 bias, padded rows zeroed by a "logit
 mask" after every norm.
 
-An optional prompt module (see `prompt_tuning/prompts.py`) sits in the encoder as `encoder/prompt`:
-it receives the embedded inputs and returns them with `prompt_length` positions prepended. Masks and
-relative positions then cover the concatenated sequence. With no prompt the same code is the plain
-model.
+An optional prompt module (the contract is `prompts.PromptModule`, built by the encoder's
+`prompt_factory`, a `prompts.PromptFactory`) sits in the encoder as `encoder/prompt`: it receives
+the embedded inputs and returns them with `length` positions prepended. Masks and relative
+positions then cover the concatenated sequence. With no prompt the same code is the plain model.
 
-Shapes: B batch, L encoder length (prompt included), T decoder length, D embed, H heads, K head
-dim, F mlp, V vocab, P prompt length.
+Shapes: B batch, L encoder input length (tokens), P prompt length (0 without a prompt), so the
+encoder's activations are [B, P + L, D]; T decoder length, D embed, H heads, K head dim, F mlp,
+V vocab. In attention, Q and S are the query and key/value lengths (P + L or T).
 """
 import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning import prompts
 
 Array = jax.Array
 NEG_INF = -1e10  # flaxformer's mask bias; finite so fully-masked rows stay finite.
@@ -99,13 +102,15 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """[..., in] -> [..., features], computed in `dtype`."""
     init = nn.initializers.variance_scaling(self.init_scale, "fan_in", "truncated_normal")
     kernel = _param(self, "kernel", init, (x.shape[-1], self.features), self.axes)
     return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
 class Embed(nn.Module):
-  """Token embedding table [V, D]; `attend` gives logits against it (unused by T5 1.1)."""
+  """Token embedding table [V, D], shared by encoder and decoder (T5 1.1 has a separate output
+  layer, `decoder/logits_dense`, so the table is never used for logits)."""
   num_embeddings: int
   features: int
   dtype: str = "float32"
@@ -115,6 +120,7 @@ class Embed(nn.Module):
                             (self.num_embeddings, self.features), ("vocab", "embed"))
 
   def __call__(self, ids: Array) -> Array:
+    """Token ids [B, L] (or [B, T]) -> embeddings [B, L, D] in `dtype`."""
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
 
@@ -125,6 +131,7 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    """[..., D] -> [..., D] in `dtype`; the mean square is taken over D."""
     scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",))
     x = x.astype(jnp.float32)
     x = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
@@ -166,7 +173,7 @@ class RelativePositionBias(nn.Module):
 
   @nn.compact
   def __call__(self, q_len: int, k_len: int, decode_position: Optional[Array] = None) -> Array:
-    """Returns the bias [1, H, q_len, k_len]; with `decode_position`, the one row [1, H, 1, k_len]."""
+    """Bias [1, H, Q, S] (Q = q_len, S = k_len); with `decode_position`, its row [1, H, 1, S]."""
     table = _param(self, "rel_embedding",
                    nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
                    (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
@@ -201,6 +208,12 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x_q: Array, x_kv: Array, bias: Optional[Array], *,
                enable_dropout: bool = False, decode: bool = False,
                decode_position: Optional[Array] = None) -> Array:
+    """Queries from x_q [B, Q, D], keys/values from x_kv [B, S, D] -> [B, Q, D].
+
+    `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
+    creates the cache; each later one takes one position (Q == 1) and attends over the whole
+    cache (S = the maximum decode length), causally masked.
+    """
     hk = self.num_heads * self.head_dim
     emb_dim = x_q.shape[-1]
     # T5 folds 1/sqrt(head_dim) into the query initialisation rather than the attention.
@@ -252,6 +265,7 @@ class MlpBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, enable_dropout: bool = False) -> Array:
+    """[B, L, D] -> hidden [B, L, F] -> [B, L, D]."""
     emb_dim = x.shape[-1]
     hidden = None
     for i, act in enumerate(self.activations):
@@ -272,10 +286,13 @@ def _sublayer(cfg: T5Config, x, norm_name: str, layer, logit_mask, enable_dropou
 
 
 class EncoderLayer(nn.Module):
+  """Self-attention then MLP, each a pre-norm residual block."""
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, bias, logit_mask, enable_dropout=False):
+  def __call__(self, x: Array, bias: Array, logit_mask: Array,
+               enable_dropout: bool = False) -> Array:
+    """x [B, P + L, D], bias [B, H, P + L, P + L], logit_mask [B, P + L, 1] -> [B, P + L, D]."""
     cfg = self.config
     attention = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
                                    name="attention")
@@ -289,11 +306,18 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+  """Causal self-attention, cross-attention to the encoder output, MLP; each pre-norm residual."""
   config: T5Config
 
   @nn.compact
-  def __call__(self, y, encoded, self_bias, cross_bias, logit_mask, enable_dropout=False,
-               decode=False, decode_position=None):
+  def __call__(self, y: Array, encoded: Array, self_bias: Optional[Array], cross_bias: Array,
+               logit_mask: Array, enable_dropout: bool = False, decode: bool = False,
+               decode_position: Optional[Array] = None) -> Array:
+    """y [B, T, D], encoded [B, P + L, D] -> [B, T, D].
+
+    self_bias broadcasts to [B, H, T, T] (None in decode mode: the cache masks), cross_bias to
+    [B, H, T, P + L]; logit_mask is [B, T, 1].
+    """
     cfg = self.config
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
                                   cfg.dropout_rate, cfg.dtype)
@@ -321,7 +345,7 @@ class Encoder(nn.Module):
   """Embeds tokens, lets the optional prompt module prepend its positions, runs the layers."""
   config: T5Config
   token_embedder: nn.Module
-  prompt_factory: Optional[Callable[[], nn.Module]] = None
+  prompt_factory: Optional[prompts.PromptFactory] = None  # None: the plain model.
 
   def setup(self):
     cfg = self.config
@@ -339,7 +363,7 @@ class Encoder(nn.Module):
     return 0 if self.prompt is None else self.prompt.length
 
   def valid_positions(self, tokens_BxL: Array) -> Array:
-    """Which encoder positions are real: prompt positions always, tokens where id > 0."""
+    """[B, P + L] bool: which encoder positions are real (prompt always, tokens where id > 0)."""
     valid = tokens_BxL > 0
     if self.prompt_length:
       fake = jnp.ones((tokens_BxL.shape[0], self.prompt_length), dtype=bool)
@@ -347,6 +371,7 @@ class Encoder(nn.Module):
     return valid
 
   def __call__(self, tokens_BxL: Array, enable_dropout: bool = False) -> Array:
+    """Token ids [B, L] -> encoded [B, P + L, D]; padded positions are exactly 0."""
     cfg = self.config
     x = self.token_embedder(tokens_BxL)
     if self.prompt is not None:
@@ -375,6 +400,7 @@ def decoder_logit_mask(decoder_input_tokens_BxT: Array) -> Array:
 
 
 class Decoder(nn.Module):
+  """Embeds the decoder inputs, runs the layers, projects to the vocabulary (its own head)."""
   config: T5Config
   token_embedder: nn.Module
 
@@ -392,7 +418,8 @@ class Decoder(nn.Module):
   def __call__(self, encoded_BxLxD, encoder_valid_BxL, decoder_input_tokens_BxT,
                decoder_target_tokens_BxT=None, enable_dropout=False, decode=False,
                decode_position=None, max_decode_length=None) -> Array:
-    """Returns float32 logits [B, T, V].
+    """encoded [B, P + L, D], encoder_valid [B, P + L], decoder tokens [B, T] -> float32 logits
+    [B, T, V].
 
     Decode mode: a first call with the full-length inputs creates the cache; each later call
     takes one position (T == 1) at index `decode_position` of a cache of `max_decode_length`.
@@ -432,7 +459,7 @@ class Decoder(nn.Module):
 class EncoderDecoder(nn.Module):
   """T5 1.1: shared token embedder, encoder (optionally prompted), decoder with its own head."""
   config: T5Config
-  prompt_factory: Optional[Callable[[], nn.Module]] = None
+  prompt_factory: Optional[prompts.PromptFactory] = None  # Builds the `prompts.PromptModule`.
 
   def setup(self):
     cfg = self.config
@@ -441,18 +468,21 @@ class EncoderDecoder(nn.Module):
     self.decoder = Decoder(cfg, self.token_embedder)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
+    """Token ids [B, L] -> encoded [B, P + L, D]."""
     return self.encoder(encoder_input_tokens, enable_dropout)
 
   def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
              decode: bool = False, decode_position: Optional[Array] = None,
              max_decode_length: Optional[int] = None) -> Array:
+    """encoded [B, P + L, D], encoder tokens [B, L], decoder tokens [B, T] -> logits [B, T, V]."""
     encoder_valid = self.encoder.valid_positions(encoder_input_tokens)
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                         enable_dropout, decode, decode_position, max_decode_length)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, enable_dropout: bool = False) -> Array:
+    """Teacher forcing: encoder tokens [B, L], decoder tokens [B, T] -> logits [B, T, V]."""
     encoded = self.encode(encoder_input_tokens, enable_dropout)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                        decoder_target_tokens, enable_dropout)
