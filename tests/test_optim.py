@@ -15,6 +15,7 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
+from prompt_tuning import restore
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.models import t5
 
@@ -99,14 +100,15 @@ def _golden_trainer(prompt):
       multiply_by_parameter_scale=False, clipping_threshold=1.0, weight_decay_rate=1e-5)
   return trainer_lib.Trainer(
       model_lib.EncoderDecoderModel(module), adafactor, partitioning.Partitioner(num_partitions=1),
-      trainable_patterns=[".*prompt.*"], init_from_scratch_patterns=[".*prompt.*"],
-      input_shapes={"inputs": 8, "targets": 4})
+      trainable_patterns=[".*prompt.*"], input_shapes={"inputs": 8, "targets": 4})
 
 
 def test_golden_optimizer_step():
   g, prompt = golden("prompt_tuned_fp32"), np.load(require(GOLDEN / "prompt_5x4.npy"))
   trainer = _golden_trainer(prompt)
-  params, step = trainer.load_initial_params(str(require(TINY_CHECKPOINT)))
+  # As runs/prompt_finetune.gin restores: backbone from the checkpoint, the prompt from scratch.
+  restore_cfg = restore.RestoreConfig(str(require(TINY_CHECKPOINT)), scratch_patterns=[".*prompt.*"])
+  params, step = restore.initial_params(restore_cfg, trainer.model, trainer.spec, trainer.rng)
   assert step == CHECKPOINT_STEP
   np.testing.assert_array_equal(_prompt(params), prompt)
   batch = trainer.partitioner.shard_batch(golden_batch())

@@ -275,7 +275,7 @@ def _train_loop_with_best_metric(out: pathlib.Path, vocab_path: str) -> dict:
   from prompt_tuning import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning import training  # pylint: disable=g-import-not-at-top
   from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
-  from prompt_tuning.data import sources  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import text_tasks  # pylint: disable=g-import-not-at-top
   from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
 
@@ -287,7 +287,7 @@ def _train_loop_with_best_metric(out: pathlib.Path, vocab_path: str) -> dict:
                  for w, label in zip(words, ("positive", "negative") * 4))
   for split in ("train", "validation"):
     (data / f"{split}.jsonl").write_text(rows)
-  sources.register_text_task(
+  text_tasks.register_text_task(
       "multihost_best_metric", {s: str(data / f"{s}.jsonl") for s in ("train", "validation")},
       input_field="sentence", target_field="label", label_names=["negative", "positive"],
       metrics=("accuracy",), overwrite=True)
