@@ -65,11 +65,21 @@ def lm100k_listing(size: str) -> dict[str, tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=None)
-def abstract_tree(size: str) -> dict[str, tuple[int, ...]]:
-  """Our model's parameter shapes for `size`, traced without allocating any weight."""
-  model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(t5.config_for_size(size)))
+def abstract_params(module: nn.Module) -> dict[str, jax.ShapeDtypeStruct]:
+  """Path -> abstract parameter of `module`, traced without allocating any weight.
+
+  Cached by the module's definition (its fields), so equal modules built here and from gin
+  (tests/test_configs.py) are traced once per session.
+  """
+  model = model_lib.EncoderDecoderModel(module)
   variables = jax.eval_shape(model.get_initial_variables, jax.random.PRNGKey(0))
-  return {k: tuple(v.shape) for k, v in optim.flatten(nn.unbox(variables["params"])).items()}
+  return optim.flatten(nn.unbox(variables["params"]))
+
+
+def abstract_tree(size: str) -> dict[str, tuple[int, ...]]:
+  """Our model's parameter shapes for `size`."""
+  params = abstract_params(t5.EncoderDecoder(t5.config_for_size(size)))
+  return {k: tuple(v.shape) for k, v in params.items()}
 
 
 def original_tiny_tree() -> dict[str, tuple[int, ...]]:
