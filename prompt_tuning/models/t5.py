@@ -49,7 +49,11 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
 
 
-# Sizes of the T5 1.1 LM-adapted ("lm100k") checkpoints, plus the tiny test checkpoint's.
+# Sizes of the T5 1.1 LM-adapted ("lm100k") checkpoints, plus the tiny test checkpoint's. Every
+# lm100k size has heads of dimension 64, vocabulary 32128, 32 relative-position buckets (max
+# distance 128) and an untied `logits_dense`; its frozen parameter count is the paper's Table 4
+# (small 76,961,152; base 247,577,856; large 783,150,080; xl 2,849,757,184; xxl 11,135,332,352),
+# as tests/test_sizes.py checks.
 SIZES = {
     "tiny": dict(emb_dim=4, num_heads=2, num_encoder_layers=2, num_decoder_layers=2, head_dim=2,
                  mlp_dim=8, relative_attention_num_buckets=4, relative_attention_max_distance=8),
@@ -62,7 +66,7 @@ SIZES = {
     "xl": dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
                head_dim=64, mlp_dim=5120),
     "xxl": dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
-                head_dim=128, mlp_dim=10240),
+                head_dim=64, mlp_dim=10240),
     # The embedded default (prompt_tuning/assets/embedded, built by prompt_tuning.pretrain):
     # 600 SentencePiece pieces + 100 extra ids, padded to 768.
     "embedded": dict(vocab_size=768, emb_dim=128, num_heads=4, num_encoder_layers=3,
