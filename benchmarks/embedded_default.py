@@ -32,6 +32,7 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
+from prompt_tuning import restore
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.data import pretraining
 from prompt_tuning.data import vocab as vocab_lib
@@ -77,7 +78,10 @@ def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_le
       functools.partial(optim.create_optimizer, "adafactor", learning_rate),
       partitioning.Partitioner(), trainable_patterns=patterns,
       input_shapes={"inputs": input_length, "targets": target_length})
-  params, step = trainer.load_initial_params(checkpoint)
+  params, step = restore.initial_params(
+      restore.RestoreConfig(initial_checkpoint_path=checkpoint,
+                            scratch_patterns=patterns if mode == "prompt" else ()),
+      trainer.model, trainer.spec, trainer.rng)
   state, frozen = trainer.create_state(params, step)
   return trainer, state, frozen
 
@@ -85,18 +89,17 @@ def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_le
 def dev_accuracy(trainer, batches):
   """`accuracy(state, frozen)`: exact match of the greedy output on `batches`, via teacher-forced
   argmax over every target token; compiled once per run, not once per evaluation."""
-  @jax.jit
   def correct(params, batch):
     logits = trainer.model.compute_logits(params, batch)
     ok = (jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) | (
         batch["decoder_loss_weights"] == 0)
     return jnp.sum(jnp.all(ok, axis=-1))
+  correct = trainer.partitioner.jit(correct)
   total = sum(len(b["encoder_input_tokens"]) for b in batches)
 
   def accuracy(state, frozen) -> float:
     params = optim.merge_params(state.params, frozen)
-    with trainer.partitioner.activation_rules():
-      return sum(int(correct(params, b)) for b in batches) / total
+    return sum(int(correct(params, b)) for b in batches) / total
   return accuracy
 
 

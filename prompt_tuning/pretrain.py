@@ -29,6 +29,7 @@ from prompt_tuning import checkpoints
 from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
+from prompt_tuning import restore
 from prompt_tuning import synthetic
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.data import pretraining
@@ -70,10 +71,9 @@ class Pretrainer:
         learning_rate * 0.1)
     self.trainer = trainer_lib.Trainer(
         self.model, functools.partial(optim.create_optimizer, "adamw", schedule),
-        partitioning.Partitioner(), trainable_patterns=(".*",),
-        init_from_scratch_patterns=(".*",), seed=seed)
+        partitioning.Partitioner(), trainable_patterns=(".*",), seed=seed)
     if params is None:
-      params, _ = self.trainer.load_initial_params(None)
+      params = restore.init_params(self.model, self.trainer.spec, self.trainer.rng)
     params = jax.device_put(params)  # Numpy trees (from a checkpoint) become jax arrays.
     self.state, self.frozen = self.trainer.create_state(params, step)
     self._score = None
@@ -208,9 +208,8 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
 
 def main(argv: Optional[list[str]] = None) -> str:
   from prompt_tuning import config  # pylint: disable=g-import-not-at-top
-  config.setup_logging()
-  return config.run("prompt_tuning.pretrain", "pretrain", sys.argv[1:] if argv is None else argv,
-                    __doc__, required=("OUT_DIR",))
+  return config.entry_point("prompt_tuning.pretrain", ("OUT_DIR",), __doc__,
+                            fn_name="pretrain")(argv)
 
 
 if __name__ == "__main__":
