@@ -35,7 +35,7 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "pyink~=26.5"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
