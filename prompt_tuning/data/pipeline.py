@@ -53,19 +53,13 @@ def get_task(name: str, module: Union[None, str, Sequence[str]] = None):
         "their module is imported: pass it with --gin.MIXTURE_OR_TASK_MODULE=...") from None
 
 
-def check_feature_lengths(lengths: Mapping[str, int], prompt_length: int = 0,
-                          max_encoder_length: Optional[int] = None) -> None:
+def check_feature_lengths(lengths: Mapping[str, int]) -> None:
   """Fails early, with the fix, on feature lengths the model cannot take."""
   if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
     raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'inputs': N, 'targets': M}}; got {lengths!r}.")
   for k, v in lengths.items():
     if not isinstance(v, int) or v <= 0:
       raise ValueError(f"TASK_FEATURE_LENGTHS[{k!r}] must be a positive integer; got {v!r}.")
-  if max_encoder_length is not None and prompt_length + lengths["inputs"] > max_encoder_length:
-    raise ValueError(
-        f"The prompt ({prompt_length}) plus inputs ({lengths['inputs']}) make an encoder length "
-        f"of {prompt_length + lengths['inputs']}, over the maximum {max_encoder_length}: lower "
-        "TASK_FEATURE_LENGTHS['inputs'] or PROMPT_LENGTH.")
 
 
 def feature_converter() -> seqio.FeatureConverter:
