@@ -8,14 +8,14 @@ setuptools.setup(
     python_requires=">=3.10",
     # `configs/` and `tasks/` live at the top of the repository (T5X habit) but install inside
     # the `prompt_tuning` namespace, so they never collide with other distributions' top-level names.
-    packages=["prompt_tuning", "prompt_tuning.models", "prompt_tuning.data", "prompt_tuning.tasks",
-              "prompt_tuning.configs"],
+    packages=["prompt_tuning", "prompt_tuning.models", "prompt_tuning.data",
+              "prompt_tuning.embedded", "prompt_tuning.tasks", "prompt_tuning.configs"],
     package_dir={"prompt_tuning": "prompt_tuning", "prompt_tuning.tasks": "tasks",
                  "prompt_tuning.configs": "configs"},
     # The embedded default's T5X checkpoints keep zarr metadata in dotfiles (`.zarray`), which
     # `*` does not match.
     package_data={"prompt_tuning.configs": ["**/*.gin"],
-                  "prompt_tuning": ["assets/**/*", "assets/**/.zarray"]},
+                  "prompt_tuning.embedded": ["assets/**/*", "assets/**/.zarray"]},
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",

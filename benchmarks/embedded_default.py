@@ -34,8 +34,8 @@ from prompt_tuning import partitioning
 from prompt_tuning import prompts
 from prompt_tuning import restore
 from prompt_tuning import trainer as trainer_lib
-from prompt_tuning.data import pretraining
 from prompt_tuning.data import vocab as vocab_lib
+from prompt_tuning.embedded import objectives
 from prompt_tuning.models import t5
 
 LABELS = {"boolq": ["False", "True"], "rte": ["entailment", "not_entailment"],
@@ -114,7 +114,7 @@ def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_label
   trainer, state, frozen = make_trainer(cfg, checkpoint, mode, labels, prompt_length,
                                         input_length, target_length, lr, init)
   accuracy = dev_accuracy(trainer, [
-      pretraining.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
+      objectives.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
       for i in range(0, len(dev), 100)])
   rng = np.random.default_rng(seed)
   spent, steps, curve = 0.0, 0, [(0, 0, accuracy(state, frozen))]
@@ -122,7 +122,7 @@ def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_label
   while spent < seconds and steps < (max_steps or float("inf")):
     start = time.time()
     idx = rng.integers(0, len(train), batch_size)
-    batch = pretraining.encoder_decoder_batch([train[i] for i in idx], input_length,
+    batch = objectives.encoder_decoder_batch([train[i] for i in idx], input_length,
                                               target_length)
     state, m = trainer.train_step(state, frozen, trainer.partitioner.shard_batch(batch))
     jax.block_until_ready(m["loss"])

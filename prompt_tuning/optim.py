@@ -14,7 +14,11 @@ for it; frozen parameters never get a gradient or a slot. Model tuning is the sa
   * factoring is decided per logical axis (the prompt's axes are never factored), falling back to
     the two largest dimensions when no axes are given;
   * updates are clipped to RMS <= clipping_threshold; no momentum unless beta1 is set.
+
+Any other optax optimizer is available by name (`create_optimizer`); its learning-rate schedule,
+like Adafactor's, is a function of the global step.
 """
+import inspect
 import re
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
@@ -194,10 +198,35 @@ def create_optimizer(name: str = "adafactor", learning_rate: Schedule = 0.3,
   """The optimizer by name, for gin: 'adafactor' (T5X semantics) or any `optax.<name>`.
 
   The trainer passes `param_axes` (logical axes of the trainable parameters) for factoring.
+  A schedule is a function of the *global* step (the `step` extra argument of `update`), as in
+  T5X, for optax optimizers too: their own step counter restarts at 0 with every fresh optimizer
+  state (e.g. a run continued from another run's checkpoint), so it is not used. The rate an
+  optax optimizer's last update used is its state's `hyperparams["learning_rate"]`.
   """
   if name == "adafactor":
     return adafactor(learning_rate, param_axes=param_axes, **kwargs)
   factory = getattr(optax, name, None)
   if factory is None:
     raise ValueError(f"Unknown optimizer {name!r}: use 'adafactor' or an optax optimizer name.")
-  return optax.with_extra_args_support(factory(learning_rate, **kwargs))
+  if not callable(learning_rate):
+    return optax.with_extra_args_support(factory(learning_rate, **kwargs))
+  arg_names = set(inspect.signature(factory).parameters)
+  if "learning_rate" not in arg_names:
+    raise ValueError(f"optax.{name} takes no learning_rate, so it cannot follow a schedule.")
+  schedule = learning_rate
+  # Only the learning rate is injected: the other arguments stay Python values, as some optax
+  # optimizers branch on them.
+  inner = optax.inject_hyperparams(factory, static_args=arg_names - {"learning_rate"})(
+      learning_rate=schedule(0), **kwargs)
+
+  def update(grads, state, params=None, *, step=None, **extra_args):
+    if step is None:
+      raise ValueError(f"optax.{name} with a learning-rate schedule needs the global step: "
+                       "update(..., step=step).")
+    rate = state.hyperparams["learning_rate"]
+    hyperparams = dict(state.hyperparams,
+                       learning_rate=jnp.asarray(schedule(step), rate.dtype))
+    return inner.update(grads, state._replace(hyperparams=hyperparams), params, step=step,
+                        **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update)

@@ -100,7 +100,7 @@ def _add_task(name: str, source: seqio.DataSource, text_preprocessor: Callable[.
       postprocess_fn=postprocess_fn, metric_fns=list(metric_fns))
 
 
-def _register_wsc_simple(source: str, data_dir: Optional[str], prefix: str,
+def _register_wsc_simple(source: str, data_dir: Optional[str | Callable[[], str]], prefix: str,
                          taskless: bool) -> list[str]:
   """T5's short-answer WSC: train on true referents only; score the referent match."""
   label = None if taskless else "wsc:"
@@ -131,14 +131,15 @@ def _register_mixture(prefix: str, taskless: bool) -> str:
   return name
 
 
-def register_super_glue(source: str = "tfds", data_dir: Optional[str] = None,
+def register_super_glue(source: str = "tfds",
+                        data_dir: Optional[str | Callable[[], str]] = None,
                         prefix: str = "") -> list[str]:
   """Registers every SuperGLUE task and mixture; returns their names.
 
   Args:
     source: "tfds" (`super_glue/<config>:1.0.2`) or "jsonl" (the official files).
-    data_dir: for "jsonl", the folder holding `BoolQ/`, `CB/`, ...; for "tfds", an
-      optional TFDS data directory.
+    data_dir: for "jsonl", the folder holding `BoolQ/`, `CB/`, ..., or a function returning it,
+      called when a task's data is read; for "tfds", an optional TFDS data directory.
     prefix: put before every name, to register a second copy beside the default one.
   """
   names = []

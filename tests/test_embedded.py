@@ -49,11 +49,11 @@ def test_assets_are_committed_and_small():
 
 def test_the_vocabulary_keeps_the_world_s_words_whole():
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  from prompt_tuning import synthetic  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.embedded import world  # pylint: disable=g-import-not-at-top
   sp = spm.SentencePieceProcessor(model_file=embedded.vocab_path())
-  words = set(synthetic.NAMES) | {v for vs in synthetic.VALUES.values() for v in vs}
-  statements = [t[0] for t in synthetic.TEMPLATES.values()]  # Wh-questions start capitalised.
-  words |= {w for s in statements + [s for t in synthetic.TRAITS.values() for s in t]
+  words = set(world.NAMES) | {v for vs in world.VALUES.values() for v in vs}
+  statements = [t[0] for t in world.TEMPLATES.values()]  # Wh-questions start capitalised.
+  words |= {w for s in statements + [s for t in world.TRAITS.values() for s in t]
             for w in s.split() if "{" not in w}
   words |= {"What", "Where", "Which", "Question", "Answer"}  # Capitalised in the corpus.
   words |= {"True", "False", "entailment", "contradiction", "neutral"}
@@ -80,7 +80,7 @@ def test_gin_files_resolve_the_committed_paths():
 
 
 def test_missing_assets_name_the_fix(tmp_path):
-  with pytest.raises(FileNotFoundError, match="prompt_tuning.pretrain"):
+  with pytest.raises(FileNotFoundError, match="prompt_tuning.embedded.pretrain"):
     embedded.checkpoint_path(directory=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="spiece.model"):
     embedded.vocab_path(str(tmp_path))
@@ -108,7 +108,9 @@ def runs(tmp_path_factory):
   common = {"TRAIN_STEPS": _lm_step() + STEPS, "EVAL_PERIOD": STEPS,
             "CHECKPOINT_PERIOD": STEPS}
   variants = {
-      "prompt": ["--gin_file=runs/embedded_default.gin"],
+      # The main job, saving every parameter so that the frozen backbone can be compared.
+      "prompt": ["--gin_file=runs/embedded_default.gin"] + cli_utils.gin_flags(
+          {"SAVE_MODE": "full"}),
       "random": ["--gin_file=runs/embedded_default.gin"] + cli_utils.gin_flags(
           {"INITIAL_CHECKPOINT_PATH": random_ckpt}),
       # Model tuning: no prompt, every parameter trains (runs/finetune.gin, lr 1e-3).
@@ -130,17 +132,56 @@ def _accuracy(metrics) -> float:
   return metrics["synthetic_taskless_super_glue_boolq_v102/accuracy"]
 
 
+def _tensorboard_scalars(log_dir: pathlib.Path, tag: str) -> dict[int, float]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in log_dir.glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      out.update({event.step: v.simple_value for v in event.summary.value if v.tag == tag})
+  return out
+
+
+def _flat_params(path) -> dict[str, np.ndarray]:
+  from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
+  return optim.flatten(checkpoints.load_t5x_checkpoint(str(path)))
+
+
 @pytest.mark.slow
 def test_main_job_leaves_prompt_logs_and_metrics(runs):
   model_dir, metrics = runs["prompt"]
-  assert 0.0 <= _accuracy(metrics) <= 100.0, metrics
-  (npy,) = (model_dir / "numpy_checkpoints").glob(f"checkpoint_{_lm_step() + STEPS}/*.npy")
+  final_step = _lm_step() + STEPS
+  assert metrics["step"] == final_step
+  # A percentage of the 400 dev examples (labels balanced, chance 50), well above chance
+  # (99.75 measured; test_issue_6_thresholds holds the issue's target).
+  assert _accuracy(metrics) * 4 == pytest.approx(round(_accuracy(metrics) * 4)), metrics
+  assert _accuracy(metrics) > 75.0, metrics
+  # TensorBoard holds the same value as metrics.jsonl.
+  tag = "synthetic_taskless_super_glue_boolq_v102/accuracy"
+  assert _tensorboard_scalars(model_dir / "eval", tag)[final_step] == pytest.approx(
+      _accuracy(metrics), rel=1e-6)
+  assert list((model_dir / "train").glob("events.out.tfevents.*"))
+  (npy,) = (model_dir / "numpy_checkpoints").glob(f"checkpoint_{final_step}/*.npy")
+  assert npy.name == "encoder.prompt.prompt.prompt.npy"
   prompt = np.load(npy)
   assert prompt.shape == (20, embedded.load_config().emb_dim)
-  assert list((model_dir / "train").glob("events.out.tfevents.*"))
-  assert list((model_dir / "eval").glob("events.out.tfevents.*"))
-  # Only the prompt trained: the model-tuning run's checkpoint holds every parameter.
-  assert len(list((runs["model"][0] / "numpy_checkpoints").glob("*/*.npy"))) > 10
+  # Only the prompt trained: every backbone parameter is bit for bit the initial checkpoint's.
+  trained = _flat_params(model_dir / f"checkpoint_{final_step}")
+  initial = _flat_params(embedded.checkpoint_path())
+  assert set(trained) == set(initial) | {"encoder/prompt/prompt/prompt"}
+  for name, value in initial.items():
+    np.testing.assert_array_equal(trained[name], value, err_msg=name)
+  np.testing.assert_array_equal(trained["encoder/prompt/prompt/prompt"], prompt)
+
+
+@pytest.mark.slow
+def test_model_tuning_trains_every_parameter(runs):
+  model_dir = runs["model"][0]
+  initial = _flat_params(embedded.checkpoint_path())
+  (ckpt,) = (model_dir / "numpy_checkpoints").glob(f"checkpoint_{_lm_step() + STEPS}")
+  exported = {p.name[:-len(".npy")].replace(".", "/"): np.load(p) for p in ckpt.glob("*.npy")}
+  assert set(exported) == set(initial)  # No prompt; every parameter trainable.
+  unchanged = [name for name, value in initial.items() if np.array_equal(exported[name], value)]
+  assert not unchanged, unchanged
 
 
 @pytest.mark.slow

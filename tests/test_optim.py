@@ -357,3 +357,41 @@ def test_create_optimizer():
   # Adam's first step is -lr * g / (|g| + eps).
   # (float32 bias corrections 1 - 0.9 and 1 - 0.999 are off by ~1e-6 relative.)
   np.testing.assert_allclose(deltas["w"], [-1e-3, 1e-3, 0.0], rtol=2e-5, atol=1e-9)
+
+
+def _adamw_first_step(lr, g, p, wd, eps=1e-8):
+  """AdamW's first update by hand: bias-corrected moments give g / (|g| + eps)."""
+  return -lr * (g / (np.abs(g) + eps) + wd * p)
+
+
+def test_optax_schedule_follows_the_global_step():
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 200, 5000, 1e-4)
+  opt = optim.create_optimizer("adamw", schedule, weight_decay=0.1)
+  params = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+  grads = {"w": jnp.asarray([0.5, -4.0, 0.25])}
+  update = jax.jit(lambda g, s, p, step: opt.update(g, s, p, step=step))
+  # A fresh optimizer state at global step 1000 (e.g. a second pretraining stage): the rate is
+  # schedule(1000), not schedule(0) = 0 as optax's own restarted counter would give.
+  deltas, state = update(grads, opt.init(params), params, jnp.int32(1000))
+  lr = float(schedule(1000))
+  assert lr > 5e-4
+  np.testing.assert_allclose(deltas["w"], _adamw_first_step(lr, np.asarray(grads["w"]),
+                                                            np.asarray(params["w"]), 0.1),
+                             rtol=1e-5)
+  reference = optax.adamw(lr, weight_decay=0.1)
+  expected, _ = reference.update(grads, reference.init(params), params)
+  np.testing.assert_allclose(deltas["w"], expected["w"], rtol=1e-6)
+  # The rate used is in the state (within 1 ulp: the compiled cosine may round differently).
+  np.testing.assert_allclose(state.hyperparams["learning_rate"], lr, rtol=1e-6)
+  # The next update continues the schedule from the global step, not from the state's count.
+  params = optax.apply_updates(params, deltas)
+  _, state = update(grads, state, params, jnp.int32(1001))
+  np.testing.assert_allclose(state.hyperparams["learning_rate"], schedule(1001), rtol=1e-6)
+  assert float(schedule(1)) < 1e-5
+  with pytest.raises(ValueError, match="needs the global step"):
+    opt.update(grads, state, params)
+
+
+def test_optax_optimizer_without_learning_rate_rejects_a_schedule():
+  with pytest.raises(ValueError, match="takes no learning_rate"):
+    optim.create_optimizer("identity", lambda step: 0.1)

@@ -17,6 +17,7 @@ from prompt_tuning.data import super_glue_format
 
 SUPER_GLUE_TFDS_VERSION = "1.0.2"
 GLUE_TFDS_VERSION = "2.0.0"
+FilesBySplit = Mapping[str, Sequence[str] | str]
 
 
 def dataset_from_examples(examples: Sequence[Mapping[str, Any]],
@@ -41,21 +42,31 @@ class CheckedFileDataSource(seqio.FunctionDataSource):
   """Files read and checked in Python by `read_fn(path, split) -> examples`.
 
   Paths may be local or anything `tf.io.gfile` opens (e.g. gs://), and glob patterns.
+  `files_by_split` may also be a function returning that mapping, called at each read, with
+  the split names given as `splits`: the files are then chosen (or generated) when the data is
+  first read, not when the task is registered.
   """
 
-  def __init__(self, files_by_split: Mapping[str, Sequence[str] | str],
+  def __init__(self, files_by_split: FilesBySplit | Callable[[], FilesBySplit],
                read_fn: Callable[[str, str], list[dict[str, Any]]],
-               signature: Mapping[str, Any]):
-    self._patterns = {s: [p] if isinstance(p, str) else list(p)
-                      for s, p in files_by_split.items()}
+               signature: Mapping[str, Any], splits: Optional[Sequence[str]] = None):
+    if callable(files_by_split):
+      if not splits:
+        raise ValueError("CheckedFileDataSource: a function as files_by_split needs `splits`.")
+    else:
+      splits = list(files_by_split)
+    self._files_by_split = files_by_split
     self._read_fn = read_fn
     self._signature = signature
     self._num_examples = {}  # split -> count from the last read (mixing rates ask often).
-    super().__init__(dataset_fn=self._dataset_fn, splits=list(self._patterns))
+    super().__init__(dataset_fn=self._dataset_fn, splits=list(splits))
 
   def files(self, split: str) -> list[str]:
     """The files of `split`, patterns expanded; DataNotFoundError if a pattern matches none."""
-    return files_lib.expand_patterns(self._patterns[split], split)
+    by_split = self._files_by_split() if callable(self._files_by_split) else self._files_by_split
+    patterns = by_split[split]
+    return files_lib.expand_patterns([patterns] if isinstance(patterns, str) else list(patterns),
+                                     split)
 
   def read(self, split: str) -> list[dict[str, Any]]:
     examples = [ex for path in self.files(split) for ex in self._read_fn(path, split)]
@@ -73,18 +84,20 @@ class CheckedFileDataSource(seqio.FunctionDataSource):
     return self._num_examples[split]
 
   def __repr__(self) -> str:
-    return f"{type(self).__name__}({self._patterns})"
+    return f"{type(self).__name__}({self._files_by_split})"
 
 
-def super_glue_source(config: str, source: str = "tfds", data_dir: Optional[str] = None,
+def super_glue_source(config: str, source: str = "tfds",
+                      data_dir: Optional[str | Callable[[], str]] = None,
                       splits: Optional[Sequence[str]] = None) -> seqio.DataSource:
   """The source of SuperGLUE `config` (a TFDS config name, e.g. "wsc.fixed").
 
   Args:
     config: TFDS `super_glue` config name.
     source: "tfds" (`super_glue/<config>:1.0.2`) or "jsonl" (official files).
-    data_dir: for "jsonl", the folder holding `BoolQ/`, `CB/`, ...; for "tfds", an
-      optional TFDS data directory.
+    data_dir: for "jsonl", the folder holding `BoolQ/`, `CB/`, ..., or a function returning it,
+      called when the data is read (it may write the files); for "tfds", an optional TFDS data
+      directory.
     splits: a subset of the splits (default: all the config has).
   """
   if config in super_glue_format.DIAGNOSTIC_CONFIGS:
@@ -99,11 +112,15 @@ def super_glue_source(config: str, source: str = "tfds", data_dir: Optional[str]
   if source == "jsonl":
     if not data_dir:
       raise ValueError("source='jsonl' needs data_dir (the folder holding BoolQ/, CB/, ...).")
+    read_fn = functools.partial(super_glue_format.read_super_glue_jsonl, config)
+    signature = super_glue_format.super_glue_signature(config)
+    if callable(data_dir):
+      def files_by_split():
+        paths = super_glue_format.super_glue_jsonl_files(config, data_dir())
+        return {s: paths[s] for s in splits}
+      return CheckedFileDataSource(files_by_split, read_fn, signature, splits)
     paths = super_glue_format.super_glue_jsonl_files(config, data_dir)
-    return CheckedFileDataSource({s: paths[s] for s in splits},
-                                 functools.partial(super_glue_format.read_super_glue_jsonl,
-                                                   config),
-                                 super_glue_format.super_glue_signature(config))
+    return CheckedFileDataSource({s: paths[s] for s in splits}, read_fn, signature)
   raise ValueError(f"source must be 'tfds' or 'jsonl', got {source!r}.")
 
 

@@ -67,7 +67,7 @@ SIZES = {
                head_dim=64, mlp_dim=5120),
     "xxl": dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
                 head_dim=64, mlp_dim=10240),
-    # The embedded default (prompt_tuning/assets/embedded, built by prompt_tuning.pretrain):
+    # The embedded default (prompt_tuning/embedded/assets, built by its pretraining recipe):
     # 600 SentencePiece pieces + 100 extra ids, padded to 768.
     "embedded": dict(vocab_size=768, emb_dim=128, num_heads=4, num_encoder_layers=3,
                      num_decoder_layers=2, head_dim=32, mlp_dim=256,

@@ -1,17 +1,22 @@
 """Pretrains the embedded default model: a small T5 1.1 on the synthetic world.
 
-The recipe is T5 1.1 LM-adapted's, scaled down: generate the world (`synthetic.py`), train a
+The recipe is T5 1.1 LM-adapted's, scaled down: generate the world (`world.py`), train a
 SentencePiece vocabulary on its corpus (T5's special ids: pad 0, EOS 1, UNK 2; 100 extra ids),
 train from scratch with span corruption (noise density 0.15, mean span length 3), save
 `span_corruption/checkpoint_N`, continue with the prefix-LM objective ("LM adaptation") and
 save `lm_adapted/checkpoint_{N+M}` (the step counts on, like lm100k's 1,100,000). Batches are
-built in numpy (`data/pretraining.py`) and fed to the project's `Trainer` with every parameter
-trainable. Every `log_period` steps it logs a zero-shot probe: BoolQ-like dev questions written
-as corpus text ("... Question: <q>? Answer:"), scored True vs False.
+built in numpy (`objectives.py`) and fed to the project's `Trainer` with every parameter
+trainable (AdamW). Every `log_period` steps it logs the loss, the learning rate and a zero-shot
+probe: BoolQ-like dev questions written as corpus text ("... Question: <q>? Answer:"), scored
+True vs False.
+
+The learning rate: each stage runs its own warmup + cosine schedule, counted from the stage's
+first step (`stage_schedule`); the LM-adaptation stage warms up again from zero and ends where
+its schedule is cut off, not at the schedule's end. The committed checkpoints were trained so.
 
 Rebuild the committed assets (about 35 minutes on 2 CPU cores):
-  python -m prompt_tuning.pretrain --gin_file=runs/pretrain_embedded.gin \\
-    --gin.OUT_DIR="'prompt_tuning/assets/embedded'"
+  python -m prompt_tuning.embedded.pretrain --gin_file=runs/pretrain_embedded.gin \\
+    --gin.OUT_DIR="'prompt_tuning/embedded/assets'"
 """
 import functools
 import json
@@ -30,9 +35,9 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import restore
-from prompt_tuning import synthetic
 from prompt_tuning import trainer as trainer_lib
-from prompt_tuning.data import pretraining
+from prompt_tuning.embedded import objectives
+from prompt_tuning.embedded import world
 from prompt_tuning.models import t5
 
 EXTRA_IDS = 100
@@ -55,20 +60,34 @@ def train_vocab(out_dir: str, sentences, num_pieces: int) -> str:
   return prefix + ".model"
 
 
+def stage_schedule(learning_rate: float, schedule_steps: int,
+                   stage_start: int) -> optax.Schedule:
+  """The learning rate of a stage that starts at global step `stage_start`, by global step.
+
+  `lr(step) = warmup_cosine(step - stage_start)`: linear warmup from 0 over
+  min(200, schedule_steps // 10 + 1) steps to `learning_rate`, then cosine decay that would reach
+  0.1 * learning_rate at `schedule_steps` steps into the stage. Every stage starts it afresh and
+  is cut off wherever the stage ends: with the committed recipe (5,000 schedule steps), span
+  corruption stops at 0.85 of the peak after 1,500 steps, and LM adaptation warms up again and
+  stops at 0.30 of the peak after 3,500. This is what trained the committed checkpoints (it was
+  meant to be one schedule over the global step; keeping it keeps them reproducible).
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, min(200, schedule_steps // 10 + 1), schedule_steps,
+      learning_rate * 0.1)
+  return lambda step: schedule(step - stage_start)
+
+
 class Pretrainer:
   """Every parameter trainable (AdamW); numpy batches of one objective at a time.
 
-  The learning rate follows one schedule over the global step (warmup, then cosine decay over
-  `schedule_steps`), so a stage started from a saved checkpoint continues it exactly; the
-  optimizer state starts afresh at each stage, whether or not the run was interrupted.
+  `schedule` maps the global step to the learning rate (`stage_schedule`); the optimizer state
+  starts afresh at each stage, whether or not the run was interrupted.
   """
 
-  def __init__(self, cfg: t5.T5Config, learning_rate: float, schedule_steps: int,
-               seed: int = 0, params=None, step: int = 0):
+  def __init__(self, cfg: t5.T5Config, schedule: optax.Schedule, seed: int = 0, params=None,
+               step: int = 0):
     self.model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, min(200, schedule_steps // 10 + 1), schedule_steps,
-        learning_rate * 0.1)
     self.trainer = trainer_lib.Trainer(
         self.model, functools.partial(optim.create_optimizer, "adamw", schedule),
         partitioning.Partitioner(), trainable_patterns=(".*",), seed=seed)
@@ -77,6 +96,11 @@ class Pretrainer:
     params = jax.device_put(params)  # Numpy trees (from a checkpoint) become jax arrays.
     self.state, self.frozen = self.trainer.create_state(params, step)
     self._score = None
+
+  @property
+  def learning_rate(self) -> float:
+    """The rate of the last update (the optimizer state keeps it)."""
+    return float(self.state.opt_state.hyperparams["learning_rate"])
 
   def step(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     self.state, metrics = self.trainer.train_step(
@@ -104,10 +128,10 @@ def _batches(docs, objective: str, batch_size: int, input_length: int, target_le
     for i in rng.integers(0, len(docs), batch_size):
       tokens = docs[i][:input_length - 1]
       if objective == "span_corruption":
-        pairs.append(pretraining.span_corruption(tokens, rng, vocab_size))
+        pairs.append(objectives.span_corruption(tokens, rng, vocab_size))
       else:
-        pairs.append(pretraining.prefix_lm(tokens, rng, split_after))
-    yield pretraining.encoder_decoder_batch(pairs, input_length, target_length)
+        pairs.append(objectives.prefix_lm(tokens, rng, split_after))
+    yield objectives.encoder_decoder_batch(pairs, input_length, target_length)
 
 
 def probe_batch(sp, examples, input_length: int) -> dict[str, np.ndarray]:
@@ -117,7 +141,7 @@ def probe_batch(sp, examples, input_length: int) -> dict[str, np.ndarray]:
   for ex in examples:
     inputs = sp.encode(f"{ex['passage']} Question: {ex['question']}? Answer:")
     pairs += [(inputs, sp.encode("False")), (inputs, sp.encode("True"))]
-  return pretraining.encoder_decoder_batch(pairs, input_length, 4)
+  return objectives.encoder_decoder_batch(pairs, input_length, 4)
 
 
 def probe_accuracy(pt: Pretrainer, batch, labels: np.ndarray) -> float:
@@ -136,8 +160,10 @@ def run_stage(pt: Pretrainer, batches, steps: int, name: str, log, probe=None,
       loss = float(m["loss_sum"]) / float(m["num_tokens"])
       acc = float(m["correct_tokens"]) / float(m["num_tokens"])
       zero_shot = f" zero-shot BoolQ-like {probe():.3f}" if probe else ""
+      # The learning rate is the one of the update that reached this step.
       log(f"{name} step {int(pt.state.step)} ({i}/{steps}) loss/token {loss:.4f} "
-          f"token accuracy {acc:.3f}{zero_shot} {i / (time.time() - start):.2f} steps/s")
+          f"token accuracy {acc:.3f} learning rate {pt.learning_rate:.4e}{zero_shot} "
+          f"{i / (time.time() - start):.2f} steps/s")
   return loss
 
 
@@ -163,12 +189,12 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
 
   vocab_path = os.path.join(out_dir, "spiece.model")
   if not os.path.exists(vocab_path):
-    data_dir = synthetic.write_super_glue(os.path.join(out_dir, "data"), seed)
-    train_vocab(out_dir, synthetic.vocab_sentences(seed, num_docs, data_dir), num_pieces)
+    data_dir = world.write_super_glue(os.path.join(out_dir, "data"), seed)
+    train_vocab(out_dir, world.vocab_sentences(seed, num_docs, data_dir), num_pieces)
     shutil.rmtree(data_dir)  # Regenerated from the seed by prompt_tuning.tasks.synthetic.
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
-  docs = sp.encode(list(synthetic.corpus(seed, num_docs)))
+  docs = sp.encode(list(world.corpus(seed, num_docs)))
   lengths = np.array([len(d) for d in docs])
   vocab_size = sp.get_piece_size() + EXTRA_IDS  # Sentinels count down from here.
   config = {**t5.SIZES[size], **(model_overrides or {}),
@@ -181,7 +207,7 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
   log(f"{len(docs)} docs, tokens/doc mean {lengths.mean():.1f} max {lengths.max()}, "
       f"{sp.get_piece_size()} pieces, config {config}")
   cfg = t5.T5Config(**config, dtype="float32")
-  dev = synthetic.boolq_examples(seed, "validation", 200)
+  dev = world.boolq_examples(seed, "validation", 200)
   probe_inputs = probe_batch(sp, dev, input_length)
   labels = np.array([ex["label"] for ex in dev], np.int32)
   split_ids = [sp.piece_to_id(p) for p in lm_split_after]
@@ -194,7 +220,7 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
       log(f"{stage}: found {path}, not run again")
       params, step = checkpoints.load_t5x_checkpoint(path), checkpoints.read_step(path)
       continue
-    pt = Pretrainer(cfg, learning_rate, schedule_steps, seed, params, step)
+    pt = Pretrainer(cfg, stage_schedule(learning_rate, schedule_steps, step), seed, params, step)
     rng = np.random.default_rng(seed if index == 0 else [seed, index])
     batches = _batches(docs, objective, batch_size, input_length, target_length, vocab_size,
                        rng, split)
@@ -208,7 +234,7 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
 
 def main(argv: Optional[list[str]] = None) -> str:
   from prompt_tuning import config  # pylint: disable=g-import-not-at-top
-  return config.entry_point("prompt_tuning.pretrain", ("OUT_DIR",), __doc__,
+  return config.entry_point("prompt_tuning.embedded.pretrain", ("OUT_DIR",), __doc__,
                             fn_name="pretrain")(argv)
 
 

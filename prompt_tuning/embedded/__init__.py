@@ -1,9 +1,15 @@
-"""The embedded default model: where its committed files live and how to read them.
+"""The embedded default: the synthetic world, its pretraining recipe and the committed model.
 
-`python -m prompt_tuning.pretrain` builds `prompt_tuning/assets/embedded/`: a small T5 1.1
-pretrained on the synthetic world (`synthetic.py`) with span corruption, then LM adaptation,
-saved as T5X checkpoints beside its SentencePiece vocabulary and `config.json`. The gin files
-`models/sizes/embedded.gin` and `runs/embedded_default.gin` point at these paths through
+Everything the embedded default needs beyond the library lives in this package, and the library
+core never imports it (tests/test_imports.py checks):
+  world.py       the synthetic world: pretraining corpus and SuperGLUE-like tasks from one seed
+  objectives.py  T5's pretraining objectives (span corruption, prefix LM) in numpy
+  pretrain.py    the pretraining recipe (`python -m prompt_tuning.embedded.pretrain`)
+  assets/        what the recipe built: a small T5 1.1 pretrained on the world with span
+                 corruption, then LM adaptation, saved as T5X checkpoints beside its
+                 SentencePiece vocabulary, `config.json` and `pretrain.log`
+This module says where those files are and how to read them. The gin files
+`models/sizes/embedded.gin` and `runs/embedded_default.gin` point at them through
 `@embedded.checkpoint_path()` and `@embedded.vocab_path()`, so no path is written by hand.
 """
 import json
@@ -16,12 +22,12 @@ import jax.numpy as jnp
 from prompt_tuning import checkpoints
 from prompt_tuning.models import t5
 
-ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets", "embedded")
+ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
 STAGES = ("span_corruption", "lm_adapted")
 
 
 def _rebuild_hint(directory: str) -> str:
-  return ("build the embedded default with `python -m prompt_tuning.pretrain "
+  return ("build the embedded default with `python -m prompt_tuning.embedded.pretrain "
           f"--gin_file=runs/pretrain_embedded.gin --gin.OUT_DIR=\"'{directory}'\"`.")
 
 

@@ -251,16 +251,6 @@ def write_super_glue(data_dir: str, seed: int = 0,
   return data_dir
 
 
-def register_tasks(data_dir: str, prefix: str = "synthetic_") -> list[str]:
-  """Registers the SuperGLUE tasks over `data_dir` as `<prefix>super_glue_boolq_v102`, ...
-
-  Every SuperGLUE task gets registered (same preprocessors, formats and metrics as the real
-  ones); only BoolQ, RTE and CB have data here.
-  """
-  from prompt_tuning.tasks import super_glue  # pylint: disable=g-import-not-at-top
-  return super_glue.register_super_glue("jsonl", data_dir, prefix=prefix)
-
-
 def vocab_sentences(seed: int = 0, num_docs: int = 20000,
                     data_dir: Optional[str] = None) -> Iterator[str]:
   """Text to train the SentencePiece model on: the corpus, plus the tasks' inputs if given."""
