@@ -19,11 +19,11 @@ setuptools.setup(
     # Any package's `assets/` folder ships whole. The embedded default's T5X checkpoints keep zarr
     # metadata in dotfiles (`.zarray`), which `*` does not match.
     package_data={"prompt_tuning.configs": ["**/*.gin"], "": ["assets/**/*", "assets/**/.*"]},
-    # Floors verified on 2026-11-01 (see docs/installation.md, "Dependency floors").
+    # Each floor was installed and tested: README.md, "Dependency floors".
     install_requires=[
         "jax>=0.7.1",  # jax.set_mesh as a context manager
-        "flax>=0.10",
-        "optax>=0.2.3",
+        "flax>=0.10.0",
+        "optax>=0.1.5",
         "numpy>=1.26",
         "seqio>=0.0.20",  # 0.0.19 pins tfds-nightly and protobuf<=3.20.3
         "gin-config>=0.5",
@@ -34,7 +34,7 @@ setuptools.setup(
         "tensorstore>=0.1.84",
         "sentencepiece>=0.2",
         "msgpack>=1.0",
-        "ml-dtypes>=0.5",
+        "ml-dtypes>=0.5.4",
         "absl-py>=1.4",
         "scikit-learn>=1.3",
         "scipy>=1.12",
@@ -42,7 +42,8 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # setuptools and wheel: tests/test_packaging.py builds the wheel without build isolation.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "setuptools>=64", "wheel"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

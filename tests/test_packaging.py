@@ -128,7 +128,8 @@ def test_wheel_installs_configs_assets_and_commands(tmp_path):
   site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
               ).stdout.strip()
   pathlib.Path(site, "dependencies.pth").write_text("\n".join(_dependency_paths(tmp_path)) + "\n")
-  _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+  # -I: the dependencies' folders may hold this project's own (editable) install.
+  _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "-I",
         "--no-index", str(wheel)], cwd=tmp_path)
 
   work = tmp_path / "work"  # Not the checkout: nothing resolves relative to it.
