@@ -8,6 +8,8 @@ path, so `--gin_file=runs/prompt_finetune.gin` and
 import argparse
 import copy
 import importlib
+# gin's package-path reader calls `importlib.util.find_spec` without importing `importlib.util`.
+import importlib.util  # pylint: disable=unused-import
 import logging
 import os
 import pathlib
@@ -64,16 +66,34 @@ def search_paths(extra: str = "") -> list[str]:
   return list(dict.fromkeys(paths))
 
 
+_PACKAGE_PREFIX = "prompt_tuning/configs/"
+
+
+def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
+  """The file a `--gin_file` names, looked up as gin would: as given, then in each search path.
+
+  `prompt_tuning/configs/X` also means `CONFIGS_DIR/X`: in a source checkout or an editable
+  install, `configs/` is not inside the `prompt_tuning` folder.
+  """
+  candidates = [name] + [os.path.join(p, name) for p in paths]
+  if name.startswith(_PACKAGE_PREFIX):
+    candidates.append(str(CONFIGS_DIR / name[len(_PACKAGE_PREFIX):]))
+  for c in candidates:
+    if os.path.isfile(c):
+      return os.path.abspath(c)
+  raise ConfigError(f"Gin file {name!r} not found in {paths}. Available run configs: "
+                    f"{sorted(x.name for x in (CONFIGS_DIR / 'runs').glob('*.gin'))}.")
+
+
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_search_paths: str = ""):
   """Parses files then bindings; an unknown file fails with the places that were searched."""
   paths = search_paths(extra_search_paths)
   for p in paths:
     gin.add_config_file_search_path(p)
-  for f in gin_files:
-    if not any(os.path.exists(os.path.join(p, f)) for p in paths) and not os.path.exists(f):
-      raise ConfigError(f"Gin file {f!r} not found in {paths}. Available run configs: "
-                        f"{sorted(x.name for x in (CONFIGS_DIR / 'runs').glob('*.gin'))}.")
-  gin.parse_config_files_and_bindings(list(gin_files), list(bindings), finalize_config=False)
+  # Absolute paths, so gin opens exactly the file found here; includes inside the files still
+  # use gin's search (the paths above).
+  files = [resolve_gin_file(f, paths) for f in gin_files]
+  gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
 
 
 def require_macros(names: Sequence[str], run_file: str) -> None:

@@ -11,5 +11,11 @@ REQUIRED = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_
 
 main = config.entry_point("prompt_tuning.evaluation", REQUIRED, __doc__)
 
+
+def console_main() -> None:
+  """The `pt-eval` command. Returns None: `sys.exit(main())` would exit 1 on `main`'s result."""
+  main()
+
+
 if __name__ == "__main__":
   main()

@@ -11,5 +11,11 @@ REQUIRED = ("TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH", "INFER_OUTPUT_FIL
 
 main = config.entry_point("prompt_tuning.inference", REQUIRED, __doc__)
 
+
+def console_main() -> None:
+  """The `pt-infer` command. Returns None: `sys.exit(main())` would exit 1 on `main`'s result."""
+  main()
+
+
 if __name__ == "__main__":
   main()

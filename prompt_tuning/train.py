@@ -17,5 +17,11 @@ REQUIRED = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_
 
 main = config.entry_point("prompt_tuning.training", REQUIRED, __doc__)
 
+
+def console_main() -> None:
+  """The `pt-train` command. Returns None: `sys.exit(main())` would exit 1 on `main`'s result."""
+  main()
+
+
 if __name__ == "__main__":
   main()

@@ -238,5 +238,11 @@ def main(argv: Optional[list[str]] = None) -> str:
                             fn_name="pretrain")(argv)
 
 
+
+def console_main() -> None:
+  """The `pt-pretrain` command. Returns None: `sys.exit(main())` would exit 1 on `main`'s result."""
+  main()
+
+
 if __name__ == "__main__":
   main()
