@@ -35,7 +35,9 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # The ablation sweep's figure (python -m prompt_tuning.ablate).
+        "plots": ["matplotlib>=3.7"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "matplotlib>=3.7"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
@@ -43,5 +45,6 @@ setuptools.setup(
         "pt-train=prompt_tuning.train:console_main",
         "pt-eval=prompt_tuning.eval:console_main",
         "pt-infer=prompt_tuning.infer:console_main",
+        "pt-ablate=prompt_tuning.ablate:console_main",
     ]},
 )
