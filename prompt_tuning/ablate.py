@@ -133,12 +133,14 @@ def _choice(axis: str, item: Mapping[str, Any]) -> Value:
                item.get("recipe"), is_choice=True)
 
 
-def axis_values(axis: str, items: Sequence[Any]) -> list[Value]:
+def axis_values(axis: str, items: Sequence[Any], plain: bool = False) -> list[Value]:
+  """The values of a grid's axis: named choices (dicts) or literals; `plain`: literals only (the
+  command line's, where a dict is a value such as TASK_FEATURE_LENGTHS)."""
   if isinstance(items, (str, bytes)) or not items:
     raise config.ConfigError(f"Axis {axis!r} needs a non-empty list of values, got {items!r}.")
-  if all(isinstance(i, Mapping) for i in items):
+  if not plain and all(isinstance(i, Mapping) for i in items):
     values = [_choice(axis, i) for i in items]
-  elif any(isinstance(i, Mapping) for i in items):
+  elif not plain and any(isinstance(i, Mapping) for i in items):
     raise config.ConfigError(f"Axis {axis!r} mixes named choices (dicts) and plain values.")
   else:
     values = [Value(label_of(i), i, bindings=((axis, gin_text(i, f"Axis {axis!r}")),))
@@ -192,7 +194,7 @@ def parse_axis_flag(flag: str, grid_axes: Mapping[str, list[Value]]) -> tuple[st
     except (ValueError, SyntaxError):
       raise config.ConfigError(f"--axis {name}: {item!r} is not a literal (quote strings: "
                                f"--axis {name}=\"'a','b'\").") from None
-  return name, axis_values(name, values)
+  return name, axis_values(name, values, plain=True)
 
 
 def expand(grid: Grid, axes: Mapping[str, list[Value]], seeds: Sequence[int],
