@@ -65,6 +65,24 @@ def test_paper_grid_is_45_runs_seeds_outermost_then_axes_in_order():
   assert "MODEL_DIR" not in bindings and "TRAIN_STEPS" not in bindings
 
 
+def test_lm100k_grid_runs_parse_with_the_paper_recipe():
+  """Parsed only: reading the lm100k checkpoints' steps needs gs://t5-data."""
+  grid, runs = _expand("ablations/prompt_length_x_init_lm100k.gin")
+  assert [r.name for r in runs] == [f"prompt_length={p},init={i},seed={s}"
+                                    for s in (0, 1, 2) for p in LENGTHS for i in INITS]
+  assert grid.train_steps == 30000
+  for run in runs[9:12]:  # PROMPT_LENGTH 100, each initialisation.
+    gin.clear_config()
+    config.parse_gin(run.gin_files, [f"{k} = {v}" for k, v in run.bindings]
+                     + ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 1130000"])
+    config.check_macros_are_read()
+    assert config.macro("PROMPT_LENGTH") == 100 and config.macro("BATCH_SIZE") == 32
+    assert config.macro("LEARNING_RATE") == 0.3
+    assert config.macro("INITIAL_CHECKPOINT_PATH").endswith("t5_1_1_lm100k_base/checkpoint_1100000")
+    if run.labels["init"] != "random_uniform":
+      assert gin.query_parameter("prompts.sampled_vocab.population_size") == 5000
+
+
 @pytest.mark.parametrize("path,axis,labels", [
     ("ablations/pretraining_objective.gin", "objective", ["span_corruption", "lm_adapted"]),
     ("ablations/lm_adaptation_steps.gin", "lm_adaptation_steps",
@@ -124,6 +142,8 @@ def test_print_commands_parse_back_and_train_nothing(tmp_path, capsys):
     assert config.macro("MODEL_DIR") == os.path.join(
         os.path.abspath(sweep_dir), f"prompt_length={length},init={init},seed=4")
     assert gin.query_parameter("%PROMPT").configurable.name == init
+    if init != "random_uniform":  # The choice's binding beats its prompts/*.gin file's 5000.
+      assert gin.query_parameter("prompts.sampled_vocab.population_size") is None
   assert not sweep_dir.exists()
   assert ablate.main([f"--grid={PAPER_GRID}", f"--sweep_dir={sweep_dir}", "--dry_run"]) == 0
   assert "45 runs" in capsys.readouterr().out and not sweep_dir.exists()
