@@ -35,7 +35,6 @@ import dataclasses
 import importlib
 import itertools
 import json
-import math
 import os
 import re
 import shlex
@@ -609,15 +608,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for flag in args.axis:
     name, values = parse_axis_flag(flag, axes)
     axes[name] = values
-  seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds is not None
-           else list(grid.seeds))
+  if grid.x_axis is not None and grid.x_axis not in axes:
+    raise config.ConfigError(f"x_axis={grid.x_axis!r} is not an axis of the grid {list(axes)}.")
+  try:
+    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds is not None
+             else list(grid.seeds))
+  except ValueError:
+    raise config.ConfigError(f"--seeds={args.seeds}: write integers, e.g. --seeds=0,1,2.") from None
   if not seeds or len(set(seeds)) != len(seeds):
     raise config.ConfigError(f"--seeds: need distinct seeds, got {seeds}.")
-  train_steps = args.train_steps or grid.train_steps
-  step_budget = args.step_budget or grid.step_budget or train_steps
-  if not 0 < step_budget <= train_steps:
-    raise config.ConfigError(f"step_budget={step_budget} must be in [1, train_steps="
-                             f"{train_steps}].")
+  train_steps = grid.train_steps if args.train_steps is None else args.train_steps
+  step_budget = next(s for s in (args.step_budget, grid.step_budget, train_steps) if s is not None)
+  if train_steps <= 0 or not 0 < step_budget <= train_steps:
+    raise config.ConfigError(f"Need 0 < step_budget ({step_budget}) <= train_steps "
+                             f"({train_steps}).")
   metric = args.metric or grid.metric
   check_bindings(grid, axes, user_bindings)
   runs = expand(grid, axes, seeds, user_bindings)

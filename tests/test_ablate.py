@@ -7,7 +7,6 @@ the slow ones run real sweeps of the embedded default on the small test task of
 import csv
 import json
 import os
-import pathlib
 import shlex
 import signal
 import subprocess
