@@ -18,7 +18,8 @@ global step.
 What it leaves in the sweep dir:
   sweep.json         the expanded grid; a restart with another grid is refused
   <run>/             the run's MODEL_DIR, its `train.stdout` / `train.stderr`, and
-                     `ablate_run.json` once it ended (status, return code, error tail)
+                     `ablate_run.json` once it ended (status, return code, the error and
+                     the last lines of its stderr)
   results.csv/.json  per run: best dev score over evaluations (the paper's early stopping) and
                      the score of the last evaluation at or before `step_budget`; results.json
                      also aggregates each cell over seeds (mean, min, max)
@@ -54,6 +55,7 @@ SPEC_FILE = "sweep.json"
 RUN_FILE = "ablate_run.json"
 EVAL_METRICS = os.path.join("eval", "metrics.jsonl")
 ERROR_TAIL_LINES = 20
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 # Set by the sweep itself; a grid or `--gin.` flag setting them would be overwritten.
 RESERVED = ("MODEL_DIR", "TRAIN_STEPS")
 SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -351,7 +353,11 @@ def run_one(command: list[str], run_dir: str) -> dict[str, Any]:
   if rc != 0:
     with open(err_path) as f:
       f.seek(start)
-      record["error"] = "\n".join(f.read().splitlines()[-ERROR_TAIL_LINES:])
+      lines = f.read().splitlines()
+    record["stderr_tail"] = "\n".join(lines[-ERROR_TAIL_LINES:])
+    # The exception's own line (`module.SomeError: message`), else the last line, for the CSV.
+    raised = [l for l in lines if EXCEPTION_LINE.match(l)]
+    record["error"] = (raised or [l for l in lines if l.strip()] or [f"exit status {rc}"])[-1]
   _write_json(os.path.join(run_dir, RUN_FILE), record)
   return record
 
@@ -379,8 +385,7 @@ def sweep(runs: Sequence[Run], sweep_dir: str, train_steps: int) -> None:
     done += 1
     if record["status"] == "failed":
       failed += 1
-      _progress(f"FAILED {run.name} (exit {record['returncode']}); last lines of its stderr:\n"
-                + record["error"])
+      _progress(f"FAILED {run.name} (exit {record['returncode']}): {record['error']}")
     left = len(todo) - i - 1
     mean = sum(times) / len(times)
     _progress(f"{done}/{len(runs)} done ({failed} failed), {left} left; this run "
@@ -440,7 +445,8 @@ def collect(spec: Mapping[str, Any], sweep_dir: str) -> tuple[list[dict], list[d
     record = read_record(run_dir) or {"status": "not run"}
     row = {"run": run["name"], **run["labels"], "seed": run["seed"], "status": record["status"],
            "start_step": run["start_step"], "returncode": record.get("returncode"),
-           "seconds": record.get("seconds"), "error": record.get("error")}
+           "seconds": record.get("seconds"), "error": record.get("error"),
+           "stderr_tail": record.get("stderr_tail")}
     try:
       row.update(collect_run(run_dir, run["start_step"], spec["step_budget"], spec["metric"]))
     except best_checkpoint.MetricNotFoundError as e:

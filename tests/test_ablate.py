@@ -303,7 +303,9 @@ def test_failing_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
       "prompt_length=2,init=random_uniform,task_feature_lengths=inputs_8,seed=0"]
   for row, needle in zip(results["runs"], ("inputs", "targets")):
     assert row["status"] == "failed" and row["returncode"] not in (0, None)
+    assert row["error"].startswith("prompt_tuning.config.ConfigError: "), row["stderr_tail"]
     assert "TASK_FEATURE_LENGTHS" in row["error"] and needle in row["error"], row["error"]
+    assert "Traceback" in row["stderr_tail"]
   assert "2/2 done (2 failed)" in sweep.stderr
   assert "2 of 2 runs failed" in sweep.stderr
 
