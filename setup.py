@@ -42,9 +42,11 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
+        # The ablation sweep's figure (python -m prompt_tuning.ablate).
+        "plots": ["matplotlib>=3.7"],
         # setuptools and wheel: tests/test_packaging.py builds the wheel without build isolation.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "setuptools>=64", "wheel",
-                 "pyink~=26.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "setuptools>=64", "wheel", "pyink~=26.5",
+                 "matplotlib>=3.7"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
@@ -53,5 +55,6 @@ setuptools.setup(
         "pt-eval=prompt_tuning.eval:console_main",
         "pt-infer=prompt_tuning.infer:console_main",
         "pt-pretrain=prompt_tuning.embedded.pretrain:console_main",
+        "pt-ablate=prompt_tuning.ablate:console_main",
     ]},
 )

@@ -39,7 +39,7 @@ def _includes(rel: str) -> list[str]:
 
 def combination(rel: str) -> list[str]:
   """The files to parse, in order, for `rel` to be complete enough to use."""
-  if rel.startswith(("architectures/", "models/t5_1_1")):
+  if rel.startswith(("architectures/", "models/t5_1_1", "ablations/")):
     return [rel]
   if rel.startswith("models/sizes/"):
     return ["models/t5_1_1_prompt.gin", rel]
