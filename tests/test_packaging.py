@@ -141,9 +141,11 @@ def test_wheel_installs_configs_assets_and_commands(tmp_path):
   assert pathlib.Path(result.pop("configs_dir")) == pathlib.Path(site, "prompt_tuning", "configs")
   assert result == _EXPECTED
 
-  for command in ("pt-train", "pt-eval", "pt-infer", "pt-pretrain"):
+  for command, flag in [("pt-train", "--gin_file"), ("pt-eval", "--gin_file"),
+                        ("pt-infer", "--gin_file"), ("pt-pretrain", "--gin_file"),
+                        ("pt-ablate", "--grid")]:
     helped = _run([str(env_dir / "bin" / command), "--help"], cwd=work, env=env)
-    assert "--gin_file" in helped.stdout, (command, helped.stdout)
+    assert flag in helped.stdout, (command, helped.stdout)
   missing = subprocess.run([str(env_dir / "bin" / "pt-train")], cwd=work, env=env,
                            capture_output=True, text=True, timeout=600)
   assert missing.returncode != 0 and "Give at least one --gin_file" in missing.stderr
