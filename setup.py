@@ -1,4 +1,5 @@
 """prompt-tuning: soft prompts for a frozen T5 1.1, in JAX/Flax."""
+
 import setuptools
 
 setuptools.setup(
@@ -11,11 +12,22 @@ setuptools.setup(
     # Each configs/ folder is a package (has an `__init__.py`): gin resolves an include such as
     # `prompt_tuning/configs/runs/x.gin` through the package's `__init__` file, and fails with a
     # TypeError on a namespace package.
-    packages=(["prompt_tuning", "prompt_tuning.models", "prompt_tuning.data",
-               "prompt_tuning.embedded", "prompt_tuning.tasks", "prompt_tuning.configs"]
-              + ["prompt_tuning.configs." + p for p in setuptools.find_packages("configs")]),
-    package_dir={"prompt_tuning": "prompt_tuning", "prompt_tuning.tasks": "tasks",
-                 "prompt_tuning.configs": "configs"},
+    packages=(
+        [
+            "prompt_tuning",
+            "prompt_tuning.models",
+            "prompt_tuning.data",
+            "prompt_tuning.embedded",
+            "prompt_tuning.tasks",
+            "prompt_tuning.configs",
+        ]
+        + ["prompt_tuning.configs." + p for p in setuptools.find_packages("configs")]
+    ),
+    package_dir={
+        "prompt_tuning": "prompt_tuning",
+        "prompt_tuning.tasks": "tasks",
+        "prompt_tuning.configs": "configs",
+    },
     # Any package's `assets/` folder ships whole. The embedded default's T5X checkpoints keep zarr
     # metadata in dotfiles (`.zarray`), which `*` does not match.
     package_data={"prompt_tuning.configs": ["**/*.gin"], "": ["assets/**/*", "assets/**/.*"]},
@@ -45,16 +57,24 @@ setuptools.setup(
         # The ablation sweep's figure (python -m prompt_tuning.ablate).
         "plots": ["matplotlib>=3.7"],
         # setuptools and wheel: tests/test_packaging.py builds the wheel without build isolation.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "setuptools>=64", "wheel", "pyink~=26.5",
-                 "matplotlib>=3.7"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "setuptools>=64",
+            "wheel",
+            "pyink~=26.5",
+            "matplotlib>=3.7",
+        ],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
-    entry_points={"console_scripts": [
-        "pt-train=prompt_tuning.train:console_main",
-        "pt-eval=prompt_tuning.eval:console_main",
-        "pt-infer=prompt_tuning.infer:console_main",
-        "pt-pretrain=prompt_tuning.embedded.pretrain:console_main",
-        "pt-ablate=prompt_tuning.ablate:console_main",
-    ]},
+    entry_points={
+        "console_scripts": [
+            "pt-train=prompt_tuning.train:console_main",
+            "pt-eval=prompt_tuning.eval:console_main",
+            "pt-infer=prompt_tuning.infer:console_main",
+            "pt-pretrain=prompt_tuning.embedded.pretrain:console_main",
+            "pt-ablate=prompt_tuning.ablate:console_main",
+        ]
+    },
 )

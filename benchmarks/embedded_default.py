@@ -16,6 +16,7 @@ token is the argmax).
 
   python benchmarks/embedded_default.py --minutes=5
 """
+
 import argparse
 import functools
 import os
@@ -38,37 +39,57 @@ from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.embedded import objectives
 from prompt_tuning.models import t5
 
-LABELS = {"boolq": ["False", "True"], "rte": ["entailment", "not_entailment"],
-          "cb": ["entailment", "contradiction", "neutral"]}
+LABELS = {
+    "boolq": ["False", "True"],
+    "rte": ["entailment", "not_entailment"],
+    "cb": ["entailment", "contradiction", "neutral"],
+}
 
 
-def task_arrays(task: str, split: str, input_length: int,
-                target_length: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def task_arrays(
+    task: str, split: str, input_length: int, target_length: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
   """(inputs, targets) token pairs of the synthetic task the main job trains on, without EOS."""
   import seqio  # pylint: disable=g-import-not-at-top
   # Importing the task module registers the tasks over the world the model was pretrained on.
   from prompt_tuning.tasks import synthetic as tasks  # pylint: disable=g-import-not-at-top
+
   name = f"{tasks.PREFIX}taskless_super_glue_{task}_v102"
   ds = seqio.get_mixture_or_task(name).get_dataset(
-      {"inputs": input_length, "targets": target_length}, split=split, shuffle=False)
-  return [(x["inputs"][:-1] if x["inputs"][-1] == 1 else x["inputs"],
-           x["targets"][:-1] if x["targets"][-1] == 1 else x["targets"])
-          for x in ds.as_numpy_iterator()]
+      {"inputs": input_length, "targets": target_length}, split=split, shuffle=False
+  )
+  return [
+      (
+          x["inputs"][:-1] if x["inputs"][-1] == 1 else x["inputs"],
+          x["targets"][:-1] if x["targets"][-1] == 1 else x["targets"],
+      )
+      for x in ds.as_numpy_iterator()
+  ]
 
 
-def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_length: int,
-                 input_length: int, target_length: int, learning_rate: float,
-                 init: str = "class_labels"):
+def make_trainer(
+    cfg: t5.T5Config,
+    checkpoint: str,
+    mode: str,
+    labels,
+    prompt_length: int,
+    input_length: int,
+    target_length: int,
+    learning_rate: float,
+    init: str = "class_labels",
+):
   """(trainer, state, frozen) for mode 'prompt' or 'model' tuning from `checkpoint`."""
   if mode == "prompt":
     if init == "class_labels":
-      embeddings = checkpoints.load_t5x_checkpoint(
-          checkpoint, regex="token_embedder/.*")["token_embedder"]["embedding"]
+      embeddings = checkpoints.load_t5x_checkpoint(checkpoint, regex="token_embedder/.*")[
+          "token_embedder"
+      ]["embedding"]
       init = prompts.class_labels(np.asarray(embeddings), vocab_lib.get_vocabulary(), labels)
     else:
       init = prompts.random_uniform()
-    module = t5.EncoderDecoder(cfg, prompt_factory=prompts.prefix_prompt_factory(
-        prompt_length, init))
+    module = t5.EncoderDecoder(
+        cfg, prompt_factory=prompts.prefix_prompt_factory(prompt_length, init)
+    )
     patterns = optim.PROMPT_PATTERNS
   else:
     module = t5.EncoderDecoder(cfg)
@@ -76,12 +97,18 @@ def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_le
   trainer = trainer_lib.Trainer(
       model_lib.EncoderDecoderModel(module),
       functools.partial(optim.create_optimizer, "adafactor", learning_rate),
-      partitioning.Partitioner(), trainable_patterns=patterns,
-      input_shapes={"inputs": input_length, "targets": target_length})
+      partitioning.Partitioner(),
+      trainable_patterns=patterns,
+      input_shapes={"inputs": input_length, "targets": target_length},
+  )
   params, step = restore.initial_params(
-      restore.RestoreConfig(initial_checkpoint_path=checkpoint,
-                            scratch_patterns=patterns if mode == "prompt" else ()),
-      trainer.model, trainer.spec, trainer.rng)
+      restore.RestoreConfig(
+          initial_checkpoint_path=checkpoint, scratch_patterns=patterns if mode == "prompt" else ()
+      ),
+      trainer.model,
+      trainer.spec,
+      trainer.rng,
+  )
   state, frozen = trainer.create_state(params, step)
   return trainer, state, frozen
 
@@ -89,41 +116,67 @@ def make_trainer(cfg: t5.T5Config, checkpoint: str, mode: str, labels, prompt_le
 def dev_accuracy(trainer, batches):
   """`accuracy(state, frozen)`: exact match of the greedy output on `batches`, via teacher-forced
   argmax over every target token; compiled once per run, not once per evaluation."""
+
   def correct(params, batch):
     logits = trainer.model.compute_logits(params, batch)
     ok = (jnp.argmax(logits, -1) == batch["decoder_target_tokens"]) | (
-        batch["decoder_loss_weights"] == 0)
+        batch["decoder_loss_weights"] == 0
+    )
     return jnp.sum(jnp.all(ok, axis=-1))
+
   correct = trainer.partitioner.jit(correct)
   total = sum(len(b["encoder_input_tokens"]) for b in batches)
 
   def accuracy(state, frozen) -> float:
     params = optim.merge_params(state.params, frozen)
     return sum(int(correct(params, b)) for b in batches) / total
+
   return accuracy
 
 
-def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_labels",
-        prompt_length=20, batch_size=32, input_length=64, target_length=4, learning_rate=None,
-        eval_every=25, seed=0, max_steps=None, prompt_learning_rate=0.3, log=print):
+def run(
+    cfg,
+    checkpoint,
+    mode,
+    train,
+    dev,
+    labels,
+    seconds,
+    *,
+    init="class_labels",
+    prompt_length=20,
+    batch_size=32,
+    input_length=64,
+    target_length=4,
+    learning_rate=None,
+    eval_every=25,
+    seed=0,
+    max_steps=None,
+    prompt_learning_rate=0.3,
+    log=print,
+):
   """Trains for `seconds` of wall-clock (compilation included, evaluation excluded), or
   `max_steps` steps if that comes first; evaluates before training, after each of the first 20
   steps and every 5 up to step 100 (so steps-to-80% is measured finely), then every
   `eval_every` steps."""
   lr = learning_rate or (prompt_learning_rate if mode == "prompt" else 1e-3)
-  trainer, state, frozen = make_trainer(cfg, checkpoint, mode, labels, prompt_length,
-                                        input_length, target_length, lr, init)
-  accuracy = dev_accuracy(trainer, [
-      objectives.encoder_decoder_batch(dev[i:i + 100], input_length, target_length)
-      for i in range(0, len(dev), 100)])
+  trainer, state, frozen = make_trainer(
+      cfg, checkpoint, mode, labels, prompt_length, input_length, target_length, lr, init
+  )
+  accuracy = dev_accuracy(
+      trainer,
+      [
+          objectives.encoder_decoder_batch(dev[i : i + 100], input_length, target_length)
+          for i in range(0, len(dev), 100)
+      ],
+  )
   rng = np.random.default_rng(seed)
   spent, steps, curve = 0.0, 0, [(0, 0, accuracy(state, frozen))]
   log(f"  {mode} tuning: 0 steps, dev accuracy {curve[0][2]:.3f}")
   while spent < seconds and steps < (max_steps or float("inf")):
     start = time.time()
     idx = rng.integers(0, len(train), batch_size)
-    batch = objectives.encoder_decoder_batch([train[i] for i in idx], input_length,
-                                              target_length)
+    batch = objectives.encoder_decoder_batch([train[i] for i in idx], input_length, target_length)
     state, m = trainer.train_step(state, frozen, trainer.partitioner.shard_batch(batch))
     jax.block_until_ready(m["loss"])
     spent += time.time() - start
@@ -133,10 +186,17 @@ def run(cfg, checkpoint, mode, train, dev, labels, seconds, *, init="class_label
       acc = accuracy(state, frozen)
       curve.append((steps, round(spent), acc))
       if (steps > 100 and steps % 100 == 0) or steps in (25, 50) or last:
-        log(f"  {mode} tuning: {steps} steps, {spent:.0f}s, loss {float(m['loss']):.3f}, "
-            f"dev accuracy {acc:.3f}")
-  return {"accuracy": curve[-1][2], "best": max(c[2] for c in curve),
-          "worst_last5": min(c[2] for c in curve[-5:]), "steps": steps, "curve": curve}
+        log(
+            f"  {mode} tuning: {steps} steps, {spent:.0f}s, loss {float(m['loss']):.3f}, "
+            f"dev accuracy {acc:.3f}"
+        )
+  return {
+      "accuracy": curve[-1][2],
+      "best": max(c[2] for c in curve),
+      "worst_last5": min(c[2] for c in curve[-5:]),
+      "steps": steps,
+      "curve": curve,
+  }
 
 
 def steps_to(curve, threshold: float):
@@ -162,21 +222,36 @@ DESCRIPTIONS = {
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--model_dir", default=embedded.ASSETS_DIR,
-                      help="Holds spiece.model, config.json and {span_corruption,lm_adapted}/.")
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+      "--model_dir",
+      default=embedded.ASSETS_DIR,
+      help="Holds spiece.model, config.json and {span_corruption,lm_adapted}/.",
+  )
   parser.add_argument("--task", default="boolq", choices=sorted(LABELS))
   parser.add_argument("--minutes", type=float, default=5.0)
   parser.add_argument("--prompt_length", type=int, default=20)
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--seed", type=int, default=0, help="Order of the training batches.")
-  parser.add_argument("--max_steps", type=int, default=None,
-                      help="Stop each run after this many steps (if before --minutes).")
-  parser.add_argument("--prompt_learning_rate", type=float, default=0.3,
-                      help="Adafactor learning rate of the prompt runs (the paper's).")
-  parser.add_argument("--runs", default="prompt,model,random,uniform,span",
-                      help=f"Comma-separated, from {sorted(RUNS)}.")
+  parser.add_argument(
+      "--max_steps",
+      type=int,
+      default=None,
+      help="Stop each run after this many steps (if before --minutes).",
+  )
+  parser.add_argument(
+      "--prompt_learning_rate",
+      type=float,
+      default=0.3,
+      help="Adafactor learning rate of the prompt runs (the paper's).",
+  )
+  parser.add_argument(
+      "--runs",
+      default="prompt,model,random,uniform,span",
+      help=f"Comma-separated, from {sorted(RUNS)}.",
+  )
   args = parser.parse_args()
   vocab_lib.set_default_vocab_path(embedded.vocab_path(args.model_dir))
   cfg = embedded.load_config(args.model_dir)
@@ -184,9 +259,11 @@ def main():
   train = task_arrays(args.task, "train", 64, 4)
   dev = task_arrays(args.task, "validation", 64, 4)
   labels = LABELS[args.task]
-  print(f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus; task {args.task}: "
-        f"{len(train)} train / {len(dev)} dev examples; model {args.model_dir}; "
-        f"budget {args.minutes} min per run")
+  print(
+      f"device {jax.devices()[0].device_kind}, {os.cpu_count()} cpus; task {args.task}: "
+      f"{len(train)} train / {len(dev)} dev examples; model {args.model_dir}; "
+      f"budget {args.minutes} min per run"
+  )
   seconds = args.minutes * 60
   results = {}
   for name in args.runs.split(","):
@@ -196,20 +273,37 @@ def main():
     else:
       ckpt = embedded.checkpoint_path(stage, args.model_dir)
     print(f"{name} ({DESCRIPTIONS[name]}, {ckpt}):", flush=True)
-    results[name] = run(cfg, ckpt, mode, train, dev, labels, seconds, init=init,
-                        prompt_length=args.prompt_length, batch_size=args.batch_size,
-                        seed=args.seed, max_steps=args.max_steps,
-                        prompt_learning_rate=args.prompt_learning_rate)
-  print(f"\n{args.task} dev accuracy after {args.minutes} min each "
-        f"({len(dev)} examples, labels balanced: chance {1 / len(labels):.3f}):")
+    results[name] = run(
+        cfg,
+        ckpt,
+        mode,
+        train,
+        dev,
+        labels,
+        seconds,
+        init=init,
+        prompt_length=args.prompt_length,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        prompt_learning_rate=args.prompt_learning_rate,
+    )
+  print(
+      f"\n{args.task} dev accuracy after {args.minutes} min each "
+      f"({len(dev)} examples, labels balanced: chance {1 / len(labels):.3f}):"
+  )
   for name, r in results.items():
     reached = steps_to(r["curve"], 0.8)
     to80 = f"{reached[0]} steps ({reached[1]} s)" if reached else "never"
-    print(f"  {DESCRIPTIONS[name]:48s} {r['accuracy']:.3f} (best {r['best']:.3f}, worst of "
-          f"last 5 evals {r['worst_last5']:.3f}, {r['steps']} steps; 80% after {to80})")
+    print(
+        f"  {DESCRIPTIONS[name]:48s} {r['accuracy']:.3f} (best {r['best']:.3f}, worst of "
+        f"last 5 evals {r['worst_last5']:.3f}, {r['steps']} steps; 80% after {to80})"
+    )
   if "prompt" in results and "model" in results:
-    print(f"  prompt / model tuning: "
-          f"{results['prompt']['accuracy'] / results['model']['accuracy']:.3f}")
+    print(
+        f"  prompt / model tuning: "
+        f"{results['prompt']['accuracy'] / results['model']['accuracy']:.3f}"
+    )
   if "prompt" in results and "random" in results:
     gap = 100 * (results["prompt"]["accuracy"] - results["random"]["accuracy"])
     print(f"  pretrained - random backbone (prompt tuning): {gap:+.1f} points")

@@ -7,6 +7,7 @@ parameters and optimizer state. Both runs share one process, so the ratio is rob
 
   python benchmarks/train_step.py --size=small --batch=32 --inputs=512 --targets=8
 """
+
 import argparse
 import time
 
@@ -27,13 +28,19 @@ def nbytes(tree) -> int:
 
 
 def run(cfg, patterns, batch, steps, prompt_length):
-  module = t5.EncoderDecoder(cfg, prompt_factory=prompts.prefix_prompt_factory(
-      prompt_length, prompts.random_uniform()))
+  module = t5.EncoderDecoder(
+      cfg, prompt_factory=prompts.prefix_prompt_factory(prompt_length, prompts.random_uniform())
+  )
   trainer = trainer_lib.Trainer(
-      model_lib.EncoderDecoderModel(module), optim.create_optimizer, partitioning.Partitioner(),
+      model_lib.EncoderDecoderModel(module),
+      optim.create_optimizer,
+      partitioning.Partitioner(),
       trainable_patterns=patterns,
-      input_shapes={"inputs": batch["encoder_input_tokens"].shape[1],
-                    "targets": batch["decoder_target_tokens"].shape[1]})
+      input_shapes={
+          "inputs": batch["encoder_input_tokens"].shape[1],
+          "targets": batch["decoder_target_tokens"].shape[1],
+      },
+  )
   params = restore.init_params(trainer.model, trainer.spec, trainer.rng)
   state, frozen = trainer.create_state(params, 0)
   del params
@@ -45,8 +52,12 @@ def run(cfg, patterns, batch, steps, prompt_length):
     state, m = trainer.train_step(state, frozen, batch)
   jax.block_until_ready(m["loss"])
   seconds = (time.perf_counter() - start) / steps
-  return {"step_s": seconds, "trainable_bytes": nbytes(state.params),
-          "opt_state_bytes": nbytes(state.opt_state), "loss": float(m["loss"])}
+  return {
+      "step_s": seconds,
+      "trainable_bytes": nbytes(state.params),
+      "opt_state_bytes": nbytes(state.opt_state),
+      "loss": float(m["loss"]),
+  }
 
 
 def main():
@@ -63,25 +74,31 @@ def main():
   rng = np.random.RandomState(0)
   targets = rng.randint(2, cfg.vocab_size, (args.batch, args.targets)).astype(np.int32)
   batch = {
-      "encoder_input_tokens": rng.randint(2, cfg.vocab_size,
-                                          (args.batch, args.inputs)).astype(np.int32),
+      "encoder_input_tokens": rng.randint(2, cfg.vocab_size, (args.batch, args.inputs)).astype(
+          np.int32
+      ),
       "decoder_target_tokens": targets,
       "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
       "decoder_loss_weights": np.ones_like(targets, np.float32),
   }
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  size={args.size} "
-        f"batch={args.batch} inputs={args.inputs}+{args.prompt_length} prompt "
-        f"targets={args.targets} dtype={args.dtype}")
+  print(
+      f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  size={args.size} "
+      f"batch={args.batch} inputs={args.inputs}+{args.prompt_length} prompt "
+      f"targets={args.targets} dtype={args.dtype}"
+  )
   results = {}
   for name, patterns in [("prompt tuning", optim.PROMPT_PATTERNS), ("model tuning", (".*",))]:
     r = run(cfg, patterns, batch, args.steps, args.prompt_length)
     results[name] = r
-    print(f"{name:14s} {1 / r['step_s']:8.2f} steps/s  {args.batch / r['step_s']:9.1f} ex/s  "
-          f"trainable {r['trainable_bytes'] / 2**20:10.3f} MiB  "
-          f"optimizer state {r['opt_state_bytes'] / 2**20:10.3f} MiB  loss {r['loss']:.1f}")
+    print(
+        f"{name:14s} {1 / r['step_s']:8.2f} steps/s  {args.batch / r['step_s']:9.1f} ex/s  "
+        f"trainable {r['trainable_bytes'] / 2**20:10.3f} MiB  "
+        f"optimizer state {r['opt_state_bytes'] / 2**20:10.3f} MiB  loss {r['loss']:.1f}"
+    )
   ratio = results["model tuning"]["step_s"] / results["prompt tuning"]["step_s"]
-  print(f"prompt tuning step is {ratio:.2f}x faster than model tuning "
-        f"(same process, same batch)")
+  print(
+      f"prompt tuning step is {ratio:.2f}x faster than model tuning " f"(same process, same batch)"
+  )
 
 
 if __name__ == "__main__":

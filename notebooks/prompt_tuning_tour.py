@@ -19,8 +19,9 @@ from prompt_tuning import checkpoints, decoding, model as model_lib, optim, prom
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.models import t5
 
-SHARED = pathlib.Path(os.environ.get("PROMPT_TUNING_SHARED",
-                                     pathlib.Path.cwd().resolve().parent / "shared"))
+SHARED = pathlib.Path(
+    os.environ.get("PROMPT_TUNING_SHARED", pathlib.Path.cwd().resolve().parent / "shared")
+)
 CHECKPOINT = SHARED / "fixtures/t5x_checkpoints/t5_1_1_tiny/checkpoint_3"
 vocab_lib.set_default_vocab_path(SHARED / "fixtures/t5_vocab/spiece.model")
 vocab = vocab_lib.get_vocabulary()
@@ -39,10 +40,13 @@ print(f"{len(optim.flatten(backbone))} parameters, global step {checkpoints.read
 # %%
 labels = ["positive", "negative"]
 init = prompts.class_labels(prompts.load_embeddings(str(CHECKPOINT)), vocab, labels)
-module = t5.EncoderDecoder(t5.config_for_size("tiny", dtype="float32"),
-                           prompt_factory=prompts.prefix_prompt_factory(6, init))
-model = model_lib.EncoderDecoderModel(module, decode_fn=decoding.greedy,
-                                      decode_kwargs={"num_decodes": 1})
+module = t5.EncoderDecoder(
+    t5.config_for_size("tiny", dtype="float32"),
+    prompt_factory=prompts.prefix_prompt_factory(6, init),
+)
+model = model_lib.EncoderDecoderModel(
+    module, decode_fn=decoding.greedy, decode_kwargs={"num_decodes": 1}
+)
 prompt = init(jax.random.PRNGKey(0), (6, 4))
 params = dict(backbone, encoder=dict(backbone["encoder"], prompt={"prompt": {"prompt": prompt}}))
 
@@ -51,20 +55,25 @@ params = dict(backbone, encoder=dict(backbone["encoder"], prompt={"prompt": {"pr
 def encode(texts, length):
   out = np.zeros((len(texts), length), np.int32)
   for i, t in enumerate(texts):
-    ids = list(vocab.encode(t))[:length - 1] + [1]
-    out[i, :len(ids)] = ids
+    ids = list(vocab.encode(t))[: length - 1] + [1]
+    out[i, : len(ids)] = ids
   return out
 
 
 def batch_for(inputs, targets):
   tgt = encode(targets, 4)
-  return {"encoder_input_tokens": encode(inputs, 12), "decoder_target_tokens": tgt,
-          "decoder_input_tokens": np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
-          "decoder_loss_weights": (tgt > 0).astype(np.float32)}
+  return {
+      "encoder_input_tokens": encode(inputs, 12),
+      "decoder_target_tokens": tgt,
+      "decoder_input_tokens": np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+      "decoder_loss_weights": (tgt > 0).astype(np.float32),
+  }
 
 
-train = batch_for(["a wonderful film", "a dull film", "truly great fun", "so boring"],
-                  ["positive", "negative", "positive", "negative"])
+train = batch_for(
+    ["a wonderful film", "a dull film", "truly great fun", "so boring"],
+    ["positive", "negative", "positive", "negative"],
+)
 
 # %% [markdown]
 # Prompt-only training: the gradient is taken with respect to the prompt alone, and the
@@ -96,9 +105,13 @@ params = optim.merge_params(trainable, frozen)
 
 # %%
 inputs = ["a wonderful film", "a dull film"]
-scores = np.stack([np.asarray(model.score_batch(params, batch_for(inputs, [c] * len(inputs))))
-                   for c in labels], axis=1)
+scores = np.stack(
+    [np.asarray(model.score_batch(params, batch_for(inputs, [c] * len(inputs)))) for c in labels],
+    axis=1,
+)
 print("scores [input, label]:\n", scores.round(2))
 print("rank classification:", [labels[i] for i in scores.argmax(1)])
-print("greedy decodes:", [vocab.decode(d.tolist())
-                          for d in model.predict_batch(params, batch_for(inputs, labels))])
+print(
+    "greedy decodes:",
+    [vocab.decode(d.tolist()) for d in model.predict_batch(params, batch_for(inputs, labels))],
+)

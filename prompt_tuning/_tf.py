@@ -8,6 +8,7 @@ this package or by SeqIO:
   see them.
 - TF sees no GPU, so it neither probes one nor reserves its memory: JAX owns the accelerator.
 """
+
 import contextlib
 import importlib.abc
 import importlib.util

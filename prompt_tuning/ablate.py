@@ -29,6 +29,7 @@ What it leaves in the sweep dir:
 A killed sweep restarted with the same command skips finished runs and resumes the interrupted
 one from its checkpoint; failed runs are retried. The exit status is 1 if any run failed.
 """
+
 import argparse
 import ast
 import csv
@@ -64,6 +65,7 @@ SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+-]+")
 @dataclasses.dataclass
 class Grid:
   """An ablation grid; see the module docstring. Configured by `configs/ablations/*.gin`."""
+
   name: str
   base_gin_files: Sequence[str]
   axes: Mapping[str, Sequence[Any]]
@@ -80,6 +82,7 @@ class Grid:
 @dataclasses.dataclass(frozen=True)
 class Value:
   """One value of an axis: its label (in run names), what it adds to the run's configuration."""
+
   label: str
   value: Any  # The literal of a plain axis; the choice's name for a choice axis.
   gin_files: tuple[str, ...] = ()
@@ -111,8 +114,10 @@ def gin_text(value: Any, where: str) -> str:
   except (ValueError, SyntaxError):
     ok = False
   if not ok:
-    raise config.ConfigError(f"{where}: {value!r} is not a literal; put references such as "
-                             "@fn() into a gin file that the choice includes (`gin_files`).")
+    raise config.ConfigError(
+        f"{where}: {value!r} is not a literal; put references such as "
+        "@fn() into a gin file that the choice includes (`gin_files`)."
+    )
   return text
 
 
@@ -127,11 +132,20 @@ def _choice(axis: str, item: Mapping[str, Any]) -> Value:
   if "name" not in item or unknown:
     raise config.ConfigError(
         f"Axis {axis!r}: a choice is a dict with 'name' and optional 'gin_files', 'bindings', "
-        f"'recipe'; got keys {sorted(item)}.")
-  bindings = tuple((k, gin_text(v, f"Axis {axis!r}, choice {item['name']!r}, binding {k}"))
-                   for k, v in dict(item.get("bindings", {})).items())
-  return Value(label_of(item["name"]), item["name"], tuple(item.get("gin_files", ())), bindings,
-               item.get("recipe"), is_choice=True)
+        f"'recipe'; got keys {sorted(item)}."
+    )
+  bindings = tuple(
+      (k, gin_text(v, f"Axis {axis!r}, choice {item['name']!r}, binding {k}"))
+      for k, v in dict(item.get("bindings", {})).items()
+  )
+  return Value(
+      label_of(item["name"]),
+      item["name"],
+      tuple(item.get("gin_files", ())),
+      bindings,
+      item.get("recipe"),
+      is_choice=True,
+  )
 
 
 def axis_values(axis: str, items: Sequence[Any], plain: bool = False) -> list[Value]:
@@ -144,12 +158,14 @@ def axis_values(axis: str, items: Sequence[Any], plain: bool = False) -> list[Va
   elif not plain and any(isinstance(i, Mapping) for i in items):
     raise config.ConfigError(f"Axis {axis!r} mixes named choices (dicts) and plain values.")
   else:
-    values = [Value(label_of(i), i, bindings=((axis, gin_text(i, f"Axis {axis!r}")),))
-              for i in items]
+    values = [
+        Value(label_of(i), i, bindings=((axis, gin_text(i, f"Axis {axis!r}")),)) for i in items
+    ]
   labels = [v.label for v in values]
   if len(set(labels)) != len(labels):
-    raise config.ConfigError(f"Axis {axis!r}: values {labels} do not have distinct labels; use "
-                             "named choices.")
+    raise config.ConfigError(
+        f"Axis {axis!r}: values {labels} do not have distinct labels; use " "named choices."
+    )
   return values
 
 
@@ -185,49 +201,77 @@ def parse_axis_flag(flag: str, grid_axes: Mapping[str, list[Value]]) -> tuple[st
     by_label = {v.label: v for v in existing}
     unknown = [i for i in items if i not in by_label]
     if unknown:
-      raise config.ConfigError(f"--axis {name}: unknown choices {unknown}; the grid's are "
-                               f"{list(by_label)}.")
+      raise config.ConfigError(
+          f"--axis {name}: unknown choices {unknown}; the grid's are " f"{list(by_label)}."
+      )
     return name, [by_label[i] for i in items]
   values = []
   for item in items:
     try:
       values.append(ast.literal_eval(item))
     except (ValueError, SyntaxError):
-      raise config.ConfigError(f"--axis {name}: {item!r} is not a literal (quote strings: "
-                               f"--axis {name}=\"'a','b'\").") from None
+      raise config.ConfigError(
+          f"--axis {name}: {item!r} is not a literal (quote strings: "
+          f"--axis {name}=\"'a','b'\")."
+      ) from None
   return name, axis_values(name, values, plain=True)
 
 
-def expand(grid: Grid, axes: Mapping[str, list[Value]], seeds: Sequence[int],
-           user_bindings: Sequence[tuple[str, str]]) -> list[Run]:
+def expand(
+    grid: Grid,
+    axes: Mapping[str, list[Value]],
+    seeds: Sequence[int],
+    user_bindings: Sequence[tuple[str, str]],
+) -> list[Run]:
   """Every run: seeds outermost (a partial sweep has every cell once), then the axes in order."""
   runs = []
-  base = [(k, gin_text(v, f"Grid {grid.name!r}, base binding {k}"))
-          for k, v in grid.base_bindings.items()]
+  base = [
+      (k, gin_text(v, f"Grid {grid.name!r}, base binding {k}"))
+      for k, v in grid.base_bindings.items()
+  ]
   for seed in seeds:
     for combo in itertools.product(*axes.values()):
       labels = dict(zip(axes, (v.label for v in combo)))
       name = ",".join([f"{a.lower()}={l}" for a, l in labels.items()] + [f"seed={seed}"])
       files = list(grid.base_gin_files) + [f for v in combo for f in v.gin_files]
-      bindings = (base + [b for v in combo for b in v.bindings]
-                  + [(s, str(seed)) for s in grid.seed_bindings] + list(user_bindings))
-      runs.append(Run(name, seed, labels, dict(zip(axes, (v.value for v in combo))), files,
-                      bindings, [v.recipe for v in combo if v.recipe]))
+      bindings = (
+          base
+          + [b for v in combo for b in v.bindings]
+          + [(s, str(seed)) for s in grid.seed_bindings]
+          + list(user_bindings)
+      )
+      runs.append(
+          Run(
+              name,
+              seed,
+              labels,
+              dict(zip(axes, (v.value for v in combo))),
+              files,
+              bindings,
+              [v.recipe for v in combo if v.recipe],
+          )
+      )
   return runs
 
 
-def check_bindings(grid: Grid, axes: Mapping[str, list[Value]],
-                   user_bindings: Sequence[tuple[str, str]]) -> None:
+def check_bindings(
+    grid: Grid, axes: Mapping[str, list[Value]], user_bindings: Sequence[tuple[str, str]]
+) -> None:
   """The sweep sets MODEL_DIR, TRAIN_STEPS, the axes and seeds: a flag must not fight them."""
   owned = {n: f"the axis {a!r}" for a, vs in axes.items() for v in vs for n, _ in v.bindings}
   owned.update({s: "the seed (--seeds)" for s in grid.seed_bindings})
   owned.update({r: "the sweep" for r in RESERVED})
   for name in list(grid.base_bindings) + [n for n, _ in user_bindings]:
     if name in owned:
-      hint = (" (each run's is set from --train_steps, counted from its initial checkpoint)"
-              if name == "TRAIN_STEPS" else "")
-      raise config.ConfigError(f"{name} is set by {owned[name]}{hint}; do not bind it with "
-                               "--gin. or the grid's base_bindings.")
+      hint = (
+          " (each run's is set from --train_steps, counted from its initial checkpoint)"
+          if name == "TRAIN_STEPS"
+          else ""
+      )
+      raise config.ConfigError(
+          f"{name} is set by {owned[name]}{hint}; do not bind it with "
+          "--gin. or the grid's base_bindings."
+      )
 
 
 # ------------------------------------------------------------------ steps and missing backbones
@@ -241,8 +285,11 @@ def resolve_steps(runs: Sequence[Run], search_paths: str) -> None:
     for run in runs:
       gin.clear_config()
       try:
-        config.parse_gin(run.gin_files, [f"{k} = {v}" for k, v in run.bindings]
-                         + ["MODEL_DIR = 'unused'", "TRAIN_STEPS = 0"], search_paths)
+        config.parse_gin(
+            run.gin_files,
+            [f"{k} = {v}" for k, v in run.bindings] + ["MODEL_DIR = 'unused'", "TRAIN_STEPS = 0"],
+            search_paths,
+        )
         config.check_macros_are_read()
         path = config.macro("INITIAL_CHECKPOINT_PATH", evaluate=True)
       except FileNotFoundError as e:  # E.g. @embedded.checkpoint_path() of a missing stage.
@@ -251,8 +298,9 @@ def resolve_steps(runs: Sequence[Run], search_paths: str) -> None:
       except config.ConfigError as e:
         raise config.ConfigError(f"Run {run.name}: {e}") from None
       except Exception as e:  # pylint: disable=broad-except
-        raise config.ConfigError(f"Run {run.name}: its gin configuration does not parse: "
-                                 f"{type(e).__name__}: {e}") from None
+        raise config.ConfigError(
+            f"Run {run.name}: its gin configuration does not parse: " f"{type(e).__name__}: {e}"
+        ) from None
       if path is None:
         run.start_step = 0
         continue
@@ -261,8 +309,10 @@ def resolve_steps(runs: Sequence[Run], search_paths: str) -> None:
           cache[path] = checkpoints.read_step(path)
         except (OSError, checkpoints.CheckpointError, ValueError) as e:
           cache[path] = None
-          missing.setdefault(f"No readable checkpoint at {os.path.abspath(path)} "
-                             f"({type(e).__name__}: {e})", run.recipes)
+          missing.setdefault(
+              f"No readable checkpoint at {os.path.abspath(path)} " f"({type(e).__name__}: {e})",
+              run.recipes,
+          )
       run.start_step = cache[path]
   finally:
     gin.clear_config()
@@ -270,28 +320,52 @@ def resolve_steps(runs: Sequence[Run], search_paths: str) -> None:
     lines = []
     for problem, recipes in missing.items():
       lines.append(f"  {problem}" + "".join(f"\n    build it with: {r}" for r in recipes))
-    raise config.ConfigError("Initial checkpoints of this grid are missing (nothing was "
-                             "trained):\n" + "\n".join(lines))
+    raise config.ConfigError(
+        "Initial checkpoints of this grid are missing (nothing was "
+        "trained):\n" + "\n".join(lines)
+    )
 
 
 # ---------------------------------------------------------------------------- the sweep itself
 
 
 def train_args(run: Run, model_dir: str, train_steps: int) -> list[str]:
-  return ([f"--gin_file={f}" for f in run.gin_files]
-          + [f"--gin.{k}={v}" for k, v in run.bindings]
-          + [f"--gin.MODEL_DIR={model_dir!r}", f"--gin.TRAIN_STEPS={run.start_step + train_steps}"])
+  return (
+      [f"--gin_file={f}" for f in run.gin_files]
+      + [f"--gin.{k}={v}" for k, v in run.bindings]
+      + [f"--gin.MODEL_DIR={model_dir!r}", f"--gin.TRAIN_STEPS={run.start_step + train_steps}"]
+  )
 
 
-def spec_of(grid: Grid, axes, seeds, runs: Sequence[Run], train_steps: int,
-            step_budget: int, metric: Optional[str]) -> dict[str, Any]:
+def spec_of(
+    grid: Grid,
+    axes,
+    seeds,
+    runs: Sequence[Run],
+    train_steps: int,
+    step_budget: int,
+    metric: Optional[str],
+) -> dict[str, Any]:
   return {
-      "grid": grid.name, "axes": {a: [v.label for v in vs] for a, vs in axes.items()},
-      "seeds": list(seeds), "train_steps": train_steps, "step_budget": step_budget,
-      "metric": metric, "x_axis": grid.x_axis,
-      "runs": [{"name": r.name, "seed": r.seed, "labels": r.labels, "values": r.values,
-                "gin_files": r.gin_files, "bindings": [list(b) for b in r.bindings],
-                "start_step": r.start_step} for r in runs],
+      "grid": grid.name,
+      "axes": {a: [v.label for v in vs] for a, vs in axes.items()},
+      "seeds": list(seeds),
+      "train_steps": train_steps,
+      "step_budget": step_budget,
+      "metric": metric,
+      "x_axis": grid.x_axis,
+      "runs": [
+          {
+              "name": r.name,
+              "seed": r.seed,
+              "labels": r.labels,
+              "values": r.values,
+              "gin_files": r.gin_files,
+              "bindings": [list(b) for b in r.bindings],
+              "start_step": r.start_step,
+          }
+          for r in runs
+      ],
   }
 
 
@@ -307,7 +381,8 @@ def claim_sweep_dir(sweep_dir: str, spec: Mapping[str, Any]) -> None:
       raise config.ConfigError(
           f"{sweep_dir} holds another sweep ({path} differs in {diffs}; stored grid "
           f"{stored.get('grid')!r}, axes {stored.get('axes')}). Use another --sweep_dir, or "
-          "delete that one to start over.")
+          "delete that one to start over."
+      )
     return
   os.makedirs(sweep_dir, exist_ok=True)
   _write_json(path, canonical)
@@ -348,8 +423,12 @@ def run_one(command: list[str], run_dir: str) -> dict[str, Any]:
     out.write(header)
     out.flush()
     rc = subprocess.call(command, stdout=out, stderr=err)
-  record = {"status": "finished" if rc == 0 else "failed", "returncode": rc,
-            "seconds": round(time.time() - t0, 1), "command": shlex.join(command)}
+  record = {
+      "status": "finished" if rc == 0 else "failed",
+      "returncode": rc,
+      "seconds": round(time.time() - t0, 1),
+      "command": shlex.join(command),
+  }
   if rc != 0:
     with open(err_path) as f:
       f.seek(start)
@@ -378,8 +457,12 @@ def sweep(runs: Sequence[Run], sweep_dir: str, train_steps: int) -> None:
       os.remove(os.path.join(run_dir, RUN_FILE))  # A failed run, tried again.
     resumed = " (resuming)" if checkpoints.latest_checkpoint(run_dir) else ""
     _progress(f"run {done + 1}/{len(runs)}: {run.name}{resumed}")
-    command = [sys.executable, "-m", "prompt_tuning.train",
-               *train_args(run, os.path.abspath(run_dir), train_steps)]
+    command = [
+        sys.executable,
+        "-m",
+        "prompt_tuning.train",
+        *train_args(run, os.path.abspath(run_dir), train_steps),
+    ]
     record = run_one(command, run_dir)
     times.append(record["seconds"])
     done += 1
@@ -388,9 +471,11 @@ def sweep(runs: Sequence[Run], sweep_dir: str, train_steps: int) -> None:
       _progress(f"FAILED {run.name} (exit {record['returncode']}): {record['error']}")
     left = len(todo) - i - 1
     mean = sum(times) / len(times)
-    _progress(f"{done}/{len(runs)} done ({failed} failed), {left} left; this run "
-              f"{_duration(record['seconds'])}, mean {_duration(mean)}/run; ETA "
-              f"{_duration(mean * left)}")
+    _progress(
+        f"{done}/{len(runs)} done ({failed} failed), {left} left; this run "
+        f"{_duration(record['seconds'])}, mean {_duration(mean)}/run; ETA "
+        f"{_duration(mean * left)}"
+    )
 
 
 # ---------------------------------------------------------------------------- results
@@ -420,11 +505,17 @@ def score(metrics: Mapping[str, float], metric: Optional[str]) -> float:
   return best_checkpoint.pick(nested, metric)
 
 
-def collect_run(run_dir: str, start_step: int, step_budget: int,
-                metric: Optional[str]) -> dict[str, Any]:
+def collect_run(
+    run_dir: str, start_step: int, step_budget: int, metric: Optional[str]
+) -> dict[str, Any]:
   """Best dev score over the evaluations, and the score of the last one within the budget."""
-  out = {"best_score": None, "best_step": None, "budget_score": None, "budget_step": None,
-         "num_evals": 0}
+  out = {
+      "best_score": None,
+      "best_step": None,
+      "budget_score": None,
+      "budget_step": None,
+      "num_evals": 0,
+  }
   evals = read_evals(os.path.join(run_dir, EVAL_METRICS))
   if not evals:
     return out
@@ -443,10 +534,17 @@ def collect(spec: Mapping[str, Any], sweep_dir: str) -> tuple[list[dict], list[d
   for run in spec["runs"]:
     run_dir = os.path.join(sweep_dir, run["name"])
     record = read_record(run_dir) or {"status": "not run"}
-    row = {"run": run["name"], **run["labels"], "seed": run["seed"], "status": record["status"],
-           "start_step": run["start_step"], "returncode": record.get("returncode"),
-           "seconds": record.get("seconds"), "error": record.get("error"),
-           "stderr_tail": record.get("stderr_tail")}
+    row = {
+        "run": run["name"],
+        **run["labels"],
+        "seed": run["seed"],
+        "status": record["status"],
+        "start_step": run["start_step"],
+        "returncode": record.get("returncode"),
+        "seconds": record.get("seconds"),
+        "error": record.get("error"),
+        "stderr_tail": record.get("stderr_tail"),
+    }
     try:
       row.update(collect_run(run_dir, run["start_step"], spec["step_budget"], spec["metric"]))
     except best_checkpoint.MetricNotFoundError as e:
@@ -457,28 +555,61 @@ def collect(spec: Mapping[str, Any], sweep_dir: str) -> tuple[list[dict], list[d
     cells.setdefault(tuple(run["labels"].items()), []).append((run, row))
   cell_rows = []
   for key, members in cells.items():
-    cell = {**dict(key), "values": members[0][0]["values"], "seeds": len(members),
-            "finished": sum(r["status"] == "finished" for _, r in members)}
+    cell = {
+        **dict(key),
+        "values": members[0][0]["values"],
+        "seeds": len(members),
+        "finished": sum(r["status"] == "finished" for _, r in members),
+    }
     for what in ("best_score", "budget_score"):
       values = [r[what] for _, r in members if r["status"] == "finished" and r[what] is not None]
-      cell[what] = ({"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-                     "n": len(values)} if values else None)
+      cell[what] = (
+          {
+              "mean": statistics.fmean(values),
+              "min": min(values),
+              "max": max(values),
+              "n": len(values),
+          }
+          if values
+          else None
+      )
     cell_rows.append(cell)
   return rows, cell_rows
 
 
 def write_results(spec, sweep_dir: str, rows: list[dict], cells: list[dict]) -> None:
-  columns = (["run"] + list(spec["axes"]) + ["seed", "status", "best_score", "best_step",
-             "budget_score", "budget_step", "num_evals", "start_step", "seconds", "returncode",
-             "error"])
+  columns = (
+      ["run"]
+      + list(spec["axes"])
+      + [
+          "seed",
+          "status",
+          "best_score",
+          "best_step",
+          "budget_score",
+          "budget_step",
+          "num_evals",
+          "start_step",
+          "seconds",
+          "returncode",
+          "error",
+      ]
+  )
   with open(os.path.join(sweep_dir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-  _write_json(os.path.join(sweep_dir, "results.json"), {
-      "grid": spec["grid"], "metric": spec["metric"] or "mean of the evaluation's metrics",
-      "train_steps": spec["train_steps"], "step_budget": spec["step_budget"],
-      "runs": rows, "cells": cells})
+  _write_json(
+      os.path.join(sweep_dir, "results.json"),
+      {
+          "grid": spec["grid"],
+          "metric": spec["metric"] or "mean of the evaluation's metrics",
+          "train_steps": spec["train_steps"],
+          "step_budget": spec["step_budget"],
+          "runs": rows,
+          "cells": cells,
+      },
+  )
 
 
 # ---------------------------------------------------------------------------- figure
@@ -489,9 +620,11 @@ def require_matplotlib():
     import matplotlib  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise config.ConfigError(
-        "Plotting needs matplotlib: pip install -e '.[plots]' (or pass --no_plot).") from None
+        "Plotting needs matplotlib: pip install -e '.[plots]' (or pass --no_plot)."
+    ) from None
   matplotlib.use("Agg")  # No display: files only.
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -501,35 +634,47 @@ def plot(spec, cells: list[dict], sweep_dir: str) -> list[str]:
   axes = list(spec["axes"])
   x_axis = spec["x_axis"]
   numeric = x_axis in axes and all(
-      isinstance(c["values"][x_axis], (int, float)) and c["values"][x_axis] > 0 for c in cells)
+      isinstance(c["values"][x_axis], (int, float)) and c["values"][x_axis] > 0 for c in cells
+  )
   x_name = x_axis if numeric else axes[0] if axes else "seed"
   others = [a for a in axes if a != x_name]
   fig, panels = plt.subplots(1, 2, figsize=(11, 4.2), squeeze=False)
-  titles = {"best_score": "best dev score (early stopping)",
-            "budget_score": f"dev score at step {spec['step_budget']}"}
+  titles = {
+      "best_score": "best dev score (early stopping)",
+      "budget_score": f"dev score at step {spec['step_budget']}",
+  }
   for ax, what in zip(panels[0], titles):
     groups = {}
     for cell in cells:
-      groups.setdefault(", ".join(f"{a}={cell[a]}" if len(others) > 1 else cell[a]
-                                  for a in others), []).append(cell)
+      groups.setdefault(
+          ", ".join(f"{a}={cell[a]}" if len(others) > 1 else cell[a] for a in others), []
+      ).append(cell)
     x_labels = spec["axes"].get(x_name, ["all"])
     for g, (group, members) in enumerate(groups.items()):
-      pts = [(c["values"][x_name] if numeric else x_labels.index(c[x_name]) if axes else 0,
-              c[what]) for c in members if c[what]]
+      pts = [
+          (c["values"][x_name] if numeric else x_labels.index(c[x_name]) if axes else 0, c[what])
+          for c in members
+          if c[what]
+      ]
       pts.sort(key=lambda p: p[0])
       if not pts:
         continue
       xs = [p[0] for p in pts]
       mean, lo, hi = ([p[1][k] for p in pts] for k in ("mean", "min", "max"))
       if numeric:
-        line, = ax.plot(xs, mean, marker="o", label=group or None)
+        (line,) = ax.plot(xs, mean, marker="o", label=group or None)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
       else:
         width = 0.8 / len(groups)
         pos = [x - 0.4 + width * (g + 0.5) for x in xs]
-        ax.bar(pos, mean, width, label=group or None,
-               yerr=[[m - l for m, l in zip(mean, lo)], [h - m for m, h in zip(mean, hi)]],
-               capsize=3)
+        ax.bar(
+            pos,
+            mean,
+            width,
+            label=group or None,
+            yerr=[[m - l for m, l in zip(mean, lo)], [h - m for m, h in zip(mean, hi)]],
+            capsize=3,
+        )
     if numeric:
       ax.set_xscale("log")
       ticks = sorted({c["values"][x_name] for c in cells})
@@ -544,8 +689,10 @@ def plot(spec, cells: list[dict], sweep_dir: str) -> list[str]:
     if any(groups) and ax.get_legend_handles_labels()[0]:
       ax.legend(title=", ".join(others) if len(others) == 1 else None)
   seeds = len(spec["seeds"])
-  fig.suptitle(f"{spec['grid']}: mean over {seeds} seed{'s' * (seeds > 1)}"
-               + (", band/bars min-max" if seeds > 1 else ""))
+  fig.suptitle(
+      f"{spec['grid']}: mean over {seeds} seed{'s' * (seeds > 1)}"
+      + (", band/bars min-max" if seeds > 1 else "")
+  )
   fig.tight_layout()
   paths = [os.path.join(sweep_dir, f"figure.{ext}") for ext in ("png", "svg")]
   for path in paths:
@@ -558,32 +705,56 @@ def plot(spec, cells: list[dict], sweep_dir: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--grid", required=True, help="Grid gin file, e.g. ablations/x.gin.")
-  parser.add_argument("--sweep_dir", default=None,
-                      help="Where runs and results go (default /tmp/prompt_tuning_ablate/<grid>).")
-  parser.add_argument("--axis", action="append", default=[],
-                      help="NAME=v1,v2,...: replaces that axis's values (choice names for a "
-                      "choice axis) or adds an axis; values are gin literals. Repeatable.")
+  parser.add_argument(
+      "--sweep_dir",
+      default=None,
+      help="Where runs and results go (default /tmp/prompt_tuning_ablate/<grid>).",
+  )
+  parser.add_argument(
+      "--axis",
+      action="append",
+      default=[],
+      help="NAME=v1,v2,...: replaces that axis's values (choice names for a "
+      "choice axis) or adds an axis; values are gin literals. Repeatable.",
+  )
   parser.add_argument("--seeds", default=None, help="Comma-separated seeds (default: the grid's).")
-  parser.add_argument("--base_gin_file", action="append", default=[],
-                      help="Replaces the grid's base gin files (repeatable).")
-  parser.add_argument("--train_steps", type=int, default=None,
-                      help="Prompt-tuning steps per run, from its initial checkpoint's step.")
-  parser.add_argument("--step_budget", type=int, default=None,
-                      help="Steps at which the fixed-budget score is read (default train steps).")
+  parser.add_argument(
+      "--base_gin_file",
+      action="append",
+      default=[],
+      help="Replaces the grid's base gin files (repeatable).",
+  )
+  parser.add_argument(
+      "--train_steps",
+      type=int,
+      default=None,
+      help="Prompt-tuning steps per run, from its initial checkpoint's step.",
+  )
+  parser.add_argument(
+      "--step_budget",
+      type=int,
+      default=None,
+      help="Steps at which the fixed-budget score is read (default train steps).",
+  )
   parser.add_argument("--metric", default=None, help="Score: task/metric or a bare metric name.")
   parser.add_argument("--gin_search_paths", default="")
-  parser.add_argument("--print_commands", action="store_true",
-                      help="Print one train command per run (for a cluster) and exit.")
-  parser.add_argument("--dry_run", action="store_true",
-                      help="List the runs and their state; train nothing.")
+  parser.add_argument(
+      "--print_commands",
+      action="store_true",
+      help="Print one train command per run (for a cluster) and exit.",
+  )
+  parser.add_argument(
+      "--dry_run", action="store_true", help="List the runs and their state; train nothing."
+  )
   parser.add_argument("--no_plot", action="store_true", help="Skip figure.png / figure.svg.")
   user, rest = [], []
   for arg in argv:
     if arg.startswith("--gin.") and "=" in arg:
-      name, value = arg[len("--gin."):].split("=", 1)
+      name, value = arg[len("--gin.") :].split("=", 1)
       user.append((name.strip(), value))
     else:
       rest.append(arg)
@@ -617,8 +788,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if grid.x_axis is not None and grid.x_axis not in axes:
     raise config.ConfigError(f"x_axis={grid.x_axis!r} is not an axis of the grid {list(axes)}.")
   try:
-    seeds = ([int(s) for s in args.seeds.split(",")] if args.seeds is not None
-             else list(grid.seeds))
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds is not None else list(grid.seeds)
   except ValueError:
     raise config.ConfigError(f"--seeds={args.seeds}: write integers, e.g. --seeds=0,1,2.") from None
   if not seeds or len(set(seeds)) != len(seeds):
@@ -626,8 +796,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   train_steps = grid.train_steps if args.train_steps is None else args.train_steps
   step_budget = next(s for s in (args.step_budget, grid.step_budget, train_steps) if s is not None)
   if train_steps <= 0 or not 0 < step_budget <= train_steps:
-    raise config.ConfigError(f"Need 0 < step_budget ({step_budget}) <= train_steps "
-                             f"({train_steps}).")
+    raise config.ConfigError(
+        f"Need 0 < step_budget ({step_budget}) <= train_steps " f"({train_steps})."
+    )
   metric = args.metric or grid.metric
   check_bindings(grid, axes, user_bindings)
   runs = expand(grid, axes, seeds, user_bindings)
@@ -640,8 +811,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   if args.print_commands:
     for run in runs:
-      print(shlex.join(["python", "-m", "prompt_tuning.train", *train_args(
-          run, os.path.join(os.path.abspath(sweep_dir), run.name), train_steps)]))
+      print(
+          shlex.join(
+              [
+                  "python",
+                  "-m",
+                  "prompt_tuning.train",
+                  *train_args(run, os.path.join(os.path.abspath(sweep_dir), run.name), train_steps),
+              ]
+          )
+      )
     return 0
   if args.dry_run:
     for run in runs:

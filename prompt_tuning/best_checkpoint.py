@@ -4,6 +4,7 @@
 task that reports it). Higher is better. The choice is written to `best_checkpoint.json`, so a
 resumed run keeps it, and the best checkpoint is never pruned.
 """
+
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -30,7 +31,8 @@ def pick(metrics: Mapping[str, Mapping[str, Any]], name: str) -> float:
     available = sorted(f"{t}/{k}" for t, m in metrics.items() for k in m)
     raise MetricNotFoundError(
         f"BEST_METRIC={name!r} is not among the evaluation's metrics {available}; set "
-        "--gin.BEST_METRIC to one of them (or a bare metric name such as 'accuracy').")
+        "--gin.BEST_METRIC to one of them (or a bare metric name such as 'accuracy')."
+    )
   return float(value)
 
 

@@ -70,7 +70,7 @@ def _is_gcs(path: str) -> bool:
 
 def _split_gcs(path: str) -> tuple[str, str]:
   """'gs://bucket/a/b' -> ('bucket', 'a/b')."""
-  bucket, _, key = path[len("gs://"):].partition("/")
+  bucket, _, key = path[len("gs://") :].partition("/")
   return bucket, key
 
 
@@ -97,7 +97,8 @@ def _resolve(path: str | os.PathLike) -> tuple[str, str]:
       hint = f" Did you mean {hint!r}?" if hint else ""
       raise CheckpointError(
           f"Directory {path!r} has no {CHECKPOINT_FILE!r} file, so it is not a "
-          f"T5X checkpoint directory.{hint}")
+          f"T5X checkpoint directory.{hint}"
+      )
     return path, file
   return os.path.dirname(os.path.abspath(path)), path
 
@@ -122,12 +123,11 @@ def _read_raw(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
     # ExtTypes stay as raw bytes so arrays are decoded only when selected.
     raw = msgpack.unpackb(data, raw=False, strict_map_key=False)
   except Exception as e:  # msgpack raises several unrelated types.
-    raise CheckpointError(
-        f"{file!r} is not a msgpack T5X checkpoint file: {e}") from e
+    raise CheckpointError(f"{file!r} is not a msgpack T5X checkpoint file: {e}") from e
   if not isinstance(raw, dict):
     raise CheckpointError(
-        f"{file!r} is not a T5X checkpoint: it decodes to a "
-        f"{type(raw).__name__}, not a dict.")
+        f"{file!r} is not a T5X checkpoint: it decodes to a " f"{type(raw).__name__}, not a dict."
+    )
   return directory, raw
 
 
@@ -137,7 +137,8 @@ def _section(raw: dict[str, Any], name: str, file_hint: str) -> Any:
   if not isinstance(root, dict) or name not in root:
     raise CheckpointError(
         f"{file_hint!r} is not a T5X checkpoint: it has neither {name!r} nor "
-        f"'optimizer/{name}' (top-level keys: {sorted(map(str, raw))}).")
+        f"'optimizer/{name}' (top-level keys: {sorted(map(str, raw))})."
+    )
   return root[name]
 
 
@@ -219,8 +220,7 @@ def _decode_inline(node: Any) -> Any:
     raise CheckpointError(f"Unsupported msgpack ExtType code {node.code}.")
   if isinstance(node, Mapping) and _CHUNKED_KEY in node:
     shape = tuple(node["shape"][str(i)] for i in range(len(node["shape"])))
-    chunks = [_decode_inline(node["chunks"][str(i)])
-              for i in range(len(node["chunks"]))]
+    chunks = [_decode_inline(node["chunks"][str(i)]) for i in range(len(node["chunks"]))]
     return np.concatenate(chunks).reshape(shape)
   return node
 
@@ -253,11 +253,9 @@ def _open_ts(spec: Mapping[str, Any], directory: str) -> ts.TensorStore:
     raise CheckpointError(f"Cannot open array {full['kvstore']}: {e}") from e
 
 
-def _leaf_shape_dtype(
-    node: Any, directory: str) -> tuple[tuple[int, ...], str]:
+def _leaf_shape_dtype(node: Any, directory: str) -> tuple[tuple[int, ...], str]:
   """(shape, dtype name) of a raw leaf, reading no array data."""
-  if isinstance(node, msgpack.ExtType) and node.code in (_NDARRAY_EXT,
-                                                         _NPSCALAR_EXT):
+  if isinstance(node, msgpack.ExtType) and node.code in (_NDARRAY_EXT, _NPSCALAR_EXT):
     shape, dtype = _inline_header(node.data)
     return (() if node.code == _NPSCALAR_EXT else shape), dtype.name
   if _is_ts_spec(node):
@@ -270,8 +268,7 @@ def _leaf_shape_dtype(
   return value.shape, value.dtype.name
 
 
-def _sharding_for(shardings: ShardingsArg, path: Path,
-                  shape: tuple[int, ...], dtype: np.dtype):
+def _sharding_for(shardings: ShardingsArg, path: Path, shape: tuple[int, ...], dtype: np.dtype):
   """The sharding requested for `path`, or None to return a numpy array."""
   if shardings is None or isinstance(shardings, jax.sharding.Sharding):
     return shardings
@@ -284,13 +281,15 @@ def _sharding_for(shardings: ShardingsArg, path: Path,
     if node is not None and not isinstance(node, jax.sharding.Sharding):
       raise CheckpointError(
           f"{_path_str(path)}: shardings must hold jax.sharding.Sharding "
-          f"leaves, got {type(node).__name__}.")
+          f"leaves, got {type(node).__name__}."
+      )
     return node
   if callable(shardings):
     return shardings(_path_str(path), shape, dtype)
   raise CheckpointError(
       f"shardings must be a Sharding, a nested dict or a callable, got "
-      f"{type(shardings).__name__}.")
+      f"{type(shardings).__name__}."
+  )
 
 
 def _cast(x: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
@@ -301,8 +300,9 @@ def _index_key(index: tuple[slice, ...]) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
 
-def _read_leaf(node: Any, path: Path, directory: str, dtype: np.dtype | None,
-               shardings: ShardingsArg) -> Any:
+def _read_leaf(
+    node: Any, path: Path, directory: str, dtype: np.dtype | None, shardings: ShardingsArg
+) -> Any:
   """Reads one leaf, placing it on devices when a sharding is requested."""
   if _is_ts_spec(node):
     store = _open_ts(node, directory)
@@ -317,8 +317,11 @@ def _read_leaf(node: Any, path: Path, directory: str, dtype: np.dtype | None,
     shape = value.shape
     # value[()] would turn a 0-d array into a numpy scalar.
     read = lambda index: value[index] if index else value
-  out_dtype = dtype if dtype is not None else (
-      store.dtype.numpy_dtype if _is_ts_spec(node) else value.dtype)
+  out_dtype = (
+      dtype
+      if dtype is not None
+      else (store.dtype.numpy_dtype if _is_ts_spec(node) else value.dtype)
+  )
   sharding = _sharding_for(shardings, path, shape, out_dtype)
   if sharding is None:
     return _cast(read(()), dtype)
@@ -339,9 +342,13 @@ def _read_leaf(node: Any, path: Path, directory: str, dtype: np.dtype | None,
 # ----------------------------------------------------------------------------
 
 
-def load_t5x_checkpoint(path: str | os.PathLike, *, regex: str | None = None,
-                        shardings: ShardingsArg = None,
-                        dtype: Any = None) -> dict[str, Any]:
+def load_t5x_checkpoint(
+    path: str | os.PathLike,
+    *,
+    regex: str | None = None,
+    shardings: ShardingsArg = None,
+    dtype: Any = None,
+) -> dict[str, Any]:
   """Loads a checkpoint's `target` (the model parameters).
 
   Args:
@@ -364,13 +371,13 @@ def load_t5x_checkpoint(path: str | os.PathLike, *, regex: str | None = None,
   leaves = dict(_flatten(target))
   if regex is not None:
     pattern = re.compile(regex)
-    selected = {p: v for p, v in leaves.items()
-                if pattern.fullmatch(_path_str(p))}
+    selected = {p: v for p, v in leaves.items() if pattern.fullmatch(_path_str(p))}
     if not selected:
       names = sorted(_path_str(p) for p in leaves)
       raise CheckpointError(
           f"regex {regex!r} selects no parameter of {os.fspath(path)!r}; "
-          f"{len(names)} available, e.g. {names[:8]}.")
+          f"{len(names)} available, e.g. {names[:8]}."
+      )
     leaves = selected
   dtype = None if dtype is None else np.dtype(dtype)
   out = {}
@@ -386,8 +393,7 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
   state = _section(raw, "state", os.fspath(path))
   if _is_leaf(state):
     return _read_leaf(state, (), directory, None, None)
-  return _unflatten({p: _read_leaf(v, p, directory, None, None)
-                     for p, v in _flatten(state)})
+  return _unflatten({p: _read_leaf(v, p, directory, None, None) for p, v in _flatten(state)})
 
 
 def read_step(path: str | os.PathLike) -> int:
@@ -399,13 +405,11 @@ def read_step(path: str | os.PathLike) -> int:
   return int(_read_leaf(state["step"], ("step",), directory, None, None))
 
 
-def list_parameters(
-    path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+def list_parameters(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
   """'/'-path -> (shape, dtype name) of every parameter, reading no arrays."""
   directory, raw = _read_raw(path)
   target = _section(raw, "target", os.fspath(path))
-  return {_path_str(p): _leaf_shape_dtype(v, directory)
-          for p, v in _flatten(target)}
+  return {_path_str(p): _leaf_shape_dtype(v, directory) for p, v in _flatten(target)}
 
 
 def all_checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
@@ -416,8 +420,7 @@ def all_checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
   steps = []
   for name in os.listdir(model_dir):
     match = _CHECKPOINT_DIR_RE.fullmatch(name)  # skips `.tmp-` dirs too
-    if match and os.path.isfile(
-        os.path.join(model_dir, name, CHECKPOINT_FILE)):
+    if match and os.path.isfile(os.path.join(model_dir, name, CHECKPOINT_FILE)):
       steps.append(int(match.group(1)))
   return sorted(steps)
 
@@ -430,8 +433,12 @@ def latest_checkpoint(model_dir: str | os.PathLike) -> str | None:
   return os.path.join(os.fspath(model_dir), f"checkpoint_{steps[-1]}")
 
 
-def check_against(params_shapes: Mapping[str, Any], loaded: Mapping[str, Any],
-                  *, allow_missing_regex: str | None = None) -> None:
+def check_against(
+    params_shapes: Mapping[str, Any],
+    loaded: Mapping[str, Any],
+    *,
+    allow_missing_regex: str | None = None,
+) -> None:
   """Raises CheckpointError unless `loaded` fits the model's parameter tree.
 
   Args:
@@ -447,18 +454,17 @@ def check_against(params_shapes: Mapping[str, Any], loaded: Mapping[str, Any],
   for name in sorted(expected.keys() & found.keys()):
     want, got = np.shape(expected[name]), np.shape(found[name])
     if tuple(want) != tuple(got):
-      problems.append(f"{name}: checkpoint has shape {tuple(got)} but the "
-                      f"model expects {tuple(want)}")
-  missing = sorted(n for n in expected.keys() - found.keys()
-                   if not (allow and allow.fullmatch(n)))
+      problems.append(
+          f"{name}: checkpoint has shape {tuple(got)} but the " f"model expects {tuple(want)}"
+      )
+  missing = sorted(n for n in expected.keys() - found.keys() if not (allow and allow.fullmatch(n)))
   if missing:
     problems.append(f"missing from the checkpoint: {missing}")
   unexpected = sorted(found.keys() - expected.keys())
   if unexpected:
     problems.append(f"in the checkpoint but not in the model: {unexpected}")
   if problems:
-    raise CheckpointError("Checkpoint does not match the model:\n  " +
-                          "\n  ".join(problems))
+    raise CheckpointError("Checkpoint does not match the model:\n  " + "\n  ".join(problems))
 
 
 # ----------------------------------------------------------------------------
@@ -468,8 +474,7 @@ def check_against(params_shapes: Mapping[str, Any], loaded: Mapping[str, Any],
 
 def _encode_ndarray(x: np.ndarray) -> bytes:
   """flax.serialization's ndarray payload: (shape, dtype name, C bytes)."""
-  return msgpack.packb((list(x.shape), x.dtype.name, x.tobytes("C")),
-                       use_bin_type=True)
+  return msgpack.packb((list(x.shape), x.dtype.name, x.tobytes("C")), use_bin_type=True)
 
 
 def _zarr_dtype(dtype: np.dtype) -> str:
@@ -477,8 +482,9 @@ def _zarr_dtype(dtype: np.dtype) -> str:
   return dtype.name if dtype.kind == "V" else dtype.str
 
 
-def _choose_chunks(shape: tuple[int, ...], itemsize: int,
-                   target_bytes: int = _ZARR_CHUNK_BYTES) -> list[int]:
+def _choose_chunks(
+    shape: tuple[int, ...], itemsize: int, target_bytes: int = _ZARR_CHUNK_BYTES
+) -> list[int]:
   """Halves the largest dimension until a chunk fits in target_bytes."""
   chunks = [max(1, d) for d in shape]
   while int(np.prod(chunks)) * itemsize > target_bytes and max(chunks) > 1:
@@ -495,26 +501,27 @@ def _write_zarr(x: np.ndarray, directory: str, name: str) -> dict[str, Any]:
       "dtype": _zarr_dtype(x.dtype),
       "shape": list(x.shape),
   }
-  store = ts.open({
-      "driver": "zarr",
-      "kvstore": {"driver": "file", "path": os.path.join(directory, name)},
-      "metadata": metadata,
-  }, create=True, open=False).result()
+  store = ts.open(
+      {
+          "driver": "zarr",
+          "kvstore": {"driver": "file", "path": os.path.join(directory, name)},
+          "metadata": metadata,
+      },
+      create=True,
+      open=False,
+  ).result()
   store.write(x).result()
-  return {"driver": "zarr", "kvstore": {"driver": "file", "path": name},
-          "metadata": metadata}
+  return {"driver": "zarr", "kvstore": {"driver": "file", "path": name}, "metadata": metadata}
 
 
-def _encode_tree(tree: Any, prefix: str, directory: str, threshold: int,
-                 names: set[str]) -> Any:
+def _encode_tree(tree: Any, prefix: str, directory: str, threshold: int, names: set[str]) -> Any:
   """Replaces arrays by inline ExtTypes or by specs of freshly written zarrs."""
   if isinstance(tree, Mapping):
     out = {}
     for key, value in tree.items():
       if not isinstance(key, str):
         raise CheckpointError(f"{prefix}: keys must be str, got {key!r}.")
-      out[key] = _encode_tree(value, f"{prefix}.{key}", directory, threshold,
-                              names)
+      out[key] = _encode_tree(value, f"{prefix}.{key}", directory, threshold, names)
     return out
   if tree is None or isinstance(tree, (bool, int, float, str)):
     return tree
@@ -522,8 +529,8 @@ def _encode_tree(tree: Any, prefix: str, directory: str, threshold: int,
     return msgpack.ExtType(_NPSCALAR_EXT, _encode_ndarray(np.asarray(tree)))
   if not isinstance(tree, (np.ndarray, jax.Array)):
     raise CheckpointError(
-        f"{prefix}: cannot save a {type(tree).__name__}; use nested dicts of "
-        "arrays.")
+        f"{prefix}: cannot save a {type(tree).__name__}; use nested dicts of " "arrays."
+    )
   x = partitioning.to_host(tree)
   if x.dtype == object:
     raise CheckpointError(f"{prefix}: object arrays cannot be saved.")
@@ -560,8 +567,7 @@ def _commit(tmp: str, directory: str, overwrite: bool) -> None:
   """Renames the finished tmp dir into place, replacing an old one if asked."""
   if os.path.exists(directory):
     if not overwrite:
-      raise CheckpointError(
-          f"{directory!r} already exists; pass overwrite=True to replace it.")
+      raise CheckpointError(f"{directory!r} already exists; pass overwrite=True to replace it.")
     # Move the old one aside under an ignored `.tmp-` name, never deleting it
     # before the new one is in place.
     old = f"{directory}.tmp-old-{os.path.basename(tmp).rsplit('-', 1)[-1]}"
@@ -577,10 +583,15 @@ def _commit(tmp: str, directory: str, overwrite: bool) -> None:
   _fsync_dir(os.path.dirname(directory))
 
 
-def save_t5x_checkpoint(directory: str | os.PathLike, target: Mapping[str, Any],
-                        *, step: int, state: Mapping[str, Any] | None = None,
-                        inline_threshold_bytes: int = 2**14,
-                        overwrite: bool = False) -> str:
+def save_t5x_checkpoint(
+    directory: str | os.PathLike,
+    target: Mapping[str, Any],
+    *,
+    step: int,
+    state: Mapping[str, Any] | None = None,
+    inline_threshold_bytes: int = 2**14,
+    overwrite: bool = False,
+) -> str:
   """Atomically writes a T5X checkpoint (new layout) to `directory`.
 
   Args:
@@ -604,8 +615,7 @@ def save_t5x_checkpoint(directory: str | os.PathLike, target: Mapping[str, Any],
     raise CheckpointError("save_t5x_checkpoint supports local paths only.")
   directory = os.path.abspath(directory)
   if os.path.exists(directory) and not overwrite:
-    raise CheckpointError(
-        f"{directory!r} already exists; pass overwrite=True to replace it.")
+    raise CheckpointError(f"{directory!r} already exists; pass overwrite=True to replace it.")
   if jax.process_index() != 0:
     # Only take part in the gathers of multi-host arrays; process 0 writes.
     for tree in (target, state or {}):
@@ -615,24 +625,21 @@ def save_t5x_checkpoint(directory: str | os.PathLike, target: Mapping[str, Any],
     return directory
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-",
-                         dir=parent)
+  tmp = tempfile.mkdtemp(prefix=os.path.basename(directory) + ".tmp-", dir=parent)
   try:
     names: set[str] = set()
     encoded = {
         "version": VERSION,
-        "target": _encode_tree(target, "target", tmp, inline_threshold_bytes,
-                               names),
+        "target": _encode_tree(target, "target", tmp, inline_threshold_bytes, names),
         "state": {
-            "step": msgpack.ExtType(
-                _NPSCALAR_EXT, _encode_ndarray(np.asarray(np.int32(step)))),
-            "param_states": _encode_tree(state or {}, "state.param_states",
-                                         tmp, inline_threshold_bytes, names),
+            "step": msgpack.ExtType(_NPSCALAR_EXT, _encode_ndarray(np.asarray(np.int32(step)))),
+            "param_states": _encode_tree(
+                state or {}, "state.param_states", tmp, inline_threshold_bytes, names
+            ),
         },
     }
     # The msgpack file goes last: a dir without it is never a checkpoint.
-    _write_synced(os.path.join(tmp, CHECKPOINT_FILE),
-                  msgpack.packb(encoded, use_bin_type=True))
+    _write_synced(os.path.join(tmp, CHECKPOINT_FILE), msgpack.packb(encoded, use_bin_type=True))
     _fsync_dir(tmp)
     _commit(tmp, directory, overwrite)
   finally:

@@ -5,9 +5,11 @@ The project's `configs/` folder (installed as `prompt_tuning/configs`) is always
 path, so `--gin_file=runs/prompt_finetune.gin` and
 `--gin_file=prompt_tuning/configs/runs/prompt_finetune.gin` both work.
 """
+
 import argparse
 import copy
 import importlib
+
 # gin's package-path reader calls `importlib.util.find_spec` without importing `importlib.util`.
 import importlib.util  # pylint: disable=unused-import
 import logging
@@ -29,21 +31,35 @@ class ConfigError(ValueError):
 
 def parse_args(argv: Sequence[str], description: str) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=description)
-  parser.add_argument("--gin_file", action="append", default=[],
-                      help="Gin file; repeatable, later files override earlier ones.")
-  parser.add_argument("--gin_search_paths", default="",
-                      help="Comma-separated folders where gin files and includes are looked up.")
-  parser.add_argument("--gin_bindings", action="append", default=[],
-                      help="A gin binding; `--gin.NAME=VALUE` is the short form.")
+  parser.add_argument(
+      "--gin_file",
+      action="append",
+      default=[],
+      help="Gin file; repeatable, later files override earlier ones.",
+  )
+  parser.add_argument(
+      "--gin_search_paths",
+      default="",
+      help="Comma-separated folders where gin files and includes are looked up.",
+  )
+  parser.add_argument(
+      "--gin_bindings",
+      action="append",
+      default=[],
+      help="A gin binding; `--gin.NAME=VALUE` is the short form.",
+  )
   parser.add_argument("--tfds_data_dir", default=None, help="TFDS data directory.")
-  parser.add_argument("--coordinator_address", default=None,
-                      help="Multi-host: address of process 0 (host:port) for jax.distributed.")
+  parser.add_argument(
+      "--coordinator_address",
+      default=None,
+      help="Multi-host: address of process 0 (host:port) for jax.distributed.",
+  )
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
   gin_args, rest = [], []
   for arg in argv:  # `--gin.NAME=VALUE` becomes the binding `NAME = VALUE`.
     if arg.startswith("--gin.") and "=" in arg:
-      name, value = arg[len("--gin."):].split("=", 1)
+      name, value = arg[len("--gin.") :].split("=", 1)
       gin_args.append(f"{name} = {value}")
     else:
       rest.append(arg)
@@ -61,8 +77,11 @@ def setup_logging():
 
 
 def search_paths(extra: str = "") -> list[str]:
-  paths = [str(CONFIGS_DIR)] + [p for p in extra.split(",") if p] + [
-      os.getcwd(), str(CONFIGS_DIR.parent.parent)]
+  paths = (
+      [str(CONFIGS_DIR)]
+      + [p for p in extra.split(",") if p]
+      + [os.getcwd(), str(CONFIGS_DIR.parent.parent)]
+  )
   return list(dict.fromkeys(paths))
 
 
@@ -77,12 +96,14 @@ def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
   """
   candidates = [name] + [os.path.join(p, name) for p in paths]
   if name.startswith(_PACKAGE_PREFIX):
-    candidates.append(str(CONFIGS_DIR / name[len(_PACKAGE_PREFIX):]))
+    candidates.append(str(CONFIGS_DIR / name[len(_PACKAGE_PREFIX) :]))
   for c in candidates:
     if os.path.isfile(c):
       return os.path.abspath(c)
-  raise ConfigError(f"Gin file {name!r} not found in {paths}. Available run configs: "
-                    f"{sorted(x.name for x in (CONFIGS_DIR / 'runs').glob('*.gin'))}.")
+  raise ConfigError(
+      f"Gin file {name!r} not found in {paths}. Available run configs: "
+      f"{sorted(x.name for x in (CONFIGS_DIR / 'runs').glob('*.gin'))}."
+  )
 
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_search_paths: str = ""):
@@ -110,17 +131,20 @@ def require_macros(names: Sequence[str], run_file: str) -> None:
   if missing:
     raise ConfigError(
         f"{run_file} needs these macros, which are not set: {missing}. Set each with "
-        f"--gin.NAME=VALUE, e.g. --gin.{missing[0]}=...")
+        f"--gin.NAME=VALUE, e.g. --gin.{missing[0]}=..."
+    )
 
 
 def check_task_feature_lengths(lengths) -> None:
   """Fails before any compute (and before gin builds the trainer) on malformed lengths."""
   from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
+
   try:
     pipeline.check_feature_lengths(lengths)
   except ValueError as e:
-    raise ConfigError(f"{e} Set it with e.g. "
-                      "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\".") from None
+    raise ConfigError(
+        f"{e} Set it with e.g. " "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 8}\"."
+    ) from None
 
 
 def macro(name: str, default=None, evaluate: bool = False):
@@ -184,30 +208,39 @@ def check_macros_are_read() -> None:
         todo.append(name)
   unread = sorted(defined - read)
   if unread:
-    hints = [f"{m} is read by {_MACRO_FILES[m]} (add --gin_file={_MACRO_FILES[m]})"
-             for m in unread if m in _MACRO_FILES]
+    hints = [
+        f"{m} is read by {_MACRO_FILES[m]} (add --gin_file={_MACRO_FILES[m]})"
+        for m in unread
+        if m in _MACRO_FILES
+    ]
     raise ConfigError(
         f"These macros are set but nothing in the configuration reads them, so they would be "
         f"ignored: {unread}. {'; '.join(hints) + '. ' if hints else ''}Remove them, include the "
-        "gin file that uses them, or check their spelling.")
+        "gin file that uses them, or check their spelling."
+    )
 
 
 def init_distributed(args: argparse.Namespace) -> None:
   """Multi-controller SPMD: every host runs the same program (jax.distributed)."""
   if args.coordinator_address:
     import jax  # pylint: disable=g-import-not-at-top
+
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
 
 
-def setup(argv: Sequence[str], description: str,
-          required: Sequence[str] = ()) -> argparse.Namespace:
+def setup(
+    argv: Sequence[str], description: str, required: Sequence[str] = ()
+) -> argparse.Namespace:
   """Parses flags and gin files, then checks the configuration before any compute."""
   args = parse_args(argv, description)
   if not args.gin_file:
-    raise ConfigError(f"Give at least one --gin_file (e.g. runs/prompt_finetune.gin); configs are "
-                      f"in {CONFIGS_DIR}.")
+    raise ConfigError(
+        f"Give at least one --gin_file (e.g. runs/prompt_finetune.gin); configs are "
+        f"in {CONFIGS_DIR}."
+    )
   if args.tfds_data_dir:
     import seqio  # pylint: disable=g-import-not-at-top
+
     seqio.set_tfds_data_dir_override(args.tfds_data_dir)
   parse_gin(args.gin_file, args.gin_bindings, args.gin_search_paths)
   # Name the run config (runs/*.gin) in messages, not the model file that usually comes first.
@@ -221,16 +254,19 @@ def setup(argv: Sequence[str], description: str,
   return args
 
 
-def entry_point(module_name: str, required: Sequence[str] = (), description: str = "",
-                fn_name: str = "run") -> Callable[[Optional[Sequence[str]]], Any]:
+def entry_point(
+    module_name: str, required: Sequence[str] = (), description: str = "", fn_name: str = "run"
+) -> Callable[[Optional[Sequence[str]]], Any]:
   """The `main(argv=None)` of a command: parse the command line, call gin's `module.fn_name`.
 
   The function is looked up in the importable module, where gin registered it (under
   `python -m`, the command's own file runs as `__main__`).
   """
+
   def main(argv: Optional[Sequence[str]] = None):
     setup_logging()
     setup(sys.argv[1:] if argv is None else argv, description, required)
     module = importlib.import_module(module_name)
     return gin.get_configurable(getattr(module, fn_name))()
+
   return main

@@ -21,6 +21,7 @@ batched, its leading dimension being the batch (B before expansion, B * N inside
 out `[b0, b0, .., b1, b1, ..]`); scalar leaves (e.g. a cache index shared by the whole batch) are
 passed through untouched. A non-scalar leaf whose leading dimension is not the batch is an error.
 """
+
 from collections.abc import Callable
 import functools
 from typing import Any
@@ -51,6 +52,7 @@ class DecodingState:
     cur_token: int32 [B], the token at `cur_index` (the previous output; 0 = BOS at position 0).
     cache: the model's cache pytree, following the module's cache rule.
   """
+
   cur_index: jax.Array
   cur_token: jax.Array
   cache: PyTree
@@ -77,13 +79,15 @@ def flat_batch_beam_expand(x: jax.Array, beam_size: int) -> jax.Array:
 def unflatten_beam_dim(x: jax.Array, batch_size: int, beam_size: int) -> jax.Array:
   """[B * beam_size, ...] -> [B, beam_size, ...] (inverse of the flat layout above)."""
   if x.shape[0] != batch_size * beam_size:
-    raise ValueError(f"Leading dim {x.shape[0]} != batch_size * beam_size = "
-                     f"{batch_size} * {beam_size}.")
+    raise ValueError(
+        f"Leading dim {x.shape[0]} != batch_size * beam_size = " f"{batch_size} * {beam_size}."
+    )
   return x.reshape((batch_size, beam_size) + x.shape[1:])
 
 
-def map_batched_leaves(fn: Callable[[jax.Array], jax.Array], cache: PyTree,
-                       batch_size: int) -> PyTree:
+def map_batched_leaves(
+    fn: Callable[[jax.Array], jax.Array], cache: PyTree, batch_size: int
+) -> PyTree:
   """Applies `fn` to every batched cache leaf; scalar leaves pass through (the cache rule)."""
 
   def apply(path, x):
@@ -92,7 +96,8 @@ def map_batched_leaves(fn: Callable[[jax.Array], jax.Array], cache: PyTree,
     if jnp.shape(x)[0] != batch_size:
       raise ValueError(
           f"Cache leaf {jax.tree_util.keystr(path)} has shape {jnp.shape(x)}: non-scalar cache "
-          f"leaves must have the batch ({batch_size}) as leading dimension.")
+          f"leaves must have the batch ({batch_size}) as leading dimension."
+      )
     return fn(x)
 
   return jax.tree_util.tree_map_with_path(apply, cache)
@@ -116,12 +121,15 @@ def _prompt_tokens(inputs_BxL: jax.Array, seq_len: int) -> jax.Array:
   return x_BxT.at[:, 0].set(0)
 
 
-def _call_model(tokens_to_logits: TokensToLogits, state: DecodingState,
-                flat_size: int) -> tuple[jax.Array, PyTree]:
+def _call_model(
+    tokens_to_logits: TokensToLogits, state: DecodingState, flat_size: int
+) -> tuple[jax.Array, PyTree]:
   logits_BxV, new_cache = tokens_to_logits(state)
   if logits_BxV.ndim != 2 or logits_BxV.shape[0] != flat_size:
-    raise ValueError(f"tokens_to_logits must return logits of shape [{flat_size}, vocab], got "
-                     f"{logits_BxV.shape}.")
+    raise ValueError(
+        f"tokens_to_logits must return logits of shape [{flat_size}, vocab], got "
+        f"{logits_BxV.shape}."
+    )
   return logits_BxV.astype(jnp.float32), new_cache
 
 
@@ -140,6 +148,7 @@ def _check_lengths(num_decodes: int, max_decode_len: int) -> None:
 @flax.struct.dataclass
 class BeamState:
   """Beam search loop state. T = max_decode_len + 1 (the BOS slot); cache leaves are [B*N, ...]."""
+
   cur_index: jax.Array  # int32 scalar
   live_logprobs_BxN: jax.Array  # float32, best last
   finished_scores_BxN: jax.Array  # float32, length-normalised, best last
@@ -149,9 +158,15 @@ class BeamState:
   cache: PyTree
 
 
-def _beam_search_final_state(inputs_BxL: jax.Array, cache: PyTree,
-                             tokens_to_logits: TokensToLogits, eos_id: int, num_decodes: int,
-                             alpha: float, max_decode_len: int) -> BeamState:
+def _beam_search_final_state(
+    inputs_BxL: jax.Array,
+    cache: PyTree,
+    tokens_to_logits: TokensToLogits,
+    eos_id: int,
+    num_decodes: int,
+    alpha: float,
+    max_decode_len: int,
+) -> BeamState:
   """Runs the beam search loop and returns its final state (see `beam_search`)."""
   batch_size, beam_size = inputs_BxL.shape[0], num_decodes
   flat_size = batch_size * beam_size
@@ -167,8 +182,10 @@ def _beam_search_final_state(inputs_BxL: jax.Array, cache: PyTree,
       live_seqs_BxNxT=jnp.zeros((batch_size, beam_size, seq_len), jnp.int32),
       finished_seqs_BxNxT=jnp.zeros((batch_size, beam_size, seq_len), jnp.int32),
       finished_flags_BxN=jnp.zeros((batch_size, beam_size), jnp.bool_),
-      cache=map_batched_leaves(functools.partial(flat_batch_beam_expand, beam_size=beam_size),
-                               cache, batch_size))
+      cache=map_batched_leaves(
+          functools.partial(flat_batch_beam_expand, beam_size=beam_size), cache, batch_size
+      ),
+  )
 
   def cond_fn(state: BeamState) -> jax.Array:
     not_at_end = state.cur_index < seq_len - 1
@@ -188,7 +205,8 @@ def _beam_search_final_state(inputs_BxL: jax.Array, cache: PyTree,
     logits_BNxV, new_cache = _call_model(
         tokens_to_logits,
         DecodingState(cur_index=i, cur_token=cur_token_BxN.reshape(flat_size), cache=state.cache),
-        flat_size)
+        flat_size,
+    )
     vocab_size = logits_BNxV.shape[-1]
     log_probs_BxNxV = jax.nn.log_softmax(logits_BNxV).reshape(batch_size, beam_size, vocab_size)
     candidates_BxNxV = log_probs_BxNxV + state.live_logprobs_BxN[:, :, None]
@@ -204,14 +222,19 @@ def _beam_search_final_state(inputs_BxL: jax.Array, cache: PyTree,
     forced_B = lax.dynamic_index_in_dim(prompt_BxT, i + 1, axis=1, keepdims=False)
     in_prompt_Bx1 = (forced_B != 0)[:, None]
     forced_logprobs_Bx2N = jnp.concatenate(
-        [jnp.zeros((batch_size, 1), jnp.float32),
-         jnp.full((batch_size, 2 * beam_size - 1), NEG_INF, jnp.float32)], axis=1)
+        [
+            jnp.zeros((batch_size, 1), jnp.float32),
+            jnp.full((batch_size, 2 * beam_size - 1), NEG_INF, jnp.float32),
+        ],
+        axis=1,
+    )
     topk_logprobs_Bx2N = jnp.where(in_prompt_Bx1, forced_logprobs_Bx2N, topk_logprobs_Bx2N)
     topk_ids_Bx2N = jnp.where(in_prompt_Bx1, forced_B[:, None], topk_ids_Bx2N)
 
     topk_seqs_Bx2NxT = _gather_beams(state.live_seqs_BxNxT, topk_parent_Bx2N)
-    topk_seqs_Bx2NxT = lax.dynamic_update_slice(topk_seqs_Bx2NxT, topk_ids_Bx2N[:, :, None],
-                                                (0, 0, i + 1))
+    topk_seqs_Bx2NxT = lax.dynamic_update_slice(
+        topk_seqs_Bx2NxT, topk_ids_Bx2N[:, :, None], (0, 0, i + 1)
+    )
     newly_finished_Bx2N = topk_ids_Bx2N == eos_id
 
     # Alive set: the best N candidates that did not just end (EOS ones pushed down by NEG_INF).
@@ -222,13 +245,15 @@ def _beam_search_final_state(inputs_BxL: jax.Array, cache: PyTree,
     # Each new beam continues the cache of the beam it extends.
     parent_BxN = _gather_beams(topk_parent_Bx2N, alive_idx_BxN)
     flat_parent_BN = (jnp.arange(batch_size)[:, None] * beam_size + parent_BxN).reshape(flat_size)
-    new_cache = map_batched_leaves(lambda x: jnp.take(x, flat_parent_BN, axis=0), new_cache,
-                                   flat_size)
+    new_cache = map_batched_leaves(
+        lambda x: jnp.take(x, flat_parent_BN, axis=0), new_cache, flat_size
+    )
 
     # Finished set: the best N of the old finished and the candidates that just ended, scored
     # with the length penalty at length i + 1 (generated tokens, EOS included).
-    new_scores_Bx2N = (topk_logprobs_Bx2N / brevity_penalty(alpha, i + 1)
-                       + (~newly_finished_Bx2N) * NEG_INF)
+    new_scores_Bx2N = (
+        topk_logprobs_Bx2N / brevity_penalty(alpha, i + 1) + (~newly_finished_Bx2N) * NEG_INF
+    )
     all_seqs_Bx3NxT = jnp.concatenate([state.finished_seqs_BxNxT, topk_seqs_Bx2NxT], axis=1)
     all_scores_Bx3N = jnp.concatenate([state.finished_scores_BxN, new_scores_Bx2N], axis=1)
     all_flags_Bx3N = jnp.concatenate([state.finished_flags_BxN, newly_finished_Bx2N], axis=1)
@@ -241,15 +266,22 @@ def _beam_search_final_state(inputs_BxL: jax.Array, cache: PyTree,
         live_seqs_BxNxT=live_seqs_BxNxT,
         finished_seqs_BxNxT=_gather_beams(all_seqs_Bx3NxT, finished_idx_BxN),
         finished_flags_BxN=_gather_beams(all_flags_Bx3N, finished_idx_BxN),
-        cache=new_cache)
+        cache=new_cache,
+    )
 
   return lax.while_loop(cond_fn, body_fn, init_state)
 
 
-def beam_search(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: TokensToLogits,
-                eos_id: int, num_decodes: int = 4, alpha: float = 0.6,
-                max_decode_len: int | None = None,
-                decode_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def beam_search(
+    inputs_BxL: jax.Array,
+    cache: PyTree,
+    tokens_to_logits: TokensToLogits,
+    eos_id: int,
+    num_decodes: int = 4,
+    alpha: float = 0.6,
+    max_decode_len: int | None = None,
+    decode_rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Beam search with GNMT length normalisation, T5X semantics.
 
   Args:
@@ -271,13 +303,16 @@ def beam_search(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: TokensTo
   if max_decode_len is None:
     max_decode_len = inputs_BxL.shape[1]
   _check_lengths(num_decodes, max_decode_len)
-  state = _beam_search_final_state(inputs_BxL, cache, tokens_to_logits, eos_id, num_decodes,
-                                   alpha, max_decode_len)
+  state = _beam_search_final_state(
+      inputs_BxL, cache, tokens_to_logits, eos_id, num_decodes, alpha, max_decode_len
+  )
   any_finished_B = jnp.any(state.finished_flags_BxN, axis=1)
-  seqs_BxNxT = jnp.where(any_finished_B[:, None, None], state.finished_seqs_BxNxT,
-                         state.live_seqs_BxNxT)
-  scores_BxN = jnp.where(any_finished_B[:, None], state.finished_scores_BxN,
-                         state.live_logprobs_BxN)
+  seqs_BxNxT = jnp.where(
+      any_finished_B[:, None, None], state.finished_seqs_BxNxT, state.live_seqs_BxNxT
+  )
+  scores_BxN = jnp.where(
+      any_finished_B[:, None], state.finished_scores_BxN, state.live_logprobs_BxN
+  )
   return seqs_BxNxT[:, :, 1:], scores_BxN
 
 
@@ -289,6 +324,7 @@ def beam_search(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: TokensTo
 @flax.struct.dataclass
 class SamplingState:
   """Sampling loop state; B is the flat batch (batch * num_decodes), T = max_decode_len + 1."""
+
   cur_index: jax.Array  # int32 scalar
   sequences_BxT: jax.Array  # int32: BOS slot, then decoded (or still-to-force prompt) tokens
   cache: PyTree
@@ -312,17 +348,26 @@ def _topp_mask(logits_BxV: jax.Array, topp: float) -> jax.Array:
   cum_probs_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, axis=-1), axis=-1)
   # Index of the token at which the cumulative probability first reaches topp; rounding can
   # leave the total just below 1, hence the clip.
-  cutoff_Bx1 = jnp.minimum(jnp.sum(cum_probs_BxV < topp, axis=-1, keepdims=True),
-                           logits_BxV.shape[-1] - 1)
+  cutoff_Bx1 = jnp.minimum(
+      jnp.sum(cum_probs_BxV < topp, axis=-1, keepdims=True), logits_BxV.shape[-1] - 1
+  )
   cutoff_logit_Bx1 = jnp.take_along_axis(sorted_BxV, cutoff_Bx1, axis=-1)
   return jnp.where(logits_BxV < cutoff_logit_Bx1, SAMPLING_NEG_INF, logits_BxV)
 
 
-def temperature_sample(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: TokensToLogits,
-                       eos_id: int, decode_rng: jax.Array | None = None, num_decodes: int = 1,
-                       temperature: float | jax.Array = 1.0, topk: int = 0, topp: float = 0.0,
-                       max_decode_len: int | None = None,
-                       rescale_log_probs: bool = True) -> tuple[jax.Array, jax.Array]:
+def temperature_sample(
+    inputs_BxL: jax.Array,
+    cache: PyTree,
+    tokens_to_logits: TokensToLogits,
+    eos_id: int,
+    decode_rng: jax.Array | None = None,
+    num_decodes: int = 1,
+    temperature: float | jax.Array = 1.0,
+    topk: int = 0,
+    topp: float = 0.0,
+    max_decode_len: int | None = None,
+    rescale_log_probs: bool = True,
+) -> tuple[jax.Array, jax.Array]:
   """Ancestral sampling with temperature and optional top-k or top-p, T5X semantics.
 
   Each step samples from softmax(logits / temperature) restricted by top-k (the k largest
@@ -359,14 +404,17 @@ def temperature_sample(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: T
 
   init_state = SamplingState(
       cur_index=jnp.array(0, jnp.int32),
-      sequences_BxT=_prompt_tokens(flat_batch_beam_expand(inputs_BxL, num_decodes),
-                                   max_decode_len + 1),
-      cache=map_batched_leaves(functools.partial(flat_batch_beam_expand, beam_size=num_decodes),
-                               cache, batch_size),
+      sequences_BxT=_prompt_tokens(
+          flat_batch_beam_expand(inputs_BxL, num_decodes), max_decode_len + 1
+      ),
+      cache=map_batched_leaves(
+          functools.partial(flat_batch_beam_expand, beam_size=num_decodes), cache, batch_size
+      ),
       cur_token_B=jnp.zeros((flat_size,), jnp.int32),
       ended_B=jnp.zeros((flat_size,), jnp.bool_),
       rng=decode_rng,
-      log_prob_B=jnp.zeros((flat_size,), jnp.float32))
+      log_prob_B=jnp.zeros((flat_size,), jnp.float32),
+  )
 
   def token_log_prob(log_probs_BxV: jax.Array, token_B: jax.Array) -> jax.Array:
     return jnp.take_along_axis(log_probs_BxV, token_B[:, None], axis=-1)[:, 0]
@@ -375,8 +423,10 @@ def temperature_sample(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: T
     i = state.cur_index
     sample_rng, next_rng = jax.random.split(state.rng)
     logits_BxV, new_cache = _call_model(
-        tokens_to_logits, DecodingState(cur_index=i, cur_token=state.cur_token_B,
-                                        cache=state.cache), flat_size)
+        tokens_to_logits,
+        DecodingState(cur_index=i, cur_token=state.cur_token_B, cache=state.cache),
+        flat_size,
+    )
 
     def sample(logits_BxV):
       scaled_BxV = logits_BxV / jnp.maximum(temperature, MIN_TEMPERATURE)
@@ -394,40 +444,60 @@ def temperature_sample(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: T
         return token_B, jnp.zeros((flat_size,), jnp.float32)
       return token_B, token_log_prob(jax.nn.log_softmax(logits_BxV), token_B)
 
-    token_B, token_log_prob_B = lax.cond(temperature > MIN_TEMPERATURE, sample, argmax,
-                                         logits_BxV)
+    token_B, token_log_prob_B = lax.cond(temperature > MIN_TEMPERATURE, sample, argmax, logits_BxV)
     forced_B = lax.dynamic_index_in_dim(state.sequences_BxT, i + 1, axis=1, keepdims=False)
     out_of_prompt_B = forced_B == 0
     token_B = jnp.where(out_of_prompt_B, token_B, forced_B)
-    log_prob_B = state.log_prob_B + jnp.where(out_of_prompt_B & ~state.ended_B,
-                                              token_log_prob_B, 0.0)
+    log_prob_B = state.log_prob_B + jnp.where(
+        out_of_prompt_B & ~state.ended_B, token_log_prob_B, 0.0
+    )
     token_B = jnp.where(state.ended_B, 0, token_B)
     sequences_BxT = lax.dynamic_update_slice(state.sequences_BxT, token_B[:, None], (0, i + 1))
     # Only a generated EOS ends a sample; one inside a forced prompt does not.
-    ended_B = (state.ended_B | (out_of_prompt_B & (token_B == eos_id))
-               | (i >= max_decode_len - 1))
-    return SamplingState(cur_index=i + 1, sequences_BxT=sequences_BxT, cache=new_cache,
-                         cur_token_B=token_B, ended_B=ended_B, rng=next_rng,
-                         log_prob_B=log_prob_B)
+    ended_B = state.ended_B | (out_of_prompt_B & (token_B == eos_id)) | (i >= max_decode_len - 1)
+    return SamplingState(
+        cur_index=i + 1,
+        sequences_BxT=sequences_BxT,
+        cache=new_cache,
+        cur_token_B=token_B,
+        ended_B=ended_B,
+        rng=next_rng,
+        log_prob_B=log_prob_B,
+    )
 
   state = lax.while_loop(lambda s: ~jnp.all(s.ended_B), body_fn, init_state)
   decodes_BxNxL = unflatten_beam_dim(state.sequences_BxT[:, 1:], batch_size, num_decodes)
   scores_BxN = unflatten_beam_dim(state.log_prob_B, batch_size, num_decodes)
   order_BxN = jnp.argsort(scores_BxN, axis=-1)
-  return (jnp.take_along_axis(decodes_BxNxL, order_BxN[:, :, None], axis=1),
-          jnp.take_along_axis(scores_BxN, order_BxN, axis=-1))
+  return (
+      jnp.take_along_axis(decodes_BxNxL, order_BxN[:, :, None], axis=1),
+      jnp.take_along_axis(scores_BxN, order_BxN, axis=-1),
+  )
 
 
-def greedy(inputs_BxL: jax.Array, cache: PyTree, tokens_to_logits: TokensToLogits, eos_id: int,
-           num_decodes: int = 1, max_decode_len: int | None = None,
-           decode_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def greedy(
+    inputs_BxL: jax.Array,
+    cache: PyTree,
+    tokens_to_logits: TokensToLogits,
+    eos_id: int,
+    num_decodes: int = 1,
+    max_decode_len: int | None = None,
+    decode_rng: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Argmax decoding: `temperature_sample` at temperature 0.
 
   Unlike T5X's temperature-0 sampling (which scores 0), scores are the model's log-probs of the
   decoded tokens. `num_decodes` identical copies are returned, so this is a drop-in `decode_fn`.
   """
   del decode_rng
-  return temperature_sample(inputs_BxL, cache, tokens_to_logits, eos_id,
-                            decode_rng=jax.random.PRNGKey(0), num_decodes=num_decodes,
-                            temperature=0.0, max_decode_len=max_decode_len,
-                            rescale_log_probs=False)
+  return temperature_sample(
+      inputs_BxL,
+      cache,
+      tokens_to_logits,
+      eos_id,
+      decode_rng=jax.random.PRNGKey(0),
+      num_decodes=num_decodes,
+      temperature=0.0,
+      max_decode_len=max_decode_len,
+      rescale_log_probs=False,
+  )

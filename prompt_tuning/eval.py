@@ -5,6 +5,7 @@
 
 The work is `prompt_tuning.evaluation.run`.
 """
+
 from prompt_tuning import config
 
 REQUIRED = ("MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH")

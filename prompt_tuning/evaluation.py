@@ -3,6 +3,7 @@
 Used during training (every `EVAL_PERIOD` steps, see `training.py`) and by the eval command
 (`python -m prompt_tuning.eval`, which calls `run`).
 """
+
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -16,16 +17,27 @@ from prompt_tuning import restore
 from prompt_tuning.data import pipeline
 
 
-def make_evaluator(task_name: str, feature_lengths: Mapping[str, int], split: str = "validation",
-                   module=None, log_dir: Optional[str] = None) -> seqio.Evaluator:
+def make_evaluator(
+    task_name: str,
+    feature_lengths: Mapping[str, int],
+    split: str = "validation",
+    module=None,
+    log_dir: Optional[str] = None,
+) -> seqio.Evaluator:
   """A SeqIO evaluator; with `log_dir`, it also writes `<task>-metrics.jsonl` there."""
   pipeline.get_task(task_name, module)
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)  # seqio's JSONLogger does not create it.
   loggers = (seqio.JSONLogger,) if log_dir else ()
-  return seqio.Evaluator(task_name, feature_converter=pipeline.feature_converter(),
-                         eval_split=split, sequence_length=dict(feature_lengths),
-                         logger_cls=loggers, log_dir=log_dir, async_compute_metrics=False)
+  return seqio.Evaluator(
+      task_name,
+      feature_converter=pipeline.feature_converter(),
+      eval_split=split,
+      sequence_length=dict(feature_lengths),
+      logger_cls=loggers,
+      log_dir=log_dir,
+      async_compute_metrics=False,
+  )
 
 
 class ModelFns:
@@ -37,8 +49,9 @@ class ModelFns:
 
   def __init__(self, model, batch_size: int, partitioner: partitioning.Partitioner):
     # Replicated outputs: every process can read them (multi-host).
-    self.predict = partitioner.jit(model.predict_batch_with_aux,
-                                   out_shardings=partitioner.replicated())
+    self.predict = partitioner.jit(
+        model.predict_batch_with_aux, out_shardings=partitioner.replicated()
+    )
     self.score = partitioner.jit(model.score_batch, out_shardings=partitioner.replicated())
     self.batch_size = batch_size
 
@@ -57,25 +70,37 @@ class ModelFns:
 
     def score_fn(ds):
       return [(i, float(s)) for i, s in self._run(self.score, params, ds)]
+
     return predict_fn, score_fn
 
 
-def evaluate(evaluator: seqio.Evaluator, fns: ModelFns, params,
-             step: Optional[int] = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    evaluator: seqio.Evaluator, fns: ModelFns, params, step: Optional[int] = None
+) -> dict[str, dict[str, float]]:
   """{task: {metric: value}} for every task of the evaluator (empty on processes other than 0,
   where SeqIO computes no metrics)."""
   predict_fn, score_fn = fns.for_params(params)
-  metrics, _ = evaluator.evaluate(compute_metrics=jax.process_index() == 0, step=step,
-                                  predict_fn=predict_fn, score_fn=score_fn)
+  metrics, _ = evaluator.evaluate(
+      compute_metrics=jax.process_index() == 0, step=step, predict_fn=predict_fn, score_fn=score_fn
+  )
   metrics = metrics.result() if hasattr(metrics, "result") else metrics
-  return {task: {k: float(np.asarray(v)) if np.ndim(v) == 0 else v for k, v in m.items()}
-          for task, m in (metrics or {}).items()}
+  return {
+      task: {k: float(np.asarray(v)) if np.ndim(v) == 0 else v for k, v in m.items()}
+      for task, m in (metrics or {}).items()
+  }
 
 
-def run(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], model,
-        partitioner: partitioning.Partitioner, restore_cfg: restore.RestoreConfig,
-        split: str = "validation", batch_size: int = 32, output_dir: Optional[str] = None,
-        mixture_or_task_module=None) -> dict[str, Any]:
+def run(
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    model,
+    partitioner: partitioning.Partitioner,
+    restore_cfg: restore.RestoreConfig,
+    split: str = "validation",
+    batch_size: int = 32,
+    output_dir: Optional[str] = None,
+    mixture_or_task_module=None,
+) -> dict[str, Any]:
   """Evaluates the parameters `restore_cfg` names (see `restore.py`) and prints the metrics.
 
   `output_dir` (default `MODEL_DIR/eval`) receives SeqIO's `<task>-metrics.jsonl`.
@@ -84,8 +109,9 @@ def run(mixture_or_task_name: str, task_feature_lengths: Mapping[str, int], mode
   params, step = restore.load_params(restore_cfg, model, spec, jax.random.PRNGKey(0))
   if output_dir is None and restore_cfg.model_dir:
     output_dir = os.path.join(restore_cfg.model_dir, "eval")
-  evaluator = make_evaluator(mixture_or_task_name, task_feature_lengths, split,
-                             mixture_or_task_module, output_dir)
+  evaluator = make_evaluator(
+      mixture_or_task_name, task_feature_lengths, split, mixture_or_task_module, output_dir
+  )
   metrics = evaluate(evaluator, ModelFns(model, batch_size, partitioner), params, step)
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=2, default=str))

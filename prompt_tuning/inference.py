@@ -4,6 +4,7 @@ Each output line holds `inputs` (text), `prediction` (decoded text) and `score` 
 log-likelihood score), plus `targets` when the task has them. The infer command
 (`python -m prompt_tuning.infer`, see `infer.py`) calls `run`.
 """
+
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from prompt_tuning import partitioning
 from prompt_tuning import restore
 from prompt_tuning.data import pipeline
 from prompt_tuning.data import vocab as vocab_lib
+
 
 def _read_inputs(path: str) -> list[str]:
   """Plain text (one input a line) or JSONL with an `inputs` field."""
@@ -44,22 +46,41 @@ def _read_inputs(path: str) -> list[str]:
 def _text_dataset(texts, vocab, length: int, target_length: int) -> tf.data.Dataset:
   def gen():
     for i, text in enumerate(texts):
-      ids = list(vocab.encode(text))[:length - 1] + [vocab.eos_id]
+      ids = list(vocab.encode(text))[: length - 1] + [vocab.eos_id]
       tokens = np.zeros((length,), np.int32)
-      tokens[:len(ids)] = ids
+      tokens[: len(ids)] = ids
       zeros = np.zeros((target_length,), np.int32)
-      yield i, {"encoder_input_tokens": tokens, "decoder_input_tokens": zeros,
-                "decoder_target_tokens": zeros, "decoder_loss_weights": zeros}
-  spec = {k: tf.TensorSpec((n,), tf.int32) for k, n in [
-      ("encoder_input_tokens", length), ("decoder_input_tokens", target_length),
-      ("decoder_target_tokens", target_length), ("decoder_loss_weights", target_length)]}
+      yield i, {
+          "encoder_input_tokens": tokens,
+          "decoder_input_tokens": zeros,
+          "decoder_target_tokens": zeros,
+          "decoder_loss_weights": zeros,
+      }
+
+  spec = {
+      k: tf.TensorSpec((n,), tf.int32)
+      for k, n in [
+          ("encoder_input_tokens", length),
+          ("decoder_input_tokens", target_length),
+          ("decoder_target_tokens", target_length),
+          ("decoder_loss_weights", target_length),
+      ]
+  }
   return tf.data.Dataset.from_generator(gen, output_signature=(tf.TensorSpec((), tf.int64), spec))
 
 
-def run(model, partitioner: partitioning.Partitioner, restore_cfg: restore.RestoreConfig,
-        task_feature_lengths: Mapping[str, int], output_file: str,
-        input_file: Optional[str] = None, mixture_or_task_name: Optional[str] = None,
-        split: str = "validation", mixture_or_task_module=None, batch_size: int = 32) -> int:
+def run(
+    model,
+    partitioner: partitioning.Partitioner,
+    restore_cfg: restore.RestoreConfig,
+    task_feature_lengths: Mapping[str, int],
+    output_file: str,
+    input_file: Optional[str] = None,
+    mixture_or_task_name: Optional[str] = None,
+    split: str = "validation",
+    mixture_or_task_module=None,
+    batch_size: int = 32,
+) -> int:
   """Writes one JSON line per example to `output_file`; returns the number written.
 
   The parameters are those `restore_cfg` names (see `restore.py`).
@@ -71,14 +92,14 @@ def run(model, partitioner: partitioning.Partitioner, restore_cfg: restore.Resto
   if input_file:
     vocab = vocab_lib.get_vocabulary()
     texts = _read_inputs(input_file)
-    ds = _text_dataset(texts, vocab, task_feature_lengths["inputs"],
-                       task_feature_lengths["targets"])
+    ds = _text_dataset(
+        texts, vocab, task_feature_lengths["inputs"], task_feature_lengths["targets"]
+    )
     targets = [None] * len(texts)
   else:
     task = pipeline.get_task(mixture_or_task_name, mixture_or_task_module)
     vocab = task.output_features["targets"].vocabulary
-    raw = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False,
-                           num_epochs=1)
+    raw = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1)
     examples = list(raw.as_numpy_iterator())
     texts = [vocab.decode(list(e["inputs"])) for e in examples]
     targets = [vocab.decode(list(e["targets"])) for e in examples]
@@ -92,8 +113,11 @@ def run(model, partitioner: partitioning.Partitioner, restore_cfg: restore.Resto
       for row, index in enumerate(indices):
         if index < 0:
           continue
-        record = {"inputs": texts[index], "prediction": vocab.decode(decodes[row].tolist()),
-                  "score": float(aux["scores"][row])}
+        record = {
+            "inputs": texts[index],
+            "prediction": vocab.decode(decodes[row].tolist()),
+            "score": float(aux["scores"][row]),
+        }
         if targets[index] is not None:
           record["targets"] = targets[index]
         f.write(json.dumps(record) + "\n")

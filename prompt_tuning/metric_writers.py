@@ -1,4 +1,5 @@
 """Training and evaluation metrics: TensorBoard event files and a JSON-lines copy."""
+
 import json
 import os
 from typing import Any, Optional
@@ -18,6 +19,7 @@ class MetricWriter:
       os.makedirs(log_dir, exist_ok=True)
       if tensorboard:
         import tensorboardX  # pylint: disable=g-import-not-at-top
+
         self.tb = tensorboardX.SummaryWriter(log_dir)
 
   def write(self, step: int, metrics: dict[str, Any]):
@@ -30,8 +32,11 @@ class MetricWriter:
         flat.update({f"{k}/{kk}": vv for kk, vv in v.items()})
       else:
         flat[k] = v
-    scalars = {k: float(v) for k, v in flat.items() if np.ndim(v) == 0 and
-               isinstance(v, (int, float, np.number, np.ndarray))}
+    scalars = {
+        k: float(v)
+        for k, v in flat.items()
+        if np.ndim(v) == 0 and isinstance(v, (int, float, np.number, np.ndarray))
+    }
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, **scalars}) + "\n")
     if self.tb:
@@ -40,8 +45,9 @@ class MetricWriter:
       self.tb.flush()
 
 
-def summarize(step_metrics: list, seconds: float, examples: int, tokens: int,
-              learning_rate: Optional[float]) -> dict[str, float]:
+def summarize(
+    step_metrics: list, seconds: float, examples: int, tokens: int, learning_rate: Optional[float]
+) -> dict[str, float]:
   """Averages the per-step sums of a logging period (one device-to-host transfer)."""
   m = jax.device_get(step_metrics)
   total = {k: float(sum(x[k] for x in m)) for k in m[0]}

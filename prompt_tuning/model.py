@@ -4,6 +4,7 @@ Like T5X's `EncoderDecoderModel`, this is plain Python holding the module; the t
 `loss_fn`, `score_batch` and `predict_batch`. Batches are the seqio `EncDecFeatureConverter`'s:
 `encoder_input_tokens`, `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`.
 """
+
 import dataclasses
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -18,8 +19,9 @@ Batch = Mapping[str, Array]
 Params = Mapping[str, Any]
 
 
-def cross_entropy_with_z_loss(logits_BxTxV: Array, targets_BxT: Array,
-                              z_loss: float) -> tuple[Array, Array]:
+def cross_entropy_with_z_loss(
+    logits_BxTxV: Array, targets_BxT: Array, z_loss: float
+) -> tuple[Array, Array]:
   """Per-token (cross entropy + z_loss * log(Z)^2, z-loss part), T5X's objective, in float32."""
   logits = logits_BxTxV.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
@@ -49,6 +51,7 @@ class EncoderDecoderModel:
       as T5X's default).
     eos_id: end-of-sequence id of the output vocabulary.
   """
+
   module: nn.Module
   z_loss: float = 1e-4
   loss_normalizing_factor: Union[None, float, str] = None
@@ -56,22 +59,36 @@ class EncoderDecoderModel:
   decode_kwargs: Optional[Mapping[str, Any]] = None
   eos_id: int = 1
 
-  def get_initial_variables(self, rng: Array, batch_size: int = 1, encoder_length: int = 8,
-                            decoder_length: int = 4) -> Mapping[str, Any]:
+  def get_initial_variables(
+      self, rng: Array, batch_size: int = 1, encoder_length: int = 8, decoder_length: int = 4
+  ) -> Mapping[str, Any]:
     """Variables with logical-axis boxes (see `nn.get_partition_spec`); unbox for numerics."""
     enc = jnp.ones((batch_size, encoder_length), jnp.int32)
     dec = jnp.ones((batch_size, decoder_length), jnp.int32)
     return self.module.init(rng, enc, dec, dec, enable_dropout=False)
 
-  def compute_logits(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None,
-                     ) -> Array:
+  def compute_logits(
+      self,
+      params: Params,
+      batch: Batch,
+      dropout_rng: Optional[Array] = None,
+  ) -> Array:
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
     return self.module.apply(
-        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-        batch["decoder_target_tokens"], enable_dropout=dropout_rng is not None, rngs=rngs)
+        {"params": params},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"],
+        enable_dropout=dropout_rng is not None,
+        rngs=rngs,
+    )
 
-  def loss_fn(self, params: Params, batch: Batch, dropout_rng: Optional[Array] = None,
-              ) -> tuple[Array, dict[str, Array]]:
+  def loss_fn(
+      self,
+      params: Params,
+      batch: Batch,
+      dropout_rng: Optional[Array] = None,
+  ) -> tuple[Array, dict[str, Array]]:
     """Returns (loss, metrics). Metrics are sums/counts so they can be averaged across steps."""
     if "encoder_segment_ids" in batch:
       raise ValueError("Prompt tuning does not support packed examples (encoder_segment_ids).")
@@ -102,13 +119,20 @@ class EncoderDecoderModel:
     """Log-likelihood of each example's target sequence [B] (for rank classification)."""
     logits = self.compute_logits(params, batch)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token_ll = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None],
-                                   axis=-1)[..., 0]
+    token_ll = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], axis=-1)[
+        ..., 0
+    ]
     return jnp.sum(token_ll * _loss_weights(batch), axis=-1)
 
-  def predict_batch_with_aux(self, params: Params, batch: Batch, rng: Optional[Array] = None,
-                             num_decodes: Optional[int] = None, return_all_decodes: bool = False,
-                             **decode_overrides) -> tuple[Array, dict[str, Array]]:
+  def predict_batch_with_aux(
+      self,
+      params: Params,
+      batch: Batch,
+      rng: Optional[Array] = None,
+      num_decodes: Optional[int] = None,
+      return_all_decodes: bool = False,
+      **decode_overrides
+  ) -> tuple[Array, dict[str, Array]]:
     """Decodes with the key/value cache. Returns (decodes [B, T] or [B, N, T], {'scores': ...})."""
     enc_tokens = batch["encoder_input_tokens"]
     dec_inputs = jnp.zeros_like(batch["decoder_input_tokens"])
@@ -120,26 +144,46 @@ class EncoderDecoderModel:
 
     encoded = self.module.apply({"params": params}, enc_tokens, method=self.module.encode)
     _, init_vars = self.module.apply(
-        {"params": params}, encoded, enc_tokens, dec_inputs, decode=True, mutable=["cache"],
-        method=self.module.decode)
+        {"params": params},
+        encoded,
+        enc_tokens,
+        dec_inputs,
+        decode=True,
+        mutable=["cache"],
+        method=self.module.decode,
+    )
     encoded_n = decoding.flat_batch_beam_expand(encoded, n)
     enc_tokens_n = decoding.flat_batch_beam_expand(enc_tokens, n)
 
     def tokens_to_logits(state):
       logits, new_vars = self.module.apply(
-          {"params": params, "cache": state.cache}, encoded_n, enc_tokens_n,
-          state.cur_token[:, None], decode=True, decode_position=state.cur_index,
-          max_decode_length=max_len, mutable=["cache"], method=self.module.decode)
+          {"params": params, "cache": state.cache},
+          encoded_n,
+          enc_tokens_n,
+          state.cur_token[:, None],
+          decode=True,
+          decode_position=state.cur_index,
+          max_decode_length=max_len,
+          mutable=["cache"],
+          method=self.module.decode,
+      )
       return logits[:, 0], new_vars["cache"]
 
     if rng is not None:
       kwargs["decode_rng"] = rng
-    decodes, scores = self.decode_fn(dec_inputs, init_vars["cache"], tokens_to_logits,
-                                     eos_id=self.eos_id, max_decode_len=max_len, **kwargs)
+    decodes, scores = self.decode_fn(
+        dec_inputs,
+        init_vars["cache"],
+        tokens_to_logits,
+        eos_id=self.eos_id,
+        max_decode_len=max_len,
+        **kwargs
+    )
     if return_all_decodes:
       return decodes, {"scores": scores}
     return decodes[:, -1], {"scores": scores[:, -1]}  # Best is last, as in T5X.
 
-  def predict_batch(self, params: Params, batch: Batch, rng: Optional[Array] = None,
-                    **kwargs) -> Array:
+  def predict_batch(
+      self, params: Params, batch: Batch, rng: Optional[Array] = None, **kwargs
+  ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]

@@ -18,6 +18,7 @@ for it; frozen parameters never get a gradient or a slot. Model tuning is the sa
 Any other optax optimizer is available by name (`create_optimizer`); its learning-rate schedule,
 like Adafactor's, is a function of the global step.
 """
+
 import inspect
 import re
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence, Union
@@ -34,8 +35,15 @@ PROMPT_PATTERNS = (".*prompt.*",)
 ROW, COLUMN, NONE = "row", "column", "none"
 # T5X's standard logical factor rules plus prompt tuning's: prompt axes are never factored.
 FACTOR_RULES = {
-    "embed": ROW, "vocab": COLUMN, "mlp": COLUMN, "joined_kv": COLUMN, "heads": COLUMN,
-    "kv": COLUMN, "relpos_buckets": NONE, "prompt": NONE, "prompt_embed": NONE,
+    "embed": ROW,
+    "vocab": COLUMN,
+    "mlp": COLUMN,
+    "joined_kv": COLUMN,
+    "heads": COLUMN,
+    "kv": COLUMN,
+    "relpos_buckets": NONE,
+    "prompt": NONE,
+    "prompt_embed": NONE,
 }
 
 
@@ -44,8 +52,9 @@ FACTOR_RULES = {
 
 
 def flatten(params: Params, is_leaf=None) -> dict[str, Any]:
-  return flax.traverse_util.flatten_dict(params, sep="/", is_leaf=(
-      (lambda _, x: is_leaf(x)) if is_leaf else None))
+  return flax.traverse_util.flatten_dict(
+      params, sep="/", is_leaf=((lambda _, x: is_leaf(x)) if is_leaf else None)
+  )
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,15 +65,18 @@ def is_trainable(path: str, patterns: Sequence[str]) -> bool:
   return any(re.fullmatch(p, path) for p in patterns)
 
 
-def split_params(params: Params, patterns: Sequence[str] = PROMPT_PATTERNS,
-                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+def split_params(
+    params: Params,
+    patterns: Sequence[str] = PROMPT_PATTERNS,
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """(trainable, frozen) nested dicts, each holding only its own leaves."""
   flat = flatten(params)
   trainable = {k: v for k, v in flat.items() if is_trainable(k, patterns)}
   if not trainable:
     raise ValueError(
         f"No parameter matches the trainable patterns {list(patterns)}; parameter names look "
-        f"like {sorted(flat)[:4]}.")
+        f"like {sorted(flat)[:4]}."
+    )
   frozen = {k: v for k, v in flat.items() if k not in trainable}
   return unflatten(trainable), unflatten(frozen)
 
@@ -104,13 +116,22 @@ def _factored_dims(shape, axes, min_dim_size: int, rules) -> Optional[tuple[int,
   return dims
 
 
-def adafactor(learning_rate: Schedule = 0.3, *, decay_rate: float = 0.8, step_offset: int = 0,
-              multiply_by_parameter_scale: bool = False, clipping_threshold: Optional[float] = 1.0,
-              weight_decay_rate: Optional[float] = 1e-5, epsilon1: float = 1e-30,
-              epsilon2: float = 1e-3, factored: bool = True, min_dim_size_to_factor: int = 128,
-              beta1: Optional[float] = None, param_axes: Optional[Params] = None,
-              factor_rules: Mapping[str, str] = FACTOR_RULES,
-              ) -> optax.GradientTransformationExtraArgs:
+def adafactor(
+    learning_rate: Schedule = 0.3,
+    *,
+    decay_rate: float = 0.8,
+    step_offset: int = 0,
+    multiply_by_parameter_scale: bool = False,
+    clipping_threshold: Optional[float] = 1.0,
+    weight_decay_rate: Optional[float] = 1e-5,
+    epsilon1: float = 1e-30,
+    epsilon2: float = 1e-3,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    beta1: Optional[float] = None,
+    param_axes: Optional[Params] = None,
+    factor_rules: Mapping[str, str] = FACTOR_RULES,
+) -> optax.GradientTransformationExtraArgs:
   """T5X-style Adafactor. `update(grads, state, params, step=global_step)` returns deltas.
 
   `param_axes`: optional pytree (same structure as the params it will see) of logical axis-name
@@ -122,7 +143,12 @@ def adafactor(learning_rate: Schedule = 0.3, *, decay_rate: float = 0.8, step_of
     is_axes = lambda x: x is None or isinstance(x, tuple)
     return jax.tree.map(
         lambda p, a: _factored_dims(p.shape, a, min_dim_size_to_factor, factor_rules)
-        if factored else None, params, axes, is_leaf=is_axes)
+        if factored
+        else None,
+        params,
+        axes,
+        is_leaf=is_axes,
+    )
 
   def init(params):
     dims = leaf_dims(params)
@@ -131,8 +157,11 @@ def adafactor(learning_rate: Schedule = 0.3, *, decay_rate: float = 0.8, step_of
       if d is None:
         return jnp.zeros(p.shape, jnp.float32)
       row, col = d
-      return FactoredState(jnp.zeros(tuple(s for i, s in enumerate(p.shape) if i != col)),
-                           jnp.zeros(tuple(s for i, s in enumerate(p.shape) if i != row)))
+      return FactoredState(
+          jnp.zeros(tuple(s for i, s in enumerate(p.shape) if i != col)),
+          jnp.zeros(tuple(s for i, s in enumerate(p.shape) if i != row)),
+      )
+
     v = jax.tree.map(init_v, params, dims, is_leaf=lambda x: x is None or isinstance(x, tuple))
     m = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params) if beta1 else None
     return AdafactorState(v=v, m=m)
@@ -192,9 +221,12 @@ def adafactor(learning_rate: Schedule = 0.3, *, decay_rate: float = 0.8, step_of
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def create_optimizer(name: str = "adafactor", learning_rate: Schedule = 0.3,
-                     param_axes: Optional[Params] = None,
-                     **kwargs) -> optax.GradientTransformationExtraArgs:
+def create_optimizer(
+    name: str = "adafactor",
+    learning_rate: Schedule = 0.3,
+    param_axes: Optional[Params] = None,
+    **kwargs,
+) -> optax.GradientTransformationExtraArgs:
   """The optimizer by name, for gin: 'adafactor' (T5X semantics) or any `optax.<name>`.
 
   The trainer passes `param_axes` (logical axes of the trainable parameters) for factoring.
@@ -217,16 +249,19 @@ def create_optimizer(name: str = "adafactor", learning_rate: Schedule = 0.3,
   # Only the learning rate is injected: the other arguments stay Python values, as some optax
   # optimizers branch on them.
   inner = optax.inject_hyperparams(factory, static_args=arg_names - {"learning_rate"})(
-      learning_rate=schedule(0), **kwargs)
+      learning_rate=schedule(0), **kwargs
+  )
 
   def update(grads, state, params=None, *, step=None, **extra_args):
     if step is None:
-      raise ValueError(f"optax.{name} with a learning-rate schedule needs the global step: "
-                       "update(..., step=step).")
+      raise ValueError(
+          f"optax.{name} with a learning-rate schedule needs the global step: "
+          "update(..., step=step)."
+      )
     rate = state.hyperparams["learning_rate"]
-    hyperparams = dict(state.hyperparams,
-                       learning_rate=jnp.asarray(schedule(step), rate.dtype))
-    return inner.update(grads, state._replace(hyperparams=hyperparams), params, step=step,
-                        **extra_args)
+    hyperparams = dict(state.hyperparams, learning_rate=jnp.asarray(schedule(step), rate.dtype))
+    return inner.update(
+        grads, state._replace(hyperparams=hyperparams), params, step=step, **extra_args
+    )
 
   return optax.GradientTransformationExtraArgs(inner.init, update)

@@ -5,6 +5,7 @@ Parameters and activations carry logical axis names (`embed`, `mlp`, `heads`, ..
 of the `model` axis (model parallelism); the rest of the devices form the `data` axis. The same
 code runs on one CPU, 8 forced host devices, a GPU, or a multi-host TPU slice.
 """
+
 import contextlib
 import functools
 from typing import Any, Callable, Optional, Sequence
@@ -34,12 +35,17 @@ DEFAULT_RULES = (
 class Partitioner:
   """Builds the mesh and turns logical specs into shardings."""
 
-  def __init__(self, num_partitions: int = 1, logical_axis_rules: Sequence = DEFAULT_RULES,
-               devices: Optional[Sequence[jax.Device]] = None):
+  def __init__(
+      self,
+      num_partitions: int = 1,
+      logical_axis_rules: Sequence = DEFAULT_RULES,
+      devices: Optional[Sequence[jax.Device]] = None,
+  ):
     devices = np.asarray(devices if devices is not None else jax.devices())
     if devices.size % num_partitions:
-      raise ValueError(f"num_partitions={num_partitions} does not divide the {devices.size} "
-                       "devices.")
+      raise ValueError(
+          f"num_partitions={num_partitions} does not divide the {devices.size} " "devices."
+      )
     self.mesh = Mesh(devices.reshape(-1, num_partitions), ("data", "model"))
     self.rules = tuple(tuple(r) for r in logical_axis_rules)
 
@@ -64,6 +70,7 @@ class Partitioner:
     def call(*args, **kwargs):
       with self.activation_rules():
         return jitted(*args, **kwargs)
+
     return call
 
   def sharding(self, logical_spec) -> NamedSharding:
@@ -95,8 +102,10 @@ class Partitioner:
     flat = [i for b in blocks for i in b]
     contiguous = all(list(b) == list(range(b[0], b[0] + len(b))) for b in blocks)
     if len(set(flat)) != len(flat) or len({len(b) for b in blocks}) != 1 or not contiguous:
-      raise ValueError(f"Hosts hold overlapping or uneven rows of the `data` axis {blocks}; "
-                       "choose num_partitions so each host's devices form whole data rows.")
+      raise ValueError(
+          f"Hosts hold overlapping or uneven rows of the `data` axis {blocks}; "
+          "choose num_partitions so each host's devices form whole data rows."
+      )
     return blocks.index(tuple(sorted(rows_of[jax.process_index()]))), len(blocks)
 
   def shard_batch(self, host_batch: dict) -> dict:
@@ -106,8 +115,9 @@ class Partitioner:
     out = {}
     for k, v in host_batch.items():
       v = np.asarray(v)
-      out[k] = jax.make_array_from_process_local_data(sharding, v,
-                                                      (v.shape[0] * count,) + v.shape[1:])
+      out[k] = jax.make_array_from_process_local_data(
+          sharding, v, (v.shape[0] * count,) + v.shape[1:]
+      )
     return out
 
 

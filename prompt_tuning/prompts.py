@@ -15,6 +15,7 @@ Initialisers follow Flax's signature `(rng, shape, dtype) -> array` and are buil
 
 `get_initializer(name, **kwargs)` picks one by name for configs.
 """
+
 import functools
 import logging
 import os
@@ -40,19 +41,24 @@ class PromptInitError(ValueError):
 
 def random_uniform(scale: float = 0.5) -> Initializer:
   """U[-scale, scale]; the paper's random initialisation uses scale 0.5."""
+
   def init(rng, shape, dtype=jnp.float32):
     return jax.random.uniform(rng, shape, dtype, minval=-scale, maxval=scale)
+
   return init
 
 
 def _check_embeddings(embeddings, shape):
   embeddings = np.asarray(embeddings) if not isinstance(embeddings, jax.Array) else embeddings
   if embeddings.ndim != 2:
-    raise PromptInitError(f"The embedding table must be 2-D [vocab, embed]; got {embeddings.shape}.")
+    raise PromptInitError(
+        f"The embedding table must be 2-D [vocab, embed]; got {embeddings.shape}."
+    )
   if embeddings.shape[1] != shape[-1]:
     raise PromptInitError(
         f"Embedding width {embeddings.shape[1]} does not match the prompt's {shape[-1]} "
-        f"(prompt shape {tuple(shape)}).")
+        f"(prompt shape {tuple(shape)})."
+    )
   return embeddings
 
 
@@ -75,26 +81,34 @@ def _population_rows(table_rows: int, population_size: Optional[int], vocab) -> 
       raise PromptInitError(
           f"prompts.sampled_vocab.population_size={population_size} is larger than the "
           f"embedding table ({table_rows} rows): lower it, or pass `vocab` so it is clamped to "
-          "the vocabulary's real tokens.")
+          "the vocabulary's real tokens."
+      )
     return population_size
   real = _real_tokens(vocab)
   if real > table_rows:
     raise PromptInitError(
         f"The vocabulary {_describe(vocab)} has {real} real tokens but the embedding table only "
-        f"{table_rows} rows: they do not belong together.")
+        f"{table_rows} rows: they do not belong together."
+    )
   if population_size is None:
     return real
   if population_size > real:
     # Rows past the real pieces are sentinel extra ids and padding: never a word's embedding.
     logging.warning(
         "prompts.sampled_vocab.population_size=%d is larger than the %d real tokens of %s; "
-        "sampling from those %d only.", population_size, real, _describe(vocab), real)
+        "sampling from those %d only.",
+        population_size,
+        real,
+        _describe(vocab),
+        real,
+    )
     return real
   return population_size
 
 
-def sampled_vocab(embeddings: ArrayLike, population_size: Optional[int] = 5000,
-                  vocab=None) -> Initializer:
+def sampled_vocab(
+    embeddings: ArrayLike, population_size: Optional[int] = 5000, vocab=None
+) -> Initializer:
   """Rows sampled without replacement from the first `population_size` embeddings.
 
   The T5 vocabulary is ordered by frequency, so the first 5,000 rows are common tokens.
@@ -103,14 +117,17 @@ def sampled_vocab(embeddings: ArrayLike, population_size: Optional[int] = 5000,
   and `population_size=None` means all of them. Without `vocab`, `population_size=None` samples
   from the whole table and a population larger than the table is a `PromptInitError`.
   """
+
   def init(rng, shape, dtype=jnp.float32):
     table = _check_embeddings(embeddings, shape)
-    population = table[:_population_rows(table.shape[0], population_size, vocab)]
+    population = table[: _population_rows(table.shape[0], population_size, vocab)]
     if shape[0] > population.shape[0]:
       raise PromptInitError(
-          f"Cannot sample {shape[0]} distinct rows from a population of {population.shape[0]}.")
+          f"Cannot sample {shape[0]} distinct rows from a population of {population.shape[0]}."
+      )
     rows = jax.random.choice(rng, jnp.asarray(population), (shape[0],), replace=False)
     return rows.astype(dtype)
+
   return init
 
 
@@ -119,15 +136,17 @@ def _fill_rows(rows: np.ndarray, fallback: Initializer, rng, shape, dtype, what:
   if len(rows) > shape[0]:
     raise PromptInitError(
         f"{len(rows)} {what} do not fit in a prompt of length {shape[0]}: use a longer prompt "
-        f"(PROMPT_LENGTH) or fewer {what}.")
+        f"(PROMPT_LENGTH) or fewer {what}."
+    )
   base = fallback(rng, shape, dtype)
   if len(rows) == 0:
     return base
-  return jnp.concatenate([jnp.asarray(rows, dtype), base[len(rows):]], axis=0)
+  return jnp.concatenate([jnp.asarray(rows, dtype), base[len(rows) :]], axis=0)
 
 
-def class_labels(embeddings: ArrayLike, vocab, labels: Sequence[str],
-                 fallback: Optional[Initializer] = None) -> Initializer:
+def class_labels(
+    embeddings: ArrayLike, vocab, labels: Sequence[str], fallback: Optional[Initializer] = None
+) -> Initializer:
   """One prompt position per class label: the mean embedding of the label's sub-tokens.
 
   Remaining positions come from `fallback` (default: `sampled_vocab(embeddings, vocab=vocab)`,
@@ -145,13 +164,21 @@ def class_labels(embeddings: ArrayLike, vocab, labels: Sequence[str],
       if not ids:
         raise PromptInitError(f"Class label {label!r} tokenises to no tokens; cannot embed it.")
       rows.append(table[np.asarray(ids)].mean(axis=0))
-    return _fill_rows(np.stack(rows) if rows else np.zeros((0, shape[-1])), fallback, rng, shape,
-                      dtype, "class labels")
+    return _fill_rows(
+        np.stack(rows) if rows else np.zeros((0, shape[-1])),
+        fallback,
+        rng,
+        shape,
+        dtype,
+        "class labels",
+    )
+
   return init
 
 
-def from_string(embeddings: ArrayLike, vocab, text: str,
-                fallback: Optional[Initializer] = None) -> Initializer:
+def from_string(
+    embeddings: ArrayLike, vocab, text: str, fallback: Optional[Initializer] = None
+) -> Initializer:
   """The embeddings of `text`'s tokens fill the first positions (truncated with a warning).
 
   Remaining positions come from `fallback` (default: `sampled_vocab(embeddings, vocab=vocab)`).
@@ -164,10 +191,12 @@ def from_string(embeddings: ArrayLike, vocab, text: str,
     if not ids:
       raise PromptInitError(f"Prompt text {text!r} tokenises to no tokens.")
     if len(ids) > shape[0]:
-      logging.warning("Prompt text %r has %d tokens; keeping the first %d.", text, len(ids),
-                      shape[0])
-      ids = ids[:shape[0]]
+      logging.warning(
+          "Prompt text %r has %d tokens; keeping the first %d.", text, len(ids), shape[0]
+      )
+      ids = ids[: shape[0]]
     return _fill_rows(table[np.asarray(ids)], fallback, rng, shape, dtype, "tokens")
+
   return init
 
 
@@ -180,8 +209,10 @@ def from_array(array: ArrayLike) -> Initializer:
     if tuple(array.shape) != tuple(shape):
       raise PromptInitError(
           f"Saved prompt has shape {array.shape} but the model's prompt is {tuple(shape)} "
-          "[prompt_length, embed_dim]; set PROMPT_LENGTH to match or use another prompt.")
+          "[prompt_length, embed_dim]; set PROMPT_LENGTH to match or use another prompt."
+      )
     return jnp.asarray(array, dtype)
+
   return init
 
 
@@ -206,6 +237,7 @@ def from_file(path: str) -> Initializer:
       return init(rng, shape, dtype)
     except PromptInitError as e:
       raise PromptInitError(f"{path}: {e}") from None
+
   return checked
 
 
@@ -219,6 +251,7 @@ def load_embeddings(path: str) -> np.ndarray:
   if path.endswith(".npy"):
     return load_npy(path)
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+
   tree = checkpoints.load_t5x_checkpoint(path, regex="token_embedder/embedding")
   return np.asarray(tree["token_embedder"]["embedding"])
 
@@ -237,7 +270,8 @@ def get_initializer(name: str, **kwargs) -> Initializer:
   """Builds an initialiser by name, e.g. `get_initializer('class_labels', embeddings=..., ...)`."""
   if name not in _FACTORIES:
     raise PromptInitError(
-        f"Unknown prompt initialiser {name!r}; choose one of {sorted(_FACTORIES)}.")
+        f"Unknown prompt initialiser {name!r}; choose one of {sorted(_FACTORIES)}."
+    )
   return _FACTORIES[name](**kwargs)
 
 
@@ -247,13 +281,18 @@ def get_initializer(name: str, **kwargs) -> Initializer:
 
 class Prompt(nn.Module):
   """Owns the prompt parameter [length, embed_dim] (float32, whatever the activation dtype)."""
+
   length: int
   init: Initializer = random_uniform()
 
   @nn.compact
   def __call__(self, embed_dim: int) -> jax.Array:
-    return self.param("prompt", nn.with_logical_partitioning(self.init, PROMPT_AXES),
-                      (self.length, embed_dim), jnp.float32)
+    return self.param(
+        "prompt",
+        nn.with_logical_partitioning(self.init, PROMPT_AXES),
+        (self.length, embed_dim),
+        jnp.float32,
+    )
 
 
 class PromptModule(Protocol):
@@ -263,6 +302,7 @@ class PromptModule(Protocol):
   returns [B, P + L, D], the inputs with `length` (P) positions prepended. The encoder treats
   those first P positions as always valid (never padding).
   """
+
   length: int
 
   def __call__(self, embedded_BxLxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
@@ -289,6 +329,7 @@ class PrefixPrompt(nn.Module):
   Called by the encoder as `prompt(embedded_BxLxD, tokens_BxL)`; returns [B, P + L, D]. The
   encoder treats the first `length` positions as always valid.
   """
+
   length: int
   init: Initializer = random_uniform()
 

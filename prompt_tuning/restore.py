@@ -14,6 +14,7 @@ to prompt tuning's cases), read in this order:
 Training reads 1 and 2 here and resumes its whole train state (optimizer, step, input position)
 with `train_state.restore`; eval and infer read 1-3 here and never build an optimizer.
 """
+
 import dataclasses
 import logging
 import re
@@ -34,6 +35,7 @@ Params = Mapping[str, Any]
 @dataclasses.dataclass(frozen=True)
 class RestoreConfig:
   """What to read from where; see the module docstring for the order."""
+
   initial_checkpoint_path: Optional[str]
   scratch_patterns: Sequence[str] = optim.PROMPT_PATTERNS
   checkpoint_path: Optional[str] = None
@@ -57,25 +59,39 @@ class RestoreConfig:
 @dataclasses.dataclass(frozen=True)
 class ParamSpec:
   """Shapes, logical axes and shardings of a model's parameters, computed without allocating."""
+
   shapes: Params  # jax.ShapeDtypeStruct leaves.
   axes: Params  # Tuples of logical axis names.
   shardings: Params
 
   @classmethod
-  def of(cls, model, partitioner: partitioning.Partitioner,
-         input_shapes: Optional[Mapping[str, int]] = None, rng=None) -> "ParamSpec":
+  def of(
+      cls,
+      model,
+      partitioner: partitioning.Partitioner,
+      input_shapes: Optional[Mapping[str, int]] = None,
+      rng=None,
+  ) -> "ParamSpec":
     lengths = dict(input_shapes or {"inputs": 8, "targets": 4})
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    boxed = jax.eval_shape(lambda r: model.get_initial_variables(
-        r, 1, lengths["inputs"], lengths["targets"])["params"], rng)
-    axes = jax.tree.map(tuple, nn.get_partition_spec(boxed),
-                        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    boxed = jax.eval_shape(
+        lambda r: model.get_initial_variables(r, 1, lengths["inputs"], lengths["targets"])[
+            "params"
+        ],
+        rng,
+    )
+    axes = jax.tree.map(
+        tuple,
+        nn.get_partition_spec(boxed),
+        is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec),
+    )
     return cls(nn.unbox(boxed), axes, partitioner.param_shardings(boxed))
 
   def select(self, tree: Params, patterns: Sequence[str], keep: bool = True) -> dict[str, Any]:
     """The leaves of `tree` (shaped like the params) whose path matches `patterns` (or not)."""
-    return optim.unflatten({k: v for k, v in optim.flatten(tree).items()
-                            if optim.is_trainable(k, patterns) == keep})
+    return optim.unflatten(
+        {k: v for k, v in optim.flatten(tree).items() if optim.is_trainable(k, patterns) == keep}
+    )
 
   def shardings_of(self, tree: Params) -> dict[str, Any]:
     flat = optim.flatten(self.shardings)
@@ -91,6 +107,7 @@ def init_params(model, spec: ParamSpec, rng, patterns: Sequence[str] = (".*",)) 
   def init(r):
     params = nn.unbox(model.get_initial_variables(r)["params"])
     return spec.select(params, patterns)
+
   return jax.jit(init, out_shardings=spec.shardings_of(wanted))(rng)
 
 
@@ -103,8 +120,9 @@ def initial_params(cfg: RestoreConfig, model, spec: ParamSpec, rng) -> tuple[dic
   regex = None
   if scratch:  # Read everything except the parameters initialised from scratch.
     regex = "(?!(" + "|".join(f"(?:{p})" for p in cfg.scratch_patterns) + ")$).*"
-  loaded = checkpoints.load_t5x_checkpoint(cfg.initial_checkpoint_path, regex=regex,
-                                           shardings=spec.shardings, dtype=jnp.float32)
+  loaded = checkpoints.load_t5x_checkpoint(
+      cfg.initial_checkpoint_path, regex=regex, shardings=spec.shardings, dtype=jnp.float32
+  )
   params = optim.unflatten({**optim.flatten(loaded), **scratch})
   checkpoints.check_against(spec.shapes, params)
   return params, checkpoints.read_step(cfg.initial_checkpoint_path)
@@ -115,8 +133,11 @@ def load_params(cfg: RestoreConfig, model, spec: ParamSpec, rng) -> tuple[dict, 
   params, step = initial_params(cfg, model, spec, rng)
   path = cfg.training_checkpoint()
   if not path:
-    logging.info("No training checkpoint given (CHECKPOINT_PATH) or found in MODEL_DIR=%s: "
-                 "using the initial parameters.", cfg.model_dir)
+    logging.info(
+        "No training checkpoint given (CHECKPOINT_PATH) or found in MODEL_DIR=%s: "
+        "using the initial parameters.",
+        cfg.model_dir,
+    )
     return params, step
   saved = train_state.read_params(path, spec.shardings)
   flat = optim.flatten(params)

@@ -11,6 +11,7 @@
 `TRAIN_STEPS` is the global step to stop at, counted from the initial checkpoint's step. The loop
 itself is `prompt_tuning.training.run`.
 """
+
 from prompt_tuning import config
 
 REQUIRED = ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS")

@@ -7,6 +7,7 @@ prompt tuning: it is re-read from `INITIAL_CHECKPOINT_PATH` (see `restore.py`). 
 `MODEL_DIR/numpy_checkpoints/checkpoint_<step>/<param path with dots>.npy` holds each trainable
 parameter as a plain `.npy` (the prompt: `encoder.prompt.prompt.prompt.npy`).
 """
+
 import dataclasses
 import os
 import shutil
@@ -41,6 +42,7 @@ class CheckpointConfig:
     every parameter (model tuning, or a self-contained checkpoint).
   keep: how many recent checkpoints to keep (None: all); the best one is never removed.
   """
+
   period: int = 1000
   keep: Optional[int] = None
   save_mode: str = "trainable"
@@ -48,32 +50,46 @@ class CheckpointConfig:
 
   def __post_init__(self):
     if self.save_mode not in SAVE_MODES:
-      raise ValueError(f"CheckpointConfig.save_mode (SAVE_MODE) must be one of {SAVE_MODES}; "
-                       f"got {self.save_mode!r}.")
+      raise ValueError(
+          f"CheckpointConfig.save_mode (SAVE_MODE) must be one of {SAVE_MODES}; "
+          f"got {self.save_mode!r}."
+      )
     if self.period <= 0:
-      raise ValueError(f"CheckpointConfig.period (CHECKPOINT_PERIOD) must be positive; got "
-                       f"{self.period}.")
+      raise ValueError(
+          f"CheckpointConfig.period (CHECKPOINT_PERIOD) must be positive; got " f"{self.period}."
+      )
     if self.keep is not None and self.keep <= 0:
-      raise ValueError(f"CheckpointConfig.keep (CHECKPOINTS_TO_KEEP) must be positive or None; "
-                       f"got {self.keep}.")
+      raise ValueError(
+          f"CheckpointConfig.keep (CHECKPOINTS_TO_KEEP) must be positive or None; "
+          f"got {self.keep}."
+      )
 
 
 def _npy_name(path: str) -> str:
   return path.replace("/", ".") + ".npy"
 
 
-def save(model_dir: str, state: TrainState, frozen: Params, input_position: int,
-         cfg: CheckpointConfig, protected_steps: Sequence[int] = ()) -> str:
+def save(
+    model_dir: str,
+    state: TrainState,
+    frozen: Params,
+    input_position: int,
+    cfg: CheckpointConfig,
+    protected_steps: Sequence[int] = (),
+) -> str:
   """Writes `MODEL_DIR/checkpoint_<step>` atomically, the numpy export, and prunes old ones.
 
   Multi-host: every process calls this (arrays split over processes are gathered); process 0
   writes.
   """
   step = int(state.step)
-  target = state.params if cfg.save_mode == "trainable" else optim.merge_params(state.params,
-                                                                              frozen)
-  extra = {"opt_state": flax.serialization.to_state_dict(state.opt_state),
-           "input_position": np.asarray(input_position, np.int64)}
+  target = (
+      state.params if cfg.save_mode == "trainable" else optim.merge_params(state.params, frozen)
+  )
+  extra = {
+      "opt_state": flax.serialization.to_state_dict(state.opt_state),
+      "input_position": np.asarray(input_position, np.int64),
+  }
   path = os.path.join(model_dir, f"checkpoint_{step}")
   # Process 0's view decides, so all processes take part in the gathers or none does.
   if not partitioning.broadcast_from_process_0(os.path.exists(path)):
@@ -86,11 +102,12 @@ def save(model_dir: str, state: TrainState, frozen: Params, input_position: int,
       for name, value in host_params.items():
         np.save(os.path.join(out, _npy_name(name)), value)
   if cfg.keep and jax.process_index() == 0:
-    for old in checkpoints.all_checkpoint_steps(model_dir)[:-cfg.keep]:
+    for old in checkpoints.all_checkpoint_steps(model_dir)[: -cfg.keep]:
       if old not in protected_steps:
         shutil.rmtree(os.path.join(model_dir, f"checkpoint_{old}"), ignore_errors=True)
-        shutil.rmtree(os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{old}"),
-                      ignore_errors=True)
+        shutil.rmtree(
+            os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{old}"), ignore_errors=True
+        )
   if jax.process_count() > 1:  # Nobody reads it (restore, evaluation) before process 0 is done.
     multihost_utils.sync_global_devices(f"save_checkpoint {path}")
   return path
@@ -101,8 +118,9 @@ def read_params(path: str, shardings: Any = None) -> dict[str, Any]:
   return optim.flatten(checkpoints.load_t5x_checkpoint(path, shardings=shardings))
 
 
-def restore(path: str, state: TrainState, frozen: Params, shardings: Any,
-            replicated: jax.sharding.Sharding) -> tuple[TrainState, Params, int]:
+def restore(
+    path: str, state: TrainState, frozen: Params, shardings: Any, replicated: jax.sharding.Sharding
+) -> tuple[TrainState, Params, int]:
   """(state, frozen, input position) resumed from `path`.
 
   `state` and `frozen` are freshly initialised templates: their structure and shardings say
@@ -114,17 +132,20 @@ def restore(path: str, state: TrainState, frozen: Params, shardings: Any,
   if missing:
     raise checkpoints.CheckpointError(
         f"{path}: trainable parameters missing from the checkpoint: {missing}. Was it written "
-        "with other TRAINABLE_PATTERNS?")
+        "with other TRAINABLE_PATTERNS?"
+    )
   params = optim.unflatten({k: saved[k] for k in trainable})
   checkpoints.check_against(state.params, params)
   frozen_flat = optim.flatten(frozen)
   if any(k in frozen_flat for k in saved):  # A full-model checkpoint.
     frozen = optim.unflatten({k: saved.get(k, v) for k, v in frozen_flat.items()})
   extra = checkpoints.load_state(path)
-  opt_state = flax.serialization.from_state_dict(state.opt_state,
-                                                 extra["param_states"]["opt_state"])
-  opt_state = jax.tree.map(lambda t, v: jax.device_put(np.asarray(v, t.dtype), t.sharding),
-                           state.opt_state, opt_state)
+  opt_state = flax.serialization.from_state_dict(
+      state.opt_state, extra["param_states"]["opt_state"]
+  )
+  opt_state = jax.tree.map(
+      lambda t, v: jax.device_put(np.asarray(v, t.dtype), t.sharding), state.opt_state, opt_state
+  )
   step = jax.device_put(np.asarray(int(extra["step"]), np.int32), replicated)
   state = TrainState(step=step, params=params, opt_state=opt_state)
   return state, frozen, int(extra["param_states"]["input_position"])

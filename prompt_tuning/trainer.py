@@ -5,6 +5,7 @@ frozen backbone gets no gradient and no optimizer slot), then the optimizer's up
 subset. The train state (`train_state.TrainState`) holds the trainable parameters, their
 optimizer state and the global step; the frozen parameters travel beside it.
 """
+
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -22,10 +23,15 @@ Params = Mapping[str, Any]
 class Trainer:
   """Holds the model, optimizer and partitioner, and the train step compiled from them."""
 
-  def __init__(self, model, optimizer_factory: Callable[..., optax.GradientTransformation],
-               partitioner: partitioning.Partitioner,
-               trainable_patterns: Sequence[str] = optim.PROMPT_PATTERNS,
-               input_shapes: Optional[Mapping[str, int]] = None, seed: int = 0):
+  def __init__(
+      self,
+      model,
+      optimizer_factory: Callable[..., optax.GradientTransformation],
+      partitioner: partitioning.Partitioner,
+      trainable_patterns: Sequence[str] = optim.PROMPT_PATTERNS,
+      input_shapes: Optional[Mapping[str, int]] = None,
+      seed: int = 0,
+  ):
     self.model = model
     self.partitioner = partitioner
     self.trainable_patterns = tuple(trainable_patterns)
@@ -34,16 +40,19 @@ class Trainer:
     trainable_axes = self.spec.select(self.spec.axes, self.trainable_patterns)
     if not trainable_axes:
       names = sorted(optim.flatten(self.spec.shapes))
-      raise ValueError(f"No parameter matches TRAINABLE_PATTERNS {list(self.trainable_patterns)};"
-                       f" names look like {names[:4]}.")
+      raise ValueError(
+          f"No parameter matches TRAINABLE_PATTERNS {list(self.trainable_patterns)};"
+          f" names look like {names[:4]}."
+      )
     self.optimizer = optimizer_factory(param_axes=trainable_axes)
     self._train_step = None
 
   def create_state(self, params: Params, step: int) -> tuple[TrainState, dict]:
     """(train state with a fresh optimizer state, frozen parameters) from every parameter."""
     trainable, frozen = optim.split_params(params, self.trainable_patterns)
-    opt_state = jax.jit(self.optimizer.init,
-                        out_shardings=self.opt_state_shardings(trainable))(trainable)
+    opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_state_shardings(trainable))(
+        trainable
+    )
     step = jax.device_put(jnp.asarray(step, jnp.int32), self.partitioner.replicated())
     return TrainState(step=step, params=trainable, opt_state=opt_state), frozen
 
@@ -63,26 +72,36 @@ class Trainer:
       if name in flat and tuple(flat[name].shape) == tuple(slot.shape):
         return flat_shardings[name]
       return replicated
-    return jax.tree_util.tree_map_with_path(sharding, jax.eval_shape(self.optimizer.init,
-                                                                     trainable))
 
-  def train_step(self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]
-                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+    return jax.tree_util.tree_map_with_path(
+        sharding, jax.eval_shape(self.optimizer.init, trainable)
+    )
+
+  def train_step(
+      self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]
+  ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step; only the trainable parameters are differentiated and updated."""
     if self._train_step is None:
+
       def step_fn(state, frozen, batch, rng):
         dropout_rng = jax.random.fold_in(rng, state.step)
 
         def loss_fn(trainable):
           return self.model.loss_fn(optim.merge_params(trainable, frozen), batch, dropout_rng)
+
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params,
-                                                   step=state.step)
+        updates, opt_state = self.optimizer.update(
+            grads, state.opt_state, state.params, step=state.step
+        )
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
       # The new state keeps the layout of the old one, so the step compiles once.
       state_shardings = jax.tree.map(lambda x: x.sharding, state)
-      self._train_step = self.partitioner.jit(step_fn, donate_argnums=(0,), out_shardings=(
-          state_shardings, self.partitioner.replicated()))
+      self._train_step = self.partitioner.jit(
+          step_fn,
+          donate_argnums=(0,),
+          out_shardings=(state_shardings, self.partitioner.replicated()),
+      )
     return self._train_step(state, frozen, batch, self.rng)

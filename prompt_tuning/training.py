@@ -10,6 +10,7 @@ checkpoint's step (as in T5X: the lm100k checkpoints are at step 1,100,000). A r
 point and restarted with the same command resumes from the last checkpoint in `MODEL_DIR` with
 the same data order; a finished run restarted evaluates its last checkpoint again.
 """
+
 import json
 import logging
 import os
@@ -30,14 +31,23 @@ from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.data import pipeline
 
 
-def run(*, model_dir: str, trainer: trainer_lib.Trainer,
-        train_dataset_cfg: pipeline.DatasetConfig, total_steps: int,
-        restore_cfg: restore.RestoreConfig,
-        checkpoint_cfg: train_state.CheckpointConfig = train_state.CheckpointConfig(),
-        log_period: int = 100, eval_period: Optional[int] = None,
-        eval_split: str = "validation", eval_batch_size: Optional[int] = None,
-        best_metric: Optional[str] = None, learning_rate=None, progress_bar: bool = True,
-        tensorboard: bool = True) -> dict[str, Any]:
+def run(
+    *,
+    model_dir: str,
+    trainer: trainer_lib.Trainer,
+    train_dataset_cfg: pipeline.DatasetConfig,
+    total_steps: int,
+    restore_cfg: restore.RestoreConfig,
+    checkpoint_cfg: train_state.CheckpointConfig = train_state.CheckpointConfig(),
+    log_period: int = 100,
+    eval_period: Optional[int] = None,
+    eval_split: str = "validation",
+    eval_batch_size: Optional[int] = None,
+    best_metric: Optional[str] = None,
+    learning_rate=None,
+    progress_bar: bool = True,
+    tensorboard: bool = True,
+) -> dict[str, Any]:
   """Trains until the global step reaches `total_steps`; returns the last metrics."""
   cfg = train_dataset_cfg
   pipeline.check_feature_lengths(cfg.task_feature_lengths)
@@ -53,7 +63,8 @@ def run(*, model_dir: str, trainer: trainer_lib.Trainer,
   latest = checkpoints.latest_checkpoint(model_dir)
   if latest:
     state, frozen, input_position = train_state.restore(
-        latest, state, frozen, trainer.spec.shardings, trainer.partitioner.replicated())
+        latest, state, frozen, trainer.spec.shardings, trainer.partitioner.replicated()
+    )
     logging.info("Resuming from %s (input position %d).", latest, input_position)
   step = int(state.step)
 
@@ -61,21 +72,29 @@ def run(*, model_dir: str, trainer: trainer_lib.Trainer,
   eval_writer = metric_writers.MetricWriter(os.path.join(model_dir, "eval"), tensorboard)
   evaluator = None
   if eval_period:
-    evaluator = evaluation.make_evaluator(cfg.mixture_or_task_name, cfg.task_feature_lengths,
-                                          eval_split, cfg.module)
-    eval_fns = evaluation.ModelFns(trainer.model, eval_batch_size or cfg.batch_size,
-                                   trainer.partitioner)
+    evaluator = evaluation.make_evaluator(
+        cfg.mixture_or_task_name, cfg.task_feature_lengths, eval_split, cfg.module
+    )
+    eval_fns = evaluation.ModelFns(
+        trainer.model, eval_batch_size or cfg.batch_size, trainer.partitioner
+    )
   best = best_checkpoint.BestCheckpoint(model_dir, best_metric) if best_metric else None
-  bar = tqdm.tqdm(total=total_steps, initial=step, disable=not progress_bar or
-                  jax.process_index() != 0, dynamic_ncols=True, desc="train")
+  bar = tqdm.tqdm(
+      total=total_steps,
+      initial=step,
+      disable=not progress_bar or jax.process_index() != 0,
+      dynamic_ncols=True,
+      desc="train",
+  )
 
   def save():
     protected = [best.step] if best and best.step is not None else []
     train_state.save(model_dir, state, frozen, input_position, checkpoint_cfg, protected)
 
   def run_eval():
-    metrics = evaluation.evaluate(evaluator, eval_fns, optim.merge_params(state.params, frozen),
-                                  step)
+    metrics = evaluation.evaluate(
+        evaluator, eval_fns, optim.merge_params(state.params, frozen), step
+    )
     eval_writer.write(step, metrics)
     bar.write(f"step {step} eval: {json.dumps(metrics, default=float)}")
     if best:
@@ -100,10 +119,16 @@ def run(*, model_dir: str, trainer: trainer_lib.Trainer,
     while step < total_steps:
       host_batch = next(batches)
       examples += host_batch["encoder_input_tokens"].shape[0] * shard[1]
-      tokens += int((host_batch["encoder_input_tokens"] > 0).sum()
-                    + (host_batch["decoder_target_tokens"] > 0).sum()) * shard[1]
-      state, metrics = trainer.train_step(state, frozen,
-                                          trainer.partitioner.shard_batch(host_batch))
+      tokens += (
+          int(
+              (host_batch["encoder_input_tokens"] > 0).sum()
+              + (host_batch["decoder_target_tokens"] > 0).sum()
+          )
+          * shard[1]
+      )
+      state, metrics = trainer.train_step(
+          state, frozen, trainer.partitioner.shard_batch(host_batch)
+      )
       pending.append(metrics)
       input_position += 1
       step += 1
@@ -119,8 +144,12 @@ def run(*, model_dir: str, trainer: trainer_lib.Trainer,
       if evaluator and (step % eval_period == 0 or step == total_steps):
         last_eval = run_eval()
   bar.close()
-  result = {"step": step, "train": last_train, "eval": last_eval,
-            "best": best.best if best else None}
+  result = {
+      "step": step,
+      "train": last_train,
+      "eval": last_eval,
+      "best": best.best if best else None,
+  }
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2, default=float))
   return result

@@ -1,3 +1,4 @@
 """SeqIO registrations: importing `prompt_tuning.tasks` registers every task below."""
+
 from prompt_tuning.tasks import glue  # pylint: disable=unused-import
 from prompt_tuning.tasks import super_glue  # pylint: disable=unused-import

@@ -6,6 +6,7 @@ Registered on import:
   glue_v002_proportional, taskless_glue_v002_proportional
 Formats, targets and metrics: docs/tasks.md.
 """
+
 import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
@@ -29,52 +30,101 @@ GLUE_LABELS = {
     "wnli": ("not_entailment", "entailment"),
 }
 # Published train-split sizes, the mixing rates used when the data is not there.
-TRAIN_SIZES = {"cola": 8_551, "sst2": 67_349, "mrpc": 3_668, "qqp": 363_846,
-               "stsb": 5_749, "mnli": 392_702, "qnli": 104_743, "rte": 2_490, "wnli": 635}
+TRAIN_SIZES = {
+    "cola": 8_551,
+    "sst2": 67_349,
+    "mrpc": 3_668,
+    "qqp": 363_846,
+    "stsb": 5_749,
+    "mnli": 392_702,
+    "qnli": 104_743,
+    "rte": 2_490,
+    "wnli": 635,
+}
 _SPLITS = ("train", "validation", "test")
-_MNLI_SPLITS = ("train", "validation_matched", "validation_mismatched", "test_matched",
-                "test_mismatched")
+_MNLI_SPLITS = (
+    "train",
+    "validation_matched",
+    "validation_mismatched",
+    "test_matched",
+    "test_mismatched",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class GlueTask:
   """How one GLUE config becomes a text-to-text task."""
+
   config: str
-  task_name: str                # First word of the inputs (AX is cast as MNLI).
+  task_name: str  # First word of the inputs (AX is cast as MNLI).
   splits: Sequence[str]
   text_preprocessor: Callable[..., Any]  # Takes `task_name=` (None: taskless).
   postprocess_fn: Callable[..., Any]
   metric_fns: Sequence[Callable[..., dict[str, float]]]
 
 
-def _classification(labels: str, config: str, task_name: str, field_names: Sequence[str],
-                    metric_fns: Sequence[Callable[..., Any]],
-                    splits: Sequence[str] = _SPLITS) -> GlueTask:
+def _classification(
+    labels: str,
+    config: str,
+    task_name: str,
+    field_names: Sequence[str],
+    metric_fns: Sequence[Callable[..., Any]],
+    splits: Sequence[str] = _SPLITS,
+) -> GlueTask:
   label_names = GLUE_LABELS[labels]
   return GlueTask(
-      config, task_name, splits,
-      functools.partial(preprocessors.classification, field_names=tuple(field_names),
-                        label_names=label_names),
+      config,
+      task_name,
+      splits,
+      functools.partial(
+          preprocessors.classification, field_names=tuple(field_names), label_names=label_names
+      ),
       functools.partial(postprocessors.string_label_to_class_id, label_names=label_names),
-      metric_fns)
+      metric_fns,
+  )
 
 
 # T5 lists each task's fields alphabetically.
 GLUE_TASKS = (
     _classification("cola", "cola", "cola", ("sentence",), [metrics.matthews_corrcoef]),
     _classification("sst2", "sst2", "sst2", ("sentence",), [metrics.accuracy]),
-    _classification("mrpc", "mrpc", "mrpc", ("sentence1", "sentence2"),
-                    [metrics.f1_with_invalid, metrics.accuracy]),
-    _classification("qqp", "qqp", "qqp", ("question1", "question2"),
-                    [metrics.f1_with_invalid, metrics.accuracy]),
-    GlueTask("stsb", "stsb", _SPLITS, preprocessors.stsb, postprocessors.string_to_float,
-             [metrics.pearson_corrcoef, metrics.spearman_corrcoef]),
-    _classification("mnli", "mnli", "mnli", ("hypothesis", "premise"), [metrics.accuracy],
-                    _MNLI_SPLITS),
-    _classification("mnli", "mnli_matched", "mnli", ("hypothesis", "premise"),
-                    [metrics.accuracy], ("validation", "test")),
-    _classification("mnli", "mnli_mismatched", "mnli", ("hypothesis", "premise"),
-                    [metrics.accuracy], ("validation", "test")),
+    _classification(
+        "mrpc",
+        "mrpc",
+        "mrpc",
+        ("sentence1", "sentence2"),
+        [metrics.f1_with_invalid, metrics.accuracy],
+    ),
+    _classification(
+        "qqp", "qqp", "qqp", ("question1", "question2"), [metrics.f1_with_invalid, metrics.accuracy]
+    ),
+    GlueTask(
+        "stsb",
+        "stsb",
+        _SPLITS,
+        preprocessors.stsb,
+        postprocessors.string_to_float,
+        [metrics.pearson_corrcoef, metrics.spearman_corrcoef],
+    ),
+    _classification(
+        "mnli", "mnli", "mnli", ("hypothesis", "premise"), [metrics.accuracy], _MNLI_SPLITS
+    ),
+    _classification(
+        "mnli",
+        "mnli_matched",
+        "mnli",
+        ("hypothesis", "premise"),
+        [metrics.accuracy],
+        ("validation", "test"),
+    ),
+    _classification(
+        "mnli",
+        "mnli_mismatched",
+        "mnli",
+        ("hypothesis", "premise"),
+        [metrics.accuracy],
+        ("validation", "test"),
+    ),
     _classification("qnli", "qnli", "qnli", ("question", "sentence"), [metrics.accuracy]),
     _classification("rte", "rte", "rte", ("sentence1", "sentence2"), [metrics.accuracy]),
     _classification("wnli", "wnli", "wnli", ("sentence1", "sentence2"), [metrics.accuracy]),
@@ -101,12 +151,16 @@ def register_glue(data_dir: Optional[str] = None, prefix: str = "") -> list[str]
     for t in GLUE_TASKS:
       name = task_name(t.config, taskless, prefix)
       registration.add_task(
-          name, source=sources.glue_source(t.config, t.splits, data_dir),
-          preprocessors=[functools.partial(t.text_preprocessor,
-                                           task_name=None if taskless else t.task_name),
-                         *registration.tokenize_and_append_eos()],
+          name,
+          source=sources.glue_source(t.config, t.splits, data_dir),
+          preprocessors=[
+              functools.partial(t.text_preprocessor, task_name=None if taskless else t.task_name),
+              *registration.tokenize_and_append_eos(),
+          ],
           output_features=vocab.get_output_features(),
-          postprocess_fn=t.postprocess_fn, metric_fns=list(t.metric_fns))
+          postprocess_fn=t.postprocess_fn,
+          metric_fns=list(t.metric_fns),
+      )
       names.append(name)
       if t.config in TRAIN_SIZES:
         sizes[name] = TRAIN_SIZES[t.config]

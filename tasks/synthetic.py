@@ -13,6 +13,7 @@ This is the one module outside `prompt_tuning.embedded` that uses the embedded d
 and only inside functions (tests/test_imports.py checks): importing the task modules never
 imports the embedded default.
 """
+
 import os
 import shutil
 import tempfile
@@ -27,8 +28,10 @@ PREFIX = "synthetic_"
 def data_dir() -> str:
   """The cache folder of this world's files, from the environment as it is now."""
   from prompt_tuning.embedded import world  # pylint: disable=g-import-not-at-top
+
   root = os.environ.get(DATA_DIR_ENV_VAR) or os.path.join(
-      os.path.expanduser("~"), ".cache", "prompt_tuning", "synthetic")
+      os.path.expanduser("~"), ".cache", "prompt_tuning", "synthetic"
+  )
   # The version names the generator: world.py changes it whenever its output changes.
   return os.path.join(root, f"{world.VERSION}_seed{SEED}")
 
@@ -38,6 +41,7 @@ def ensure_data(path: str) -> str:
   if os.path.exists(os.path.join(path, "COMPLETE")):
     return path
   from prompt_tuning.embedded import world  # pylint: disable=g-import-not-at-top
+
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = tempfile.mkdtemp(dir=os.path.dirname(path))
   world.write_super_glue(tmp, SEED)

@@ -3,6 +3,7 @@
 Each entry point runs as `python -m prompt_tuning.<name>` in a subprocess, exactly as a user runs
 it, with a small JSONL task registered by a module written into a temporary folder.
 """
+
 import json
 import os
 import pathlib
@@ -18,8 +19,16 @@ TASK_MODULE = "pt_cli_test_tasks"
 PAUSE_AT_STEP_ENV = "PT_TEST_PAUSE_AT_STEP"
 PAUSE_MARKER_ENV = "PT_TEST_PAUSE_MARKER"
 
-_POSITIVE = ("lovely", "wonderful", "superb", "delightful", "great", "charming", "moving",
-             "brilliant")
+_POSITIVE = (
+    "lovely",
+    "wonderful",
+    "superb",
+    "delightful",
+    "great",
+    "charming",
+    "moving",
+    "brilliant",
+)
 _NEGATIVE = ("awful", "dull", "boring", "terrible", "bland", "clumsy", "tedious", "dreadful")
 
 _MODULE_TEMPLATE = '''\
@@ -60,15 +69,26 @@ def write_task(root: pathlib.Path) -> pathlib.Path:
   train = []
   for i in range(64):
     words = _POSITIVE if i % 2 == 0 else _NEGATIVE
-    train.append({"sentence": f"the movie was {words[(i // 2) % len(words)]}",
-                  "label": "positive" if i % 2 == 0 else "negative"})
-  validation = [{"sentence": f"the film is {w}", "label": label}
-                for w, label in zip(("great", "dull", "superb", "awful", "moving", "bland",
-                                     "charming", "tedious"), ("positive", "negative") * 4)]
+    train.append(
+        {
+            "sentence": f"the movie was {words[(i // 2) % len(words)]}",
+            "label": "positive" if i % 2 == 0 else "negative",
+        }
+    )
+  validation = [
+      {"sentence": f"the film is {w}", "label": label}
+      for w, label in zip(
+          ("great", "dull", "superb", "awful", "moving", "bland", "charming", "tedious"),
+          ("positive", "negative") * 4,
+      )
+  ]
   for name, rows in (("train", train), ("validation", validation)):
     (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  (root / f"{TASK_MODULE}.py").write_text(_MODULE_TEMPLATE.format(
-      task=TASK_NAME, pause_env=PAUSE_AT_STEP_ENV, marker_env=PAUSE_MARKER_ENV))
+  (root / f"{TASK_MODULE}.py").write_text(
+      _MODULE_TEMPLATE.format(
+          task=TASK_NAME, pause_env=PAUSE_AT_STEP_ENV, marker_env=PAUSE_MARKER_ENV
+      )
+  )
   return root
 
 
@@ -79,15 +99,19 @@ def read_jsonl(path: os.PathLike) -> list[dict[str, Any]]:
 
 def gin_flags(bindings: Mapping[str, Any]) -> list[str]:
   """`--gin.NAME=VALUE` flags, each value written as a Python literal (paths as strings)."""
-  return [f"--gin.{k}={(os.fspath(v) if isinstance(v, os.PathLike) else v)!r}"
-          for k, v in bindings.items()]
+  return [
+      f"--gin.{k}={(os.fspath(v) if isinstance(v, os.PathLike) else v)!r}"
+      for k, v in bindings.items()
+  ]
 
 
-def make_env(task_dir: pathlib.Path, vocab: pathlib.Path,
-             extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+def make_env(
+    task_dir: pathlib.Path, vocab: pathlib.Path, extra: Optional[Mapping[str, str]] = None
+) -> dict[str, str]:
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(
-      [str(task_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+      [str(task_dir)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+  )
   env["PROMPT_TUNING_VOCAB"] = str(vocab)
   env.setdefault("JAX_PLATFORMS", "cpu")  # Tiny model: CPU keeps the runs cheap and exact.
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,15 +124,23 @@ def make_env(task_dir: pathlib.Path, vocab: pathlib.Path,
 class Cli:
   """One `python -m prompt_tuning.<entry>` process, its output captured in files."""
 
-  def __init__(self, entry: str, args: Sequence[str], env: Mapping[str, str],
-               log_dir: pathlib.Path, name: str, cwd: Optional[pathlib.Path] = None):
+  def __init__(
+      self,
+      entry: str,
+      args: Sequence[str],
+      env: Mapping[str, str],
+      log_dir: pathlib.Path,
+      name: str,
+      cwd: Optional[pathlib.Path] = None,
+  ):
     log_dir.mkdir(parents=True, exist_ok=True)
     self.stdout_path = log_dir / f"{name}.stdout"
     self.stderr_path = log_dir / f"{name}.stderr"
     self.command = [sys.executable, "-m", f"prompt_tuning.{entry}", *args]
     with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-      self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=dict(env),
-                                   cwd=str(cwd or log_dir))
+      self.proc = subprocess.Popen(
+          self.command, stdout=out, stderr=err, env=dict(env), cwd=str(cwd or log_dir)
+      )
     self.pid = self.proc.pid
 
   @property
@@ -128,8 +160,10 @@ class Cli:
       raise AssertionError(f"Timed out after {timeout}s: {self.describe()}") from None
 
   def describe(self, tail: int = 4000) -> str:
-    return (f"{' '.join(self.command)}\n--- exit {self.proc.returncode}; stderr tail:\n"
-            f"{self.stderr[-tail:]}")
+    return (
+        f"{' '.join(self.command)}\n--- exit {self.proc.returncode}; stderr tail:\n"
+        f"{self.stderr[-tail:]}"
+    )
 
   def check(self, timeout: float = 600) -> "Cli":
     """Waits; fails the test with the stderr tail unless the process exited 0."""
@@ -138,8 +172,9 @@ class Cli:
     return self
 
 
-def wait_for(predicate, timeout: float, what: str, proc: Optional[Cli] = None,
-             interval: float = 0.05) -> None:
+def wait_for(
+    predicate, timeout: float, what: str, proc: Optional[Cli] = None, interval: float = 0.05
+) -> None:
   """Polls `predicate` until true; fails early if `proc` exits first."""
   deadline = time.monotonic() + timeout
   while not predicate():

@@ -1,4 +1,5 @@
 """Shared test set-up: where the ../shared fixtures live, and strict numerics."""
+
 import os
 import pathlib
 
@@ -19,8 +20,10 @@ def require(path: pathlib.Path):
   """Skips (or, under CI, fails) when a ../shared artefact is missing."""
   if path.exists():
     return path
-  msg = (f"{path} not found: set PROMPT_TUNING_SHARED to the folder holding fixtures/ and "
-         "golden/ (the project's ../shared) to run this test.")
+  msg = (
+      f"{path} not found: set PROMPT_TUNING_SHARED to the folder holding fixtures/ and "
+      "golden/ (the project's ../shared) to run this test."
+  )
   if os.environ.get("CI"):
     pytest.fail(msg)
   pytest.skip(msg)
@@ -29,6 +32,7 @@ def require(path: pathlib.Path):
 def golden(name: str):
   """Arrays of one golden file from the original implementation (`no_prompt_fp32`, ...)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   return dict(np.load(require(GOLDEN / f"{name}.npz")))
 
 
@@ -36,8 +40,11 @@ def golden_batch():
   """The exact inputs the goldens were computed on (README section 4)."""
   import json  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   spec = json.loads(require(GOLDEN / "inputs.json").read_text())
-  batch = {k: np.asarray(spec[k]) for k in ("encoder_input_tokens", "decoder_input_tokens",
-                                            "decoder_target_tokens")}
+  batch = {
+      k: np.asarray(spec[k])
+      for k in ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+  }
   batch["decoder_loss_weights"] = np.asarray(spec["decoder_loss_weights"], np.float32)
   return batch

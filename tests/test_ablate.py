@@ -4,6 +4,7 @@ The fast tests expand the committed grids and collect results from hand-written 
 the slow ones run real sweeps of the embedded default on the small test task of
 `tests/cli_utils.py` (8 dev examples), a few steps per run.
 """
+
 import csv
 import json
 import os
@@ -51,8 +52,9 @@ def _embedded_step(stage: str) -> int:
 
 def test_paper_grid_is_45_runs_seeds_outermost_then_axes_in_order():
   grid, runs = _expand(PAPER_GRID)
-  expected = [f"prompt_length={p},init={i},seed={s}"
-              for s in (0, 1, 2) for p in LENGTHS for i in INITS]
+  expected = [
+      f"prompt_length={p},init={i},seed={s}" for s in (0, 1, 2) for p in LENGTHS for i in INITS
+  ]
   assert [r.name for r in runs] == expected
   assert len(runs) == 45 and grid.x_axis == "PROMPT_LENGTH"
   run = runs[expected.index("prompt_length=100,init=class_labels,seed=2")]
@@ -67,13 +69,16 @@ def test_paper_grid_is_45_runs_seeds_outermost_then_axes_in_order():
 def test_lm100k_grid_runs_parse_with_the_paper_recipe():
   """Parsed only: reading the lm100k checkpoints' steps needs gs://t5-data."""
   grid, runs = _expand("ablations/prompt_length_x_init_lm100k.gin")
-  assert [r.name for r in runs] == [f"prompt_length={p},init={i},seed={s}"
-                                    for s in (0, 1, 2) for p in LENGTHS for i in INITS]
+  assert [r.name for r in runs] == [
+      f"prompt_length={p},init={i},seed={s}" for s in (0, 1, 2) for p in LENGTHS for i in INITS
+  ]
   assert grid.train_steps == 30000
   for run in runs[9:12]:  # PROMPT_LENGTH 100, each initialisation.
     gin.clear_config()
-    config.parse_gin(run.gin_files, [f"{k} = {v}" for k, v in run.bindings]
-                     + ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 1130000"])
+    config.parse_gin(
+        run.gin_files,
+        [f"{k} = {v}" for k, v in run.bindings] + ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 1130000"],
+    )
     config.check_macros_are_read()
     assert config.macro("PROMPT_LENGTH") == 100 and config.macro("BATCH_SIZE") == 32
     assert config.macro("LEARNING_RATE") == 0.3
@@ -82,11 +87,17 @@ def test_lm100k_grid_runs_parse_with_the_paper_recipe():
       assert gin.query_parameter("prompts.sampled_vocab.population_size") == 5000
 
 
-@pytest.mark.parametrize("path,axis,labels", [
-    ("ablations/pretraining_objective.gin", "objective", ["span_corruption", "lm_adapted"]),
-    ("ablations/lm_adaptation_steps.gin", "lm_adaptation_steps",
-     ["0", "500", "1000", "2000", "3500"]),
-])
+@pytest.mark.parametrize(
+    "path,axis,labels",
+    [
+        ("ablations/pretraining_objective.gin", "objective", ["span_corruption", "lm_adapted"]),
+        (
+            "ablations/lm_adaptation_steps.gin",
+            "lm_adaptation_steps",
+            ["0", "500", "1000", "2000", "3500"],
+        ),
+    ],
+)
 def test_categorical_grids(path, axis, labels):
   _, runs = _expand(path)
   assert [r.name for r in runs] == [f"{axis}={v},seed={s}" for s in (0, 1, 2) for v in labels]
@@ -103,18 +114,22 @@ def test_axis_flags_pick_choices_replace_values_and_add_axes():
   _, values = ablate.parse_axis_flag("PROMPT_LENGTH=2, 3", axes)
   assert [v.bindings for v in values] == [(("PROMPT_LENGTH", "2"),), (("PROMPT_LENGTH", "3"),)]
   name, values = ablate.parse_axis_flag(
-      "TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4},{'inputs': 16, 'targets': 4}", axes)
+      "TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4},{'inputs': 16, 'targets': 4}", axes
+  )
   assert [v.label for v in values] == ["inputs_8_targets_4", "inputs_16_targets_4"]
   assert values[1].bindings == (("TASK_FEATURE_LENGTHS", "{'inputs': 16, 'targets': 4}"),)
   with pytest.raises(config.ConfigError, match="not a literal"):
     ablate.parse_axis_flag("MODEL_NAME=small", axes)
 
 
-@pytest.mark.parametrize("flag,match", [
-    ("--gin.TRAIN_STEPS=10", "TRAIN_STEPS is set by the sweep.*--train_steps"),
-    ("--gin.PROMPT_LENGTH=3", "PROMPT_LENGTH is set by the axis 'PROMPT_LENGTH'"),
-    ("--gin.SHUFFLE_SEED=3", "SHUFFLE_SEED is set by the seed"),
-])
+@pytest.mark.parametrize(
+    "flag,match",
+    [
+        ("--gin.TRAIN_STEPS=10", "TRAIN_STEPS is set by the sweep.*--train_steps"),
+        ("--gin.PROMPT_LENGTH=3", "PROMPT_LENGTH is set by the axis 'PROMPT_LENGTH'"),
+        ("--gin.SHUFFLE_SEED=3", "SHUFFLE_SEED is set by the seed"),
+    ],
+)
 def test_bindings_that_fight_the_sweep_are_refused(flag, match, tmp_path):
   with pytest.raises(config.ConfigError, match=match):
     ablate.main([f"--grid={PAPER_GRID}", f"--sweep_dir={tmp_path}", "--print_commands", flag])
@@ -122,9 +137,21 @@ def test_bindings_that_fight_the_sweep_are_refused(flag, match, tmp_path):
 
 def test_print_commands_parse_back_and_train_nothing(tmp_path, capsys):
   sweep_dir = tmp_path / "sweep"
-  assert ablate.main([f"--grid={PAPER_GRID}", f"--sweep_dir={sweep_dir}", "--print_commands",
-                      "--seeds=4", "--axis", "PROMPT_LENGTH=1,20", "--train_steps=30",
-                      "--gin.BATCH_SIZE=8"]) == 0
+  assert (
+      ablate.main(
+          [
+              f"--grid={PAPER_GRID}",
+              f"--sweep_dir={sweep_dir}",
+              "--print_commands",
+              "--seeds=4",
+              "--axis",
+              "PROMPT_LENGTH=1,20",
+              "--train_steps=30",
+              "--gin.BATCH_SIZE=8",
+          ]
+      )
+      == 0
+  )
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2 * 3
   start = _embedded_step("lm_adapted")
@@ -139,7 +166,8 @@ def test_print_commands_parse_back_and_train_nothing(tmp_path, capsys):
     assert config.macro("TRAIN_STEPS") == start + 30
     assert config.macro("BATCH_SIZE") == 8 and config.macro("SHUFFLE_SEED") == 4
     assert config.macro("MODEL_DIR") == os.path.join(
-        os.path.abspath(sweep_dir), f"prompt_length={length},init={init},seed=4")
+        os.path.abspath(sweep_dir), f"prompt_length={length},init={init},seed=4"
+    )
     assert gin.query_parameter("%PROMPT").configurable.name == init
     if init != "random_uniform":  # The choice's binding beats its prompts/*.gin file's 5000.
       assert gin.query_parameter("prompts.sampled_vocab.population_size") is None
@@ -149,12 +177,24 @@ def test_print_commands_parse_back_and_train_nothing(tmp_path, capsys):
 
 
 def test_span_corruption_runs_get_the_same_prompt_tuning_steps(capsys):
-  assert ablate.main(["--grid=ablations/pretraining_objective.gin", "--seeds=0",
-                      "--print_commands", "--train_steps=40"]) == 0
-  steps = [config.parse_args(shlex.split(line)[3:], "").gin_bindings[-1]
-           for line in capsys.readouterr().out.splitlines()]
-  assert steps == [f"TRAIN_STEPS = {_embedded_step(s) + 40}"
-                   for s in ("span_corruption", "lm_adapted")]
+  assert (
+      ablate.main(
+          [
+              "--grid=ablations/pretraining_objective.gin",
+              "--seeds=0",
+              "--print_commands",
+              "--train_steps=40",
+          ]
+      )
+      == 0
+  )
+  steps = [
+      config.parse_args(shlex.split(line)[3:], "").gin_bindings[-1]
+      for line in capsys.readouterr().out.splitlines()
+  ]
+  assert steps == [
+      f"TRAIN_STEPS = {_embedded_step(s) + 40}" for s in ("span_corruption", "lm_adapted")
+  ]
   assert _embedded_step("span_corruption") != _embedded_step("lm_adapted")
 
 
@@ -165,7 +205,8 @@ def test_missing_lm_adaptation_checkpoints_name_path_and_recipe(tmp_path, monkey
   message = str(e.value)
   for steps in (500, 1000, 2000):
     assert str(tmp_path / f"lm_adaptation/lm_{steps}/lm_adapted/checkpoint_{1500 + steps}") in (
-        message)
+        message
+    )
     assert f"--gin.pretrain.pretrain.lm_steps={steps}" in message
   assert "lm_steps=3500" not in message and "python -m prompt_tuning.pretrain" in message
   assert not (tmp_path / "lm_adaptation").exists()
@@ -178,8 +219,9 @@ def test_sweep_dir_of_another_grid_is_refused(tmp_path):
   ablate.claim_sweep_dir(str(tmp_path), spec)
   ablate.claim_sweep_dir(str(tmp_path), spec)  # The same grid again: fine.
   with pytest.raises(config.ConfigError, match=r"another sweep.*\['runs', 'seeds'\]"):
-    ablate.claim_sweep_dir(str(tmp_path), ablate.spec_of(grid, axes, [0, 1], runs + runs, 300,
-                                                         300, None))
+    ablate.claim_sweep_dir(
+        str(tmp_path), ablate.spec_of(grid, axes, [0, 1], runs + runs, 300, 300, None)
+    )
 
 
 # ------------------------------------------------------------------------------ results
@@ -194,35 +236,81 @@ def _write_run(sweep_dir, name, status, evals):
 
 def test_results_best_and_at_budget_from_metrics_files(tmp_path):
   t = "task"
-  spec = {"grid": "g", "axes": {"L": ["1", "4"]}, "seeds": [0, 1], "train_steps": 40,
-          "step_budget": 25, "metric": None, "x_axis": "L", "runs": [
-              {"name": f"l={l},seed={s}", "seed": s, "labels": {"L": str(l)}, "values": {"L": l},
-               "start_step": 100} for s in (0, 1) for l in (1, 4)]}
-  _write_run(tmp_path, "l=1,seed=0", "finished", [
-      {"step": 110, f"{t}/accuracy": 60.0, f"{t}/f1": 50.0},  # mean 55
-      {"step": 120, f"{t}/accuracy": 80.0, f"{t}/f1": 70.0},  # mean 75 (best)
-      {"step": 130, f"{t}/accuracy": 70.0, f"{t}/f1": 60.0},  # mean 65
-      {"step": 140, f"{t}/accuracy": 72.0, f"{t}/f1": 60.0},  # 66
-      {"step": 140, f"{t}/accuracy": 74.0, f"{t}/f1": 60.0},  # 67: re-evaluated, kept
-  ])
-  _write_run(tmp_path, "l=4,seed=0", "finished", [
-      {"step": 120, f"{t}/accuracy": 90.0, f"{t}/f1": 90.0},
-      {"step": 125, f"{t}/accuracy": 40.0, f"{t}/f1": 20.0},  # At the budget exactly: 30.
-      {"step": 140, f"{t}/accuracy": 95.0, f"{t}/f1": 95.0},  # best 95
-  ])
-  _write_run(tmp_path, "l=1,seed=1", "finished", [
-      {"step": 130, f"{t}/accuracy": 65.0, f"{t}/f1": 45.0},  # After the budget: none there.
-  ])
-  _write_run(tmp_path, "l=4,seed=1", "failed", [
-      {"step": 120, f"{t}/accuracy": 99.0, f"{t}/f1": 99.0},
-  ])
+  spec = {
+      "grid": "g",
+      "axes": {"L": ["1", "4"]},
+      "seeds": [0, 1],
+      "train_steps": 40,
+      "step_budget": 25,
+      "metric": None,
+      "x_axis": "L",
+      "runs": [
+          {
+              "name": f"l={l},seed={s}",
+              "seed": s,
+              "labels": {"L": str(l)},
+              "values": {"L": l},
+              "start_step": 100,
+          }
+          for s in (0, 1)
+          for l in (1, 4)
+      ],
+  }
+  _write_run(
+      tmp_path,
+      "l=1,seed=0",
+      "finished",
+      [
+          {"step": 110, f"{t}/accuracy": 60.0, f"{t}/f1": 50.0},  # mean 55
+          {"step": 120, f"{t}/accuracy": 80.0, f"{t}/f1": 70.0},  # mean 75 (best)
+          {"step": 130, f"{t}/accuracy": 70.0, f"{t}/f1": 60.0},  # mean 65
+          {"step": 140, f"{t}/accuracy": 72.0, f"{t}/f1": 60.0},  # 66
+          {"step": 140, f"{t}/accuracy": 74.0, f"{t}/f1": 60.0},  # 67: re-evaluated, kept
+      ],
+  )
+  _write_run(
+      tmp_path,
+      "l=4,seed=0",
+      "finished",
+      [
+          {"step": 120, f"{t}/accuracy": 90.0, f"{t}/f1": 90.0},
+          {"step": 125, f"{t}/accuracy": 40.0, f"{t}/f1": 20.0},  # At the budget exactly: 30.
+          {"step": 140, f"{t}/accuracy": 95.0, f"{t}/f1": 95.0},  # best 95
+      ],
+  )
+  _write_run(
+      tmp_path,
+      "l=1,seed=1",
+      "finished",
+      [
+          {"step": 130, f"{t}/accuracy": 65.0, f"{t}/f1": 45.0},  # After the budget: none there.
+      ],
+  )
+  _write_run(
+      tmp_path,
+      "l=4,seed=1",
+      "failed",
+      [
+          {"step": 120, f"{t}/accuracy": 99.0, f"{t}/f1": 99.0},
+      ],
+  )
   rows, cells = ablate.collect(spec, str(tmp_path))
-  got = {r["run"]: (r["best_score"], r["best_step"], r["budget_score"], r["budget_step"],
-                    r["num_evals"]) for r in rows}
-  assert got == {"l=1,seed=0": (75.0, 20, 75.0, 20, 4),
-                 "l=4,seed=0": (95.0, 40, 30.0, 25, 3),
-                 "l=1,seed=1": (55.0, 30, None, None, 1),
-                 "l=4,seed=1": (99.0, 20, 99.0, 20, 1)}
+  got = {
+      r["run"]: (
+          r["best_score"],
+          r["best_step"],
+          r["budget_score"],
+          r["budget_step"],
+          r["num_evals"],
+      )
+      for r in rows
+  }
+  assert got == {
+      "l=1,seed=0": (75.0, 20, 75.0, 20, 4),
+      "l=4,seed=0": (95.0, 40, 30.0, 25, 3),
+      "l=1,seed=1": (55.0, 30, None, None, 1),
+      "l=4,seed=1": (99.0, 20, 99.0, 20, 1),
+  }
   by_cell = {c["L"]: c for c in cells}
   assert by_cell["1"]["best_score"] == {"mean": 65.0, "min": 55.0, "max": 75.0, "n": 2}
   assert by_cell["1"]["budget_score"] == {"mean": 75.0, "min": 75.0, "max": 75.0, "n": 1}
@@ -245,10 +333,30 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
   ablate.write_results(spec, str(tmp_path), rows, cells)
   with open(tmp_path / "results.csv", newline="") as f:
     table = list(csv.reader(f))
-  assert table[0][:10] == ["run", "L", "seed", "status", "best_score", "best_step",
-                           "budget_score", "budget_step", "num_evals", "start_step"]
-  assert table[2][:10] == ["l=4,seed=0", "4", "0", "finished", "95.0", "40", "30.0", "25", "3",
-                           "100"]
+  assert table[0][:10] == [
+      "run",
+      "L",
+      "seed",
+      "status",
+      "best_score",
+      "best_step",
+      "budget_score",
+      "budget_step",
+      "num_evals",
+      "start_step",
+  ]
+  assert table[2][:10] == [
+      "l=4,seed=0",
+      "4",
+      "0",
+      "finished",
+      "95.0",
+      "40",
+      "30.0",
+      "25",
+      "3",
+      "100",
+  ]
   assert json.loads((tmp_path / "results.json").read_text())["cells"][0]["L"] == "1"
   paths = ablate.plot(spec, cells, str(tmp_path))
   assert [os.path.basename(p) for p in paths] == ["figure.png", "figure.svg"]
@@ -261,12 +369,24 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
 
 def _sweep_args(sweep_dir, *extra):
   """A reduced grid on the embedded default: the tiny test task, a few steps per run."""
-  return [f"--grid={PAPER_GRID}", f"--sweep_dir={sweep_dir}", "--seeds=0",
-          "--axis", "init=random_uniform", *extra] + cli_utils.gin_flags({
-              "MIXTURE_OR_TASK_MODULE": cli_utils.TASK_MODULE,
-              "MIXTURE_OR_TASK_NAME": cli_utils.TASK_NAME,
-              "TASK_FEATURE_LENGTHS": {"inputs": 16, "targets": 4},
-              "BATCH_SIZE": 8, "EVAL_PERIOD": 4, "CHECKPOINT_PERIOD": 4, "LOG_PERIOD": 4})
+  return [
+      f"--grid={PAPER_GRID}",
+      f"--sweep_dir={sweep_dir}",
+      "--seeds=0",
+      "--axis",
+      "init=random_uniform",
+      *extra,
+  ] + cli_utils.gin_flags(
+      {
+          "MIXTURE_OR_TASK_MODULE": cli_utils.TASK_MODULE,
+          "MIXTURE_OR_TASK_NAME": cli_utils.TASK_NAME,
+          "TASK_FEATURE_LENGTHS": {"inputs": 16, "targets": 4},
+          "BATCH_SIZE": 8,
+          "EVAL_PERIOD": 4,
+          "CHECKPOINT_PERIOD": 4,
+          "LOG_PERIOD": 4,
+      }
+  )
 
 
 def _env(root):
@@ -283,24 +403,31 @@ class _Sweep(cli_utils.Cli):
     self.stdout_path, self.stderr_path = log_dir / f"{name}.stdout", log_dir / f"{name}.stderr"
     self.command = [sys.executable, "-m", "prompt_tuning.ablate", *args]
     with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-      self.proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=env,
-                                   cwd=str(log_dir), start_new_session=True)
+      self.proc = subprocess.Popen(
+          self.command, stdout=out, stderr=err, env=env, cwd=str(log_dir), start_new_session=True
+      )
 
 
 @pytest.mark.slow
 def test_failing_runs_are_recorded_and_the_sweep_goes_on(tmp_path):
   sweep_dir = tmp_path / "sweep"
   # Both values fail fast, in train's checks of TASK_FEATURE_LENGTHS: the second still runs.
-  args = _sweep_args(sweep_dir, "--axis", "PROMPT_LENGTH=2", "--axis",
-                     "TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 4},{'inputs': 8}",
-                     "--no_plot")
+  args = _sweep_args(
+      sweep_dir,
+      "--axis",
+      "PROMPT_LENGTH=2",
+      "--axis",
+      "TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 4},{'inputs': 8}",
+      "--no_plot",
+  )
   args = [a for a in args if not a.startswith("--gin.TASK_FEATURE_LENGTHS")]
   sweep = _Sweep(args, _env(tmp_path), tmp_path / "logs", "fail")
   assert sweep.wait(300) == 1, sweep.describe()
   results = json.loads((sweep_dir / "results.json").read_text())
   assert [r["run"] for r in results["runs"]] == [
       "prompt_length=2,init=random_uniform,task_feature_lengths=inputs_0_targets_4,seed=0",
-      "prompt_length=2,init=random_uniform,task_feature_lengths=inputs_8,seed=0"]
+      "prompt_length=2,init=random_uniform,task_feature_lengths=inputs_8,seed=0",
+  ]
   for row, needle in zip(results["runs"], ("inputs", "targets")):
     assert row["status"] == "failed" and row["returncode"] not in (0, None)
     assert row["error"].startswith("prompt_tuning.config.ConfigError: "), row["stderr_tail"]
@@ -315,21 +442,25 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
   sweep_dir = tmp_path / "sweep"
   env = _env(tmp_path)
   start = _embedded_step("lm_adapted")
-  args = _sweep_args(sweep_dir, "--axis", "PROMPT_LENGTH=1,4", "--train_steps=12",
-                     "--step_budget=8")
+  args = _sweep_args(
+      sweep_dir, "--axis", "PROMPT_LENGTH=1,4", "--train_steps=12", "--step_budget=8"
+  )
   first, second = (sweep_dir / f"prompt_length={p},init=random_uniform,seed=0" for p in (1, 4))
   sweep = _Sweep(args, env, tmp_path / "logs", "first")
   # Killed once run 1 is recorded and run 2 has evaluated (after its first checkpoint), so that
   # run 2 resumes and still has all its evaluations.
-  cli_utils.wait_for(lambda: (first / ablate.RUN_FILE).exists()
-                     and (second / ablate.EVAL_METRICS).exists(), 400,
-                     "run 1 finished and run 2 evaluated", sweep, interval=0.02)
+  cli_utils.wait_for(
+      lambda: (first / ablate.RUN_FILE).exists() and (second / ablate.EVAL_METRICS).exists(),
+      400,
+      "run 1 finished and run 2 evaluated",
+      sweep,
+      interval=0.02,
+  )
   os.killpg(sweep.proc.pid, signal.SIGKILL)
   sweep.proc.wait()
   assert not (second / ablate.RUN_FILE).exists(), "run 2 ended before the kill"
   record = (first / ablate.RUN_FILE).read_bytes()
-  mtimes = {p: p.stat().st_mtime_ns for p in (first / ablate.RUN_FILE,
-                                              first / ablate.EVAL_METRICS)}
+  mtimes = {p: p.stat().st_mtime_ns for p in (first / ablate.RUN_FILE, first / ablate.EVAL_METRICS)}
 
   again = _Sweep(args, env, tmp_path / "logs", "second").check(400)
   assert f"skipped {first.name}: finished" in again.stderr
@@ -339,12 +470,16 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
   assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
   with open(sweep_dir / "results.csv", newline="") as f:
     rows = list(csv.DictReader(f))
-  assert [(r["run"], r["status"]) for r in rows] == [(first.name, "finished"),
-                                                     (second.name, "finished")]
+  assert [(r["run"], r["status"]) for r in rows] == [
+      (first.name, "finished"),
+      (second.name, "finished"),
+  ]
   results = json.loads((sweep_dir / "results.json").read_text())
   for row in results["runs"]:
     assert row["start_step"] == start
     assert row["num_evals"] == 3 and row["budget_step"] == 8  # Evaluations at 4, 8, 12.
   assert (sweep_dir / "figure.png").stat().st_size > 0
   assert json.loads((sweep_dir / ablate.SPEC_FILE).read_text())["axes"]["PROMPT_LENGTH"] == [
-      "1", "4"]
+      "1",
+      "4",
+  ]

@@ -1,4 +1,5 @@
 """Tests for prompt_tuning.checkpoints: T5X msgpack + zarr checkpoints."""
+
 import ast
 import hashlib
 import json
@@ -50,10 +51,9 @@ def _assert_bit_identical(a, b):
 def _golden_shapes():
   """Checkpoint parameter shapes from param_tree.txt's prompt_tuned_fp32."""
   lines = (require(GOLDEN / "param_tree.txt")).read_text().splitlines()
-  start = lines.index(next(l for l in lines
-                           if l.startswith("## prompt_tuned_fp32")))
+  start = lines.index(next(l for l in lines if l.startswith("## prompt_tuned_fp32")))
   shapes = {}
-  for line in lines[start + 1:]:
+  for line in lines[start + 1 :]:
     if line.startswith("##"):
       break
     if not line.startswith("params/"):
@@ -61,7 +61,7 @@ def _golden_shapes():
     path, shape, _, source = line.split("\t")[:4]
     if "not in checkpoint" in source:  # the freshly initialised prompt
       continue
-    shapes[path[len("params/"):]] = tuple(ast.literal_eval(shape))
+    shapes[path[len("params/") :]] = tuple(ast.literal_eval(shape))
   return shapes
 
 
@@ -75,13 +75,14 @@ def _random_tree(seed=0):
           "encoder_norm": {"scale": normal(4).astype(ml_dtypes.bfloat16)},
           "layers_0": {
               "attention": {"query": {"kernel": normal(4, 4)}},
-              "mlp": {"wi_0": {"kernel": normal(128, 96).astype(
-                  ml_dtypes.bfloat16)}},  # 24 KiB bf16: zarr
+              "mlp": {
+                  "wi_0": {"kernel": normal(128, 96).astype(ml_dtypes.bfloat16)}
+              },  # 24 KiB bf16: zarr
           },
       },
       "decoder": {
           "logits_dense": {"kernel": jnp.asarray(normal(64, 300))},
-          "counts": rng.integers(-2**31, 2**31 - 1, 5000, dtype=np.int32),
+          "counts": rng.integers(-(2**31), 2**31 - 1, 5000, dtype=np.int32),
           "small_counts": np.arange(3, dtype=np.int32),
           "scalar": np.array(1.5, np.float32),
       },
@@ -110,11 +111,9 @@ def test_tiny_checkpoint_step_and_embedding_hash():
   assert checkpoints.read_step(path) == 3
   assert checkpoints.read_step(path / "checkpoint") == 3
   info = json.loads(require(GOLDEN / "initializers.json").read_text())
-  embedding = checkpoints.load_t5x_checkpoint(
-      path, regex=_EMBEDDING)["token_embedder"]["embedding"]
+  embedding = checkpoints.load_t5x_checkpoint(path, regex=_EMBEDDING)["token_embedder"]["embedding"]
   raw = np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
-  assert hashlib.sha256(raw).hexdigest() == info[
-      "embedding_sha256_float32_c_order"]
+  assert hashlib.sha256(raw).hexdigest() == info["embedding_sha256_float32_c_order"]
 
 
 def test_tiny_checkpoint_state():
@@ -128,8 +127,11 @@ def test_regex_reads_only_selected(monkeypatch):
   path = require(TINY_CHECKPOINT)
   opened = []
   real_open = checkpoints._open_ts
-  monkeypatch.setattr(checkpoints, "_open_ts", lambda spec, d: opened.append(
-      spec["kvstore"]["path"]) or real_open(spec, d))
+  monkeypatch.setattr(
+      checkpoints,
+      "_open_ts",
+      lambda spec, d: opened.append(spec["kvstore"]["path"]) or real_open(spec, d),
+  )
   tree = checkpoints.load_t5x_checkpoint(path, regex=_EMBEDDING)
   assert list(_flat(tree)) == [_EMBEDDING]
   assert opened == ["target.token_embedder.embedding"]
@@ -137,15 +139,18 @@ def test_regex_reads_only_selected(monkeypatch):
 
 def test_dtype_cast():
   tree = checkpoints.load_t5x_checkpoint(
-      require(TINY_CHECKPOINT), regex=r"encoder/.*", dtype=jnp.bfloat16)
+      require(TINY_CHECKPOINT), regex=r"encoder/.*", dtype=jnp.bfloat16
+  )
   assert {a.dtype for a in _flat(tree).values()} == {np.dtype(jnp.bfloat16)}
 
 
 def test_single_sharding_places_on_device():
   device = jax.devices()[0]
   tree = checkpoints.load_t5x_checkpoint(
-      require(TINY_CHECKPOINT), regex=r"encoder/encoder_norm/scale",
-      shardings=jax.sharding.SingleDeviceSharding(device))
+      require(TINY_CHECKPOINT),
+      regex=r"encoder/encoder_norm/scale",
+      shardings=jax.sharding.SingleDeviceSharding(device),
+  )
   scale = tree["encoder"]["encoder_norm"]["scale"]
   assert isinstance(scale, jax.Array) and scale.devices() == {device}
 
@@ -190,13 +195,20 @@ _SHARDED_CHECK = textwrap.dedent("""
 def test_sharded_read_on_8_fake_devices():
   path = require(TINY_CHECKPOINT)
   # The device count is fixed when jax starts, hence a fresh interpreter.
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=os.pathsep.join(
-                 [str(_REPO), os.environ.get("PYTHONPATH", "")]))
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      XLA_FLAGS="--xla_force_host_platform_device_count=8",
+      PYTHONPATH=os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")]),
+  )
   result = subprocess.run(
       [sys.executable, "-c", _SHARDED_CHECK.format(path=str(path))],
-      env=env, capture_output=True, text=True, timeout=120, check=False)
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=False,
+  )
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
 
 
@@ -205,8 +217,8 @@ def test_tiny_checkpoint_write_read_bit_identical(tmp_path):
   original = checkpoints.load_t5x_checkpoint(path)
   state = checkpoints.load_state(path)
   out = checkpoints.save_t5x_checkpoint(
-      tmp_path / "checkpoint_3", original, step=3,
-      state=state["param_states"])
+      tmp_path / "checkpoint_3", original, step=3, state=state["param_states"]
+  )
   _assert_bit_identical(checkpoints.load_t5x_checkpoint(out), original)
   _assert_bit_identical(checkpoints.load_state(out), state)
   assert checkpoints.list_parameters(out) == checkpoints.list_parameters(path)
@@ -220,18 +232,19 @@ def test_tiny_checkpoint_write_read_bit_identical(tmp_path):
 
 def test_round_trip_mixed_tree(tmp_path):
   tree = _random_tree()
-  out = checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_7", tree,
-                                        step=7)
+  out = checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_7", tree, step=7)
   assert out == str(tmp_path / "checkpoint_7")
   loaded = checkpoints.load_t5x_checkpoint(out)
   _assert_bit_identical(loaded, jax.tree.map(np.asarray, tree))
   assert checkpoints.read_step(out) == 7
   # Large leaves are zarr dirs named like T5X's; small ones are inline.
   zarrs = sorted(n for n in os.listdir(out) if n != "checkpoint")
-  assert zarrs == ["target.decoder.counts",
-                   "target.decoder.logits_dense.kernel",
-                   "target.encoder.layers_0.mlp.wi_0.kernel",
-                   "target.token_embedder.embedding"]
+  assert zarrs == [
+      "target.decoder.counts",
+      "target.decoder.logits_dense.kernel",
+      "target.encoder.layers_0.mlp.wi_0.kernel",
+      "target.token_embedder.embedding",
+  ]
   listed = checkpoints.list_parameters(out)
   assert listed["encoder/layers_0/mlp/wi_0/kernel"] == ((128, 96), "bfloat16")
   assert listed["encoder/encoder_norm/scale"] == ((4,), "bfloat16")
@@ -239,10 +252,8 @@ def test_round_trip_mixed_tree(tmp_path):
 
 
 def test_written_file_is_new_t5x_layout(tmp_path):
-  out = checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_2",
-                                        _random_tree(), step=2)
-  raw = msgpack.unpackb((pathlib.Path(out) / "checkpoint").read_bytes(),
-                        raw=False)
+  out = checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_2", _random_tree(), step=2)
+  raw = msgpack.unpackb((pathlib.Path(out) / "checkpoint").read_bytes(), raw=False)
   assert raw["version"] == 3 and set(raw) == {"version", "target", "state"}
   spec = raw["target"]["token_embedder"]["embedding"]
   assert spec["driver"] == "zarr"
@@ -251,22 +262,29 @@ def test_written_file_is_new_t5x_layout(tmp_path):
   assert spec["metadata"]["compressor"]["id"] == "gzip"
   # Inline leaves use flax.serialization's ext encoding.
   from flax import serialization  # pylint: disable=g-import-not-at-top
-  restored = serialization.msgpack_restore(
-      (pathlib.Path(out) / "checkpoint").read_bytes())
-  np.testing.assert_array_equal(
-      restored["target"]["decoder"]["small_counts"], np.arange(3))
+
+  restored = serialization.msgpack_restore((pathlib.Path(out) / "checkpoint").read_bytes())
+  np.testing.assert_array_equal(restored["target"]["decoder"]["small_counts"], np.arange(3))
   assert int(restored["state"]["step"]) == 2
 
 
 def test_state_round_trip(tmp_path):
   rng = np.random.default_rng(1)
-  state = {"encoder": {"prompt": {"prompt": {
-      "m": np.zeros((1,), np.float32),
-      "v": rng.standard_normal((64, 128)).astype(np.float32),  # zarr
-      "v_row": rng.standard_normal((5,)).astype(ml_dtypes.bfloat16)}}},
-           "token_embedder": {"embedding": None}}
+  state = {
+      "encoder": {
+          "prompt": {
+              "prompt": {
+                  "m": np.zeros((1,), np.float32),
+                  "v": rng.standard_normal((64, 128)).astype(np.float32),  # zarr
+                  "v_row": rng.standard_normal((5,)).astype(ml_dtypes.bfloat16),
+              }
+          }
+      },
+      "token_embedder": {"embedding": None},
+  }
   out = checkpoints.save_t5x_checkpoint(
-      tmp_path / "checkpoint_5", _random_tree(), step=5, state=state)
+      tmp_path / "checkpoint_5", _random_tree(), step=5, state=state
+  )
   loaded = checkpoints.load_state(out)
   assert int(loaded["step"]) == 5
   _assert_bit_identical(loaded["param_states"], state)
@@ -279,22 +297,24 @@ def test_overwrite(tmp_path):
   checkpoints.save_t5x_checkpoint(target, {"a": np.ones(3)}, step=1)
   with pytest.raises(CheckpointError, match="already exists"):
     checkpoints.save_t5x_checkpoint(target, {"a": np.zeros(3)}, step=1)
-  checkpoints.save_t5x_checkpoint(target, {"b": np.zeros(3)}, step=1,
-                                  overwrite=True)
+  checkpoints.save_t5x_checkpoint(target, {"b": np.zeros(3)}, step=1, overwrite=True)
   assert list(checkpoints.load_t5x_checkpoint(target)) == ["b"]
   assert os.listdir(tmp_path) == ["checkpoint_1"]
 
 
 def test_gcs_paths_map_to_gcs_kvstore():
-  spec = {"driver": "zarr", "metadata": {"shape": [2]},
-          "kvstore": {"driver": "gfile", "path": "target.a.kernel"}}
+  spec = {
+      "driver": "zarr",
+      "metadata": {"shape": [2]},
+      "kvstore": {"driver": "gfile", "path": "target.a.kernel"},
+  }
   full = checkpoints._ts_spec(spec, "gs://bucket/run/checkpoint_3")
-  assert full == {"driver": "zarr", "kvstore": {
-      "driver": "gcs", "bucket": "bucket",
-      "path": "run/checkpoint_3/target.a.kernel"}}
+  assert full == {
+      "driver": "zarr",
+      "kvstore": {"driver": "gcs", "bucket": "bucket", "path": "run/checkpoint_3/target.a.kernel"},
+  }
   full = checkpoints._ts_spec(spec, "/ckpts/checkpoint_3")
-  assert full["kvstore"] == {"driver": "file",
-                             "path": "/ckpts/checkpoint_3/target.a.kernel"}
+  assert full["kvstore"] == {"driver": "file", "path": "/ckpts/checkpoint_3/target.a.kernel"}
 
 
 # ----------------------------------------------------------------------------
@@ -308,16 +328,16 @@ def test_error_nonexistent_path(tmp_path):
 
 
 def test_error_directory_without_checkpoint_file(tmp_path):
-  checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_4", {"a": np.ones(2)},
-                                  step=4)
+  checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_4", {"a": np.ones(2)}, step=4)
   with pytest.raises(CheckpointError, match="no 'checkpoint' file") as e:
     checkpoints.list_parameters(tmp_path)
   assert str(tmp_path) in str(e.value) and "checkpoint_4" in str(e.value)
 
 
-@pytest.mark.parametrize("content", [b"\xc1\xc1 not msgpack", b"hello world",
-                                     msgpack.packb([1, 2]),
-                                     msgpack.packb({"params": {}})])
+@pytest.mark.parametrize(
+    "content",
+    [b"\xc1\xc1 not msgpack", b"hello world", msgpack.packb([1, 2]), msgpack.packb({"params": {}})],
+)
 def test_error_not_a_t5x_file(tmp_path, content):
   file = tmp_path / "checkpoint"
   file.write_bytes(content)
@@ -327,8 +347,7 @@ def test_error_not_a_t5x_file(tmp_path, content):
 
 
 def test_error_regex_selects_nothing(tmp_path):
-  out = checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_1",
-                                        _random_tree(), step=1)
+  out = checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_1", _random_tree(), step=1)
   with pytest.raises(CheckpointError) as e:
     checkpoints.load_t5x_checkpoint(out, regex="nothing/here")
   assert "nothing/here" in str(e.value) and _EMBEDDING in str(e.value)
@@ -336,26 +355,26 @@ def test_error_regex_selects_nothing(tmp_path):
 
 def test_check_against():
   loaded = jax.tree.map(np.asarray, _random_tree())
-  expected = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          loaded)
+  expected = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), loaded)
   checkpoints.check_against(expected, loaded)
 
   bad = jax.tree.map(lambda x: x, expected)
   bad["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"] = jax.ShapeDtypeStruct(
-      (128, 16), jnp.bfloat16)
+      (128, 16), jnp.bfloat16
+  )
   with pytest.raises(CheckpointError) as e:
     checkpoints.check_against(bad, loaded)
-  assert ("encoder/layers_0/mlp/wi_0/kernel: checkpoint has shape (128, 96) "
-          "but the model expects (128, 16)") in str(e.value)
+  assert (
+      "encoder/layers_0/mlp/wi_0/kernel: checkpoint has shape (128, 96) "
+      "but the model expects (128, 16)"
+  ) in str(e.value)
 
   model = jax.tree.map(lambda x: x, expected)
-  model["encoder"]["prompt"] = {"prompt": jax.ShapeDtypeStruct((5, 4),
-                                                               jnp.float32)}
+  model["encoder"]["prompt"] = {"prompt": jax.ShapeDtypeStruct((5, 4), jnp.float32)}
   del model["decoder"]["counts"]
   with pytest.raises(CheckpointError) as e:
     checkpoints.check_against(model, loaded)
-  assert "missing from the checkpoint: ['encoder/prompt/prompt']" in str(
-      e.value)
+  assert "missing from the checkpoint: ['encoder/prompt/prompt']" in str(e.value)
   assert "not in the model: ['decoder/counts']" in str(e.value)
 
   model["decoder"]["counts"] = loaded["decoder"]["counts"]  # arrays work too
@@ -381,8 +400,7 @@ def test_failed_save_leaves_no_checkpoint(tmp_path, monkeypatch, victim):
   with pytest.raises(RuntimeError, match="simulated crash"):
     checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_2", tree, step=2)
   assert os.listdir(tmp_path) == ["checkpoint_1"]  # temp dir cleaned up
-  assert checkpoints.latest_checkpoint(tmp_path) == str(
-      tmp_path / "checkpoint_1")
+  assert checkpoints.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_1")
 
 
 def test_killed_save_leftovers_are_ignored(tmp_path, monkeypatch):
@@ -398,18 +416,15 @@ def test_killed_save_leftovers_are_ignored(tmp_path, monkeypatch):
   assert len(leftovers) == 1 and leftovers[0].startswith("checkpoint_2.tmp-")
   assert not (tmp_path / "checkpoint_2").exists()
   assert checkpoints.all_checkpoint_steps(tmp_path) == [1]
-  assert checkpoints.latest_checkpoint(tmp_path) == str(
-      tmp_path / "checkpoint_1")
+  assert checkpoints.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_1")
 
 
 def test_latest_checkpoint(tmp_path):
   assert checkpoints.latest_checkpoint(tmp_path / "missing") is None
   assert checkpoints.latest_checkpoint(tmp_path) is None
   for step in (2, 10, 9):
-    checkpoints.save_t5x_checkpoint(tmp_path / f"checkpoint_{step}",
-                                    {"a": np.ones(2)}, step=step)
+    checkpoints.save_t5x_checkpoint(tmp_path / f"checkpoint_{step}", {"a": np.ones(2)}, step=step)
   (tmp_path / "checkpoint_11").mkdir()  # incomplete: no msgpack file
   (tmp_path / "checkpoint_x").mkdir()
   assert checkpoints.all_checkpoint_steps(tmp_path) == [2, 9, 10]
-  assert checkpoints.latest_checkpoint(tmp_path) == str(
-      tmp_path / "checkpoint_10")
+  assert checkpoints.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_10")

@@ -3,6 +3,7 @@
 Models are built abstractly (`jax.eval_shape` of the initial variables): no weight is allocated
 and no checkpoint is read (the embedded size resolves its checkpoint path only when a run asks).
 """
+
 import functools
 import json
 import math
@@ -20,8 +21,9 @@ from prompt_tuning import embedded
 CONFIGS = config.CONFIGS_DIR
 ALL_FILES = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.gin"))
 GENERIC_MODELS = ("models/t5_1_1.gin", "models/t5_1_1_prompt.gin")
-NAMED_MODELS = [f for f in ALL_FILES if re.fullmatch(r"models/t5_1_1_\w+\.gin", f)
-                and f not in GENERIC_MODELS]
+NAMED_MODELS = [
+    f for f in ALL_FILES if re.fullmatch(r"models/t5_1_1_\w+\.gin", f) and f not in GENERIC_MODELS
+]
 PROMPT_PATH = "encoder/prompt/prompt/prompt"
 
 
@@ -78,16 +80,21 @@ def _clear_gin():
 def test_every_file_parses_with_its_macros_defined_or_documented(rel):
   files = combination(rel)
   _parse(files)
-  used = {m for f in files for inc in _includes(f)
-          for m in re.findall(r"%([A-Z_][A-Z0-9_]*)", _text(inc))}
+  used = {
+      m
+      for f in files
+      for inc in _includes(f)
+      for m in re.findall(r"%([A-Z_][A-Z0-9_]*)", _text(inc))
+  }
   undefined = set()
   for name in used:
     try:
       gin.query_parameter(f"%{name}")
     except ValueError:
       undefined.add(name)
-  assert not undefined - _documented_macros(rel), (
-      f"configs/{rel} (parsed as {files}) uses macros that nothing defines or documents")
+  assert not undefined - _documented_macros(
+      rel
+  ), f"configs/{rel} (parsed as {files}) uses macros that nothing defines or documents"
 
 
 @pytest.mark.parametrize("rel", [f for f in ALL_FILES if f.startswith("models/decoding/")])
@@ -101,16 +108,24 @@ def test_decoding_file_sets_its_decode_fn(rel):
 def test_prompt_file_sets_its_initialiser(rel):
   _parse(combination(rel))
   assert gin.query_parameter("%PROMPT").configurable.name == (
-      rel.split("/")[-1].removesuffix(".gin"))
+      rel.split("/")[-1].removesuffix(".gin")
+  )
 
 
 def _embedded_dims() -> tuple[int, int]:
   """d_model and frozen parameter count of the committed embedded checkpoint (config.json)."""
   with open(os.path.join(embedded.ASSETS_DIR, "config.json")) as f:
     cfg = json.load(f)
-  listing = t5x_listing(cfg["vocab_size"], cfg["emb_dim"], cfg["num_heads"], cfg["head_dim"],
-                        cfg["mlp_dim"], cfg["num_encoder_layers"], cfg["num_decoder_layers"],
-                        cfg["relative_attention_num_buckets"])
+  listing = t5x_listing(
+      cfg["vocab_size"],
+      cfg["emb_dim"],
+      cfg["num_heads"],
+      cfg["head_dim"],
+      cfg["mlp_dim"],
+      cfg["num_encoder_layers"],
+      cfg["num_decoder_layers"],
+      cfg["relative_attention_num_buckets"],
+  )
   return cfg["emb_dim"], sum(math.prod(s) for s in listing.values())
 
 
@@ -138,8 +153,12 @@ def _build(files: tuple[str, ...], prompt_length: Optional[int]):
   prompt = flat.pop(PROMPT_PATH, None)
   assert not any("prompt" in k for k in flat), sorted(flat)
   frozen = sum(math.prod(v.shape) for v in flat.values())
-  return (gin.query_parameter("%MODEL_SIZE"), module, frozen,
-          None if prompt is None else math.prod(prompt.shape))
+  return (
+      gin.query_parameter("%MODEL_SIZE"),
+      module,
+      frozen,
+      None if prompt is None else math.prod(prompt.shape),
+  )
 
 
 def _named_size(rel: str) -> str:
@@ -153,11 +172,20 @@ NAMED_PLAIN = [f for f in NAMED_MODELS if f not in NAMED_PROMPT]
 # the generic model files with the sizes no named file covers (cheap: tiny, embedded), at a
 # couple of lengths. The named plain files are their prompt files minus the prompt (below), so
 # an lm100k backbone is traced once per size: the whole file stays well under 30 s.
-BUILDS = [((f,), None) for f in NAMED_PROMPT] + [(("models/t5_1_1_small_prompt.gin",), 7)] + [
-    ((generic, size), length)
-    for size in SIZE_FILES if not any(size in _includes(f) for f in NAMED_MODELS)
-    for generic, length in [(GENERIC_MODELS[0], None), (GENERIC_MODELS[1], 1),
-                            (GENERIC_MODELS[1], 7)]]
+BUILDS = (
+    [((f,), None) for f in NAMED_PROMPT]
+    + [(("models/t5_1_1_small_prompt.gin",), 7)]
+    + [
+        ((generic, size), length)
+        for size in SIZE_FILES
+        if not any(size in _includes(f) for f in NAMED_MODELS)
+        for generic, length in [
+            (GENERIC_MODELS[0], None),
+            (GENERIC_MODELS[1], 1),
+            (GENERIC_MODELS[1], 7),
+        ]
+    ]
+)
 
 
 def test_builds_cover_every_model_and_size_file():
@@ -169,8 +197,9 @@ def test_builds_cover_every_model_and_size_file():
   assert {f"models/t5_1_1_{s}.gin" for s in TABLE_4} <= set(NAMED_PLAIN)
 
 
-@pytest.mark.parametrize("files,prompt_length", BUILDS,
-                         ids=["+".join(f) + f":P={p}" for f, p in BUILDS])
+@pytest.mark.parametrize(
+    "files,prompt_length", BUILDS, ids=["+".join(f) + f":P={p}" for f, p in BUILDS]
+)
 def test_model_has_table_4_frozen_count_and_prompt_of_length_times_d_model(files, prompt_length):
   size, _, frozen, prompt = _build(files, prompt_length)
   if files[0] in NAMED_MODELS:

@@ -4,6 +4,7 @@ The toy model's logits depend on its cache (the previous token and the running t
 stores), so a cache that is not reordered with its beam changes the decodes and the scores,
 which the references compute from the token history alone.
 """
+
 import functools
 import itertools
 import math
@@ -31,28 +32,35 @@ class ToyModel:
     self.a = np.asarray(a_ExVxV, np.float64)
     self.vocab = self.a.shape[-1]
     self.b = np.zeros_like(self.a) if b_ExVxV is None else np.asarray(b_ExVxV, np.float64)
-    self.c = (np.zeros((self.vocab, self.vocab)) if c_VxV is None
-              else np.asarray(c_VxV, np.float64))
+    self.c = np.zeros((self.vocab, self.vocab)) if c_VxV is None else np.asarray(c_VxV, np.float64)
 
   def tokens_to_logits(self, state: decoding.DecodingState):
     a, b, c = (jnp.asarray(t, jnp.float32) for t in (self.a, self.b, self.c))
     cache = state.cache
     ex, prev, total = cache["example_id"], cache["prev_token"], cache["token_sum"]
     logits_BxV = a[ex, state.cur_token] + b[ex, prev] + c[total % self.vocab]
-    fed_BxL = jax.lax.dynamic_update_slice(cache["fed_tokens"], state.cur_token[:, None],
-                                           (0, state.cur_index))
-    new_cache = {"example_id": ex, "prev_token": state.cur_token,
-                 "token_sum": total + state.cur_token, "fed_tokens": fed_BxL,
-                 "num_calls": cache["num_calls"] + 1}
+    fed_BxL = jax.lax.dynamic_update_slice(
+        cache["fed_tokens"], state.cur_token[:, None], (0, state.cur_index)
+    )
+    new_cache = {
+        "example_id": ex,
+        "prev_token": state.cur_token,
+        "token_sum": total + state.cur_token,
+        "fed_tokens": fed_BxL,
+        "num_calls": cache["num_calls"] + 1,
+    }
     return logits_BxV, new_cache
 
   @staticmethod
   def init_cache(example_ids, max_len):
     n = len(example_ids)
-    return {"example_id": jnp.asarray(example_ids, jnp.int32),
-            "prev_token": jnp.zeros((n,), jnp.int32), "token_sum": jnp.zeros((n,), jnp.int32),
-            "fed_tokens": jnp.zeros((n, max_len), jnp.int32),
-            "num_calls": jnp.array(0, jnp.int32)}  # A scalar leaf, shared by the batch.
+    return {
+        "example_id": jnp.asarray(example_ids, jnp.int32),
+        "prev_token": jnp.zeros((n,), jnp.int32),
+        "token_sum": jnp.zeros((n,), jnp.int32),
+        "fed_tokens": jnp.zeros((n, max_len), jnp.int32),
+        "num_calls": jnp.array(0, jnp.int32),
+    }  # A scalar leaf, shared by the batch.
 
   def logits(self, ex, history):
     """Next-token logits after feeding `history` (BOS 0 first)."""
@@ -70,16 +78,26 @@ class ToyModel:
 
 def random_model(seed, vocab=7, examples=2, scale=2.0):
   rng = np.random.RandomState(seed)
-  return ToyModel(scale * rng.randn(examples, vocab, vocab),
-                  scale * rng.randn(examples, vocab, vocab), scale * rng.randn(vocab, vocab))
+  return ToyModel(
+      scale * rng.randn(examples, vocab, vocab),
+      scale * rng.randn(examples, vocab, vocab),
+      scale * rng.randn(vocab, vocab),
+  )
 
 
 def run_beam(model, example_ids, num_decodes, alpha, max_len, inputs=None):
   if inputs is None:
     inputs = jnp.zeros((len(example_ids), max_len), jnp.int32)
-  fn = jax.jit(functools.partial(decoding.beam_search, tokens_to_logits=model.tokens_to_logits,
-                                 eos_id=EOS, num_decodes=num_decodes, alpha=alpha,
-                                 max_decode_len=max_len))
+  fn = jax.jit(
+      functools.partial(
+          decoding.beam_search,
+          tokens_to_logits=model.tokens_to_logits,
+          eos_id=EOS,
+          num_decodes=num_decodes,
+          alpha=alpha,
+          max_decode_len=max_len,
+      )
+  )
   decodes, scores = fn(inputs, ToyModel.init_cache(example_ids, max_len))
   assert decodes.dtype == jnp.int32
   assert decodes.shape == (len(example_ids), num_decodes, max_len)
@@ -89,22 +107,36 @@ def run_beam(model, example_ids, num_decodes, alpha, max_len, inputs=None):
 
 def run_beam_final_state(model, example_ids, num_decodes, alpha, max_len):
   """The search's final loop state, to inspect its cache and stopping step."""
-  fn = jax.jit(functools.partial(
-      decoding._beam_search_final_state,  # pylint: disable=protected-access
-      tokens_to_logits=model.tokens_to_logits, eos_id=EOS, num_decodes=num_decodes, alpha=alpha,
-      max_decode_len=max_len))
-  return fn(jnp.zeros((len(example_ids), max_len), jnp.int32),
-            ToyModel.init_cache(example_ids, max_len))
+  fn = jax.jit(
+      functools.partial(
+          decoding._beam_search_final_state,  # pylint: disable=protected-access
+          tokens_to_logits=model.tokens_to_logits,
+          eos_id=EOS,
+          num_decodes=num_decodes,
+          alpha=alpha,
+          max_decode_len=max_len,
+      )
+  )
+  return fn(
+      jnp.zeros((len(example_ids), max_len), jnp.int32), ToyModel.init_cache(example_ids, max_len)
+  )
 
 
 def run_sample(model, example_ids, max_len, seed=0, inputs=None, **kwargs):
   if inputs is None:
     inputs = jnp.zeros((len(example_ids), max_len), jnp.int32)
-  fn = jax.jit(functools.partial(decoding.temperature_sample,
-                                 tokens_to_logits=model.tokens_to_logits, eos_id=EOS,
-                                 max_decode_len=max_len, **kwargs))
-  decodes, scores = fn(inputs, ToyModel.init_cache(example_ids, max_len),
-                       decode_rng=jax.random.PRNGKey(seed))
+  fn = jax.jit(
+      functools.partial(
+          decoding.temperature_sample,
+          tokens_to_logits=model.tokens_to_logits,
+          eos_id=EOS,
+          max_decode_len=max_len,
+          **kwargs
+      )
+  )
+  decodes, scores = fn(
+      inputs, ToyModel.init_cache(example_ids, max_len), decode_rng=jax.random.PRNGKey(seed)
+  )
   assert decodes.dtype == jnp.int32
   return np.asarray(decodes), np.asarray(scores)
 
@@ -112,8 +144,15 @@ def run_sample(model, example_ids, max_len, seed=0, inputs=None, **kwargs):
 def run_greedy(model, example_ids, max_len, inputs=None, num_decodes=1):
   if inputs is None:
     inputs = jnp.zeros((len(example_ids), max_len), jnp.int32)
-  fn = jax.jit(functools.partial(decoding.greedy, tokens_to_logits=model.tokens_to_logits,
-                                 eos_id=EOS, num_decodes=num_decodes, max_decode_len=max_len))
+  fn = jax.jit(
+      functools.partial(
+          decoding.greedy,
+          tokens_to_logits=model.tokens_to_logits,
+          eos_id=EOS,
+          num_decodes=num_decodes,
+          max_decode_len=max_len,
+      )
+  )
   decodes, scores = fn(inputs, ToyModel.init_cache(example_ids, max_len))
   return np.asarray(decodes), np.asarray(scores)
 
@@ -140,9 +179,12 @@ def reference_beam_search(model, ex, num_decodes, alpha, max_len):
   live = [((), 0.0)]
   finished = []
   for t in range(max_len):
-    cands = [(s + (v,), lp + model.log_probs(ex, [0, *s])[v])
-             for s, lp in live for v in range(model.vocab)]
-    cands = sorted(cands, key=lambda c: -c[1])[:2 * num_decodes]
+    cands = [
+        (s + (v,), lp + model.log_probs(ex, [0, *s])[v])
+        for s, lp in live
+        for v in range(model.vocab)
+    ]
+    cands = sorted(cands, key=lambda c: -c[1])[: 2 * num_decodes]
     finished += [(s, lp / penalty(alpha, t + 1)) for s, lp in cands if s[-1] == EOS]
     finished = sorted(finished, key=lambda c: -c[1])[:num_decodes]
     live = [c for c in cands if c[0][-1] != EOS][:num_decodes]
@@ -207,8 +249,9 @@ def test_beam_search_exhaustive_equals_brute_force(vocab, max_len, num_decodes, 
   assert_beams_match(decodes[0], scores[0], expected, max_len)
 
 
-@pytest.mark.parametrize("num_decodes,alpha,seed", [(1, 0.6, 0), (2, 0.0, 1), (3, 0.6, 2),
-                                                    (3, 1.0, 3), (2, 0.6, 4)])
+@pytest.mark.parametrize(
+    "num_decodes,alpha,seed", [(1, 0.6, 0), (2, 0.0, 1), (3, 0.6, 2), (3, 1.0, 3), (2, 0.6, 4)]
+)
 def test_beam_search_matches_reference(num_decodes, alpha, seed):
   # V = 7 > 2N keeps dead beams out of the candidates, so every slot is compared.
   model = random_model(seed)
@@ -254,10 +297,12 @@ def test_beam_search_cache_follows_beams_and_scalar_leaves_are_untouched():
   live_BxNxT = np.asarray(state.live_seqs_BxNxT)
   np.testing.assert_array_equal(fed_BxNxL, live_BxNxT[:, :, :max_len])
   np.testing.assert_array_equal(
-      np.asarray(cache["token_sum"]).reshape(batch, num_decodes),
-      live_BxNxT[:, :, :max_len].sum(-1))
-  np.testing.assert_array_equal(np.asarray(cache["example_id"]).reshape(batch, num_decodes),
-                                [[0] * num_decodes, [1] * num_decodes])
+      np.asarray(cache["token_sum"]).reshape(batch, num_decodes), live_BxNxT[:, :, :max_len].sum(-1)
+  )
+  np.testing.assert_array_equal(
+      np.asarray(cache["example_id"]).reshape(batch, num_decodes),
+      [[0] * num_decodes, [1] * num_decodes],
+  )
 
 
 def test_beam_search_stops_early_when_no_alive_beam_can_win():
@@ -337,8 +382,10 @@ def test_greedy_forces_non_zero_inputs():
   np.testing.assert_allclose(scores[0, 0], score, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=0.0), dict(temperature=1.0, topk=1),
-                                    dict(temperature=1.0, topp=1e-6)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(temperature=0.0), dict(temperature=1.0, topk=1), dict(temperature=1.0, topp=1e-6)],
+)
 def test_degenerate_sampling_is_greedy(kwargs):
   model = greedy_model()
   greedy_decodes, _ = run_greedy(model, [0, 1], 6)
@@ -363,8 +410,16 @@ def masked_log_probs(logits, temperature, topk, topp):
 def test_sampling_scores_and_padding(temperature, topk, topp):
   model = random_model(seed=10, scale=0.7)
   max_len, num_decodes = 5, 16
-  decodes, scores = run_sample(model, [0, 1], max_len, seed=3, num_decodes=num_decodes,
-                               temperature=temperature, topk=topk, topp=topp)
+  decodes, scores = run_sample(
+      model,
+      [0, 1],
+      max_len,
+      seed=3,
+      num_decodes=num_decodes,
+      temperature=temperature,
+      topk=topk,
+      topp=topp,
+  )
   assert decodes.shape == (2, num_decodes, max_len)
   assert np.all(np.diff(scores, axis=1) >= 0), "sorted ascending, best last"
   for ex in range(2):
@@ -406,8 +461,9 @@ def test_beam_layout_helpers():
   x = jnp.array([[1, 2], [3, 4]])
   flat = decoding.flat_batch_beam_expand(x, 3)
   np.testing.assert_array_equal(flat, [[1, 2]] * 3 + [[3, 4]] * 3)
-  np.testing.assert_array_equal(decoding.unflatten_beam_dim(flat, 2, 3),
-                                [[[1, 2]] * 3, [[3, 4]] * 3])
+  np.testing.assert_array_equal(
+      decoding.unflatten_beam_dim(flat, 2, 3), [[[1, 2]] * 3, [[3, 4]] * 3]
+  )
   with pytest.raises(ValueError):
     decoding.unflatten_beam_dim(flat, 2, 2)
 
@@ -417,5 +473,8 @@ def test_cache_rule_rejects_unbatched_leaf():
   cache = ToyModel.init_cache([0, 1], 4)
   cache["bad"] = jnp.zeros((3,))
   with pytest.raises(ValueError, match="bad"):
-    jax.jit(functools.partial(decoding.beam_search, tokens_to_logits=model.tokens_to_logits,
-                              eos_id=EOS, num_decodes=2))(jnp.zeros((2, 4), jnp.int32), cache)
+    jax.jit(
+        functools.partial(
+            decoding.beam_search, tokens_to_logits=model.tokens_to_logits, eos_id=EOS, num_decodes=2
+        )
+    )(jnp.zeros((2, 4), jnp.int32), cache)

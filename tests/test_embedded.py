@@ -5,6 +5,7 @@ real train CLI at a reduced budget, next to the same prompt tuning on a randomly
 frozen backbone and model tuning of the pretrained one (benchmarks/embedded_default.py prints
 the full-budget figures).
 """
+
 import json
 import os
 import pathlib
@@ -22,8 +23,14 @@ from tests import cli_utils
 ASSETS = pathlib.Path(embedded.ASSETS_DIR)
 STEPS = 100  # Reduced budget of the threshold tests (the main job trains 600 steps).
 # What model tuning takes from runs/embedded_default.gin, so both train on the same data.
-MODEL_TUNING_MACROS = ("MIXTURE_OR_TASK_MODULE", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS",
-                       "ACTIVATION_DTYPE", "BATCH_SIZE", "BEST_METRIC")
+MODEL_TUNING_MACROS = (
+    "MIXTURE_OR_TASK_MODULE",
+    "MIXTURE_OR_TASK_NAME",
+    "TASK_FEATURE_LENGTHS",
+    "ACTIVATION_DTYPE",
+    "BATCH_SIZE",
+    "BEST_METRIC",
+)
 
 
 def _lm_step() -> int:
@@ -32,6 +39,7 @@ def _lm_step() -> int:
 
 def test_assets_are_committed_and_small():
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
   cfg = embedded.load_config()
   sp = spm.SentencePieceProcessor(model_file=embedded.vocab_path())
   assert (sp.pad_id(), sp.eos_id(), sp.unk_id()) == (0, 1, 2)
@@ -50,11 +58,16 @@ def test_assets_are_committed_and_small():
 def test_the_vocabulary_keeps_the_world_s_words_whole():
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
   from prompt_tuning.embedded import world  # pylint: disable=g-import-not-at-top
+
   sp = spm.SentencePieceProcessor(model_file=embedded.vocab_path())
   words = set(world.NAMES) | {v for vs in world.VALUES.values() for v in vs}
   statements = [t[0] for t in world.TEMPLATES.values()]  # Wh-questions start capitalised.
-  words |= {w for s in statements + [s for t in world.TRAITS.values() for s in t]
-            for w in s.split() if "{" not in w}
+  words |= {
+      w
+      for s in statements + [s for t in world.TRAITS.values() for s in t]
+      for w in s.split()
+      if "{" not in w
+  }
   words |= {"What", "Where", "Which", "Question", "Answer"}  # Capitalised in the corpus.
   words |= {"True", "False", "entailment", "contradiction", "neutral"}
   words |= {"boolq", "passage", "question", "rte", "cb", "hypothesis", "premise"}  # Formats.
@@ -72,7 +85,8 @@ def test_gin_files_resolve_the_committed_paths():
     assert config.macro("VOCAB_PATH") is None
     gin.parse_config(["embedded.checkpoint_path.stage = 'span_corruption'"])
     assert config.macro("INITIAL_CHECKPOINT_PATH", evaluate=True) == (
-        embedded.checkpoint_path("span_corruption"))
+        embedded.checkpoint_path("span_corruption")
+    )
     # TRAIN_STEPS counts on from the checkpoint's global step, T5X-style.
     assert config.macro("TRAIN_STEPS") - _lm_step() == 600
   finally:
@@ -97,32 +111,45 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("embedded")
   # Same global step as the pretrained checkpoint, so TRAIN_STEPS means the same budget.
   random_ckpt = embedded.write_random_checkpoint(
-      str(root / "random_backbone" / f"checkpoint_{_lm_step()}"), embedded.load_config(),
-      step=_lm_step())
-  env = cli_utils.make_env(root, pathlib.Path(embedded.vocab_path()),
-                           {"PROMPT_TUNING_SYNTHETIC_DIR": str(root / "synthetic")})
+      str(root / "random_backbone" / f"checkpoint_{_lm_step()}"),
+      embedded.load_config(),
+      step=_lm_step(),
+  )
+  env = cli_utils.make_env(
+      root,
+      pathlib.Path(embedded.vocab_path()),
+      {"PROMPT_TUNING_SYNTHETIC_DIR": str(root / "synthetic")},
+  )
   gin.clear_config()
   config.parse_gin(["runs/embedded_default.gin"], [])
   config_macros = {k: config.macro(k) for k in MODEL_TUNING_MACROS}
   gin.clear_config()
-  common = {"TRAIN_STEPS": _lm_step() + STEPS, "EVAL_PERIOD": STEPS,
-            "CHECKPOINT_PERIOD": STEPS}
+  common = {"TRAIN_STEPS": _lm_step() + STEPS, "EVAL_PERIOD": STEPS, "CHECKPOINT_PERIOD": STEPS}
   variants = {
       # The main job, saving every parameter so that the frozen backbone can be compared.
-      "prompt": ["--gin_file=runs/embedded_default.gin"] + cli_utils.gin_flags(
-          {"SAVE_MODE": "full"}),
-      "random": ["--gin_file=runs/embedded_default.gin"] + cli_utils.gin_flags(
-          {"INITIAL_CHECKPOINT_PATH": random_ckpt}),
+      "prompt": ["--gin_file=runs/embedded_default.gin"]
+      + cli_utils.gin_flags({"SAVE_MODE": "full"}),
+      "random": ["--gin_file=runs/embedded_default.gin"]
+      + cli_utils.gin_flags({"INITIAL_CHECKPOINT_PATH": random_ckpt}),
       # Model tuning: no prompt, every parameter trains (runs/finetune.gin, lr 1e-3).
-      "model": ["--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/embedded.gin",
-                "--gin_file=models/decoding/greedy.gin", "--gin_file=runs/finetune.gin"]
-               + cli_utils.gin_flags({k: config_macros[k] for k in MODEL_TUNING_MACROS}),
+      "model": [
+          "--gin_file=models/t5_1_1.gin",
+          "--gin_file=models/sizes/embedded.gin",
+          "--gin_file=models/decoding/greedy.gin",
+          "--gin_file=runs/finetune.gin",
+      ]
+      + cli_utils.gin_flags({k: config_macros[k] for k in MODEL_TUNING_MACROS}),
   }
   out = {}
   for name, args in variants.items():
     model_dir = root / name
-    cli_utils.Cli("train", args + cli_utils.gin_flags({**common, "MODEL_DIR": model_dir}),
-                  env, root / "logs", name).check(timeout=900)
+    cli_utils.Cli(
+        "train",
+        args + cli_utils.gin_flags({**common, "MODEL_DIR": model_dir}),
+        env,
+        root / "logs",
+        name,
+    ).check(timeout=900)
     evals = cli_utils.read_jsonl(model_dir / "eval" / "metrics.jsonl")
     out[name] = (model_dir, evals[-1])
   return out
@@ -134,6 +161,7 @@ def _accuracy(metrics) -> float:
 
 def _tensorboard_scalars(log_dir: pathlib.Path, tag: str) -> dict[int, float]:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   out = {}
   for path in log_dir.glob("events.out.tfevents.*"):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -143,6 +171,7 @@ def _tensorboard_scalars(log_dir: pathlib.Path, tag: str) -> dict[int, float]:
 
 def _flat_params(path) -> dict[str, np.ndarray]:
   from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
+
   return optim.flatten(checkpoints.load_t5x_checkpoint(str(path)))
 
 
@@ -158,7 +187,8 @@ def test_main_job_leaves_prompt_logs_and_metrics(runs):
   # TensorBoard holds the same value as metrics.jsonl.
   tag = "synthetic_taskless_super_glue_boolq_v102/accuracy"
   assert _tensorboard_scalars(model_dir / "eval", tag)[final_step] == pytest.approx(
-      _accuracy(metrics), rel=1e-6)
+      _accuracy(metrics), rel=1e-6
+  )
   assert list((model_dir / "train").glob("events.out.tfevents.*"))
   (npy,) = (model_dir / "numpy_checkpoints").glob(f"checkpoint_{final_step}/*.npy")
   assert npy.name == "encoder.prompt.prompt.prompt.npy"
@@ -178,7 +208,7 @@ def test_model_tuning_trains_every_parameter(runs):
   model_dir = runs["model"][0]
   initial = _flat_params(embedded.checkpoint_path())
   (ckpt,) = (model_dir / "numpy_checkpoints").glob(f"checkpoint_{_lm_step() + STEPS}")
-  exported = {p.name[:-len(".npy")].replace(".", "/"): np.load(p) for p in ckpt.glob("*.npy")}
+  exported = {p.name[: -len(".npy")].replace(".", "/"): np.load(p) for p in ckpt.glob("*.npy")}
   assert set(exported) == set(initial)  # No prompt; every parameter trainable.
   unchanged = [name for name, value in initial.items() if np.array_equal(exported[name], value)]
   assert not unchanged, unchanged

@@ -3,6 +3,7 @@
 Both paths are checked against a second code path: the model's own `predict_batch` /
 `score_batch` run directly over the same examples.
 """
+
 import functools
 import json
 
@@ -35,37 +36,53 @@ def _mean_target_score(targets, scores):
 def setup(tmp_path_factory):
   vocab_lib.set_default_vocab_path(require(T5_VOCAB))
   root = tmp_path_factory.mktemp("eval_task")
-  rows = [{"sentence": f"the film was {w}", "label": lab} for w, lab in
-          [("great", "positive"), ("dull", "negative"), ("superb", "positive"),
-           ("awful", "negative"), ("fun", "positive")]]
+  rows = [
+      {"sentence": f"the film was {w}", "label": lab}
+      for w, lab in [
+          ("great", "positive"),
+          ("dull", "negative"),
+          ("superb", "positive"),
+          ("awful", "negative"),
+          ("fun", "positive"),
+      ]
+  ]
   (root / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   task = text_tasks.register_text_task(
-      "eval_test_task", {"train": str(root / "train.jsonl"),
-                         "validation": str(root / "validation.jsonl")},
-      input_field="sentence", target_field="label", label_names=["negative", "positive"],
-      metrics=("accuracy",), overwrite=True)
+      "eval_test_task",
+      {"train": str(root / "train.jsonl"), "validation": str(root / "validation.jsonl")},
+      input_field="sentence",
+      target_field="label",
+      label_names=["negative", "positive"],
+      metrics=("accuracy",),
+      overwrite=True,
+  )
   # The same task with a score metric too, so seqio also asks for `score_fn`.
   seqio.TaskRegistry.remove("eval_test_task_scored")
-  seqio.TaskRegistry.add("eval_test_task_scored", source=task.source,
-                         output_features=task.output_features,
-                         preprocessors=task.preprocessors, postprocess_fn=task.postprocessor,
-                         metric_fns=list(task.metric_fns) + [_mean_target_score])
+  seqio.TaskRegistry.add(
+      "eval_test_task_scored",
+      source=task.source,
+      output_features=task.output_features,
+      preprocessors=task.preprocessors,
+      postprocess_fn=task.postprocessor,
+      metric_fns=list(task.metric_fns) + [_mean_target_score],
+  )
   params = checkpoints.load_t5x_checkpoint(require(TINY_CHECKPOINT))
   prompt = np.load(require(GOLDEN / "prompt_5x4.npy"))
   params = dict(params, encoder=dict(params["encoder"], prompt={"prompt": {"prompt": prompt}}))
-  module = t5.EncoderDecoder(t5.config_for_size("tiny", dtype="float32"),
-                             prompt_factory=functools.partial(prompts.PrefixPrompt, 5,
-                                                              prompts.from_array(prompt)))
-  model = model_lib.EncoderDecoderModel(module, decode_fn=decoding.greedy,
-                                        decode_kwargs={"num_decodes": 1})
+  module = t5.EncoderDecoder(
+      t5.config_for_size("tiny", dtype="float32"),
+      prompt_factory=functools.partial(prompts.PrefixPrompt, 5, prompts.from_array(prompt)),
+  )
+  model = model_lib.EncoderDecoderModel(
+      module, decode_fn=decoding.greedy, decode_kwargs={"num_decodes": 1}
+  )
   yield model, params, rows
   vocab_lib.set_default_vocab_path(None)
 
 
 def _converted(task_name):
-  ds = seqio.get_mixture_or_task(task_name).get_dataset(LENGTHS, split="validation",
-                                                        shuffle=False)
+  ds = seqio.get_mixture_or_task(task_name).get_dataset(LENGTHS, split="validation", shuffle=False)
   batch = next(pipeline.feature_converter()(ds, LENGTHS).batch(100).as_numpy_iterator())
   return batch
 
@@ -75,11 +92,13 @@ def test_predictions_and_scores_match_the_model(setup):
   evaluator = evaluation.make_evaluator("eval_test_task_scored", LENGTHS)
   # Batch 2 over 5 examples: the last batch is padded, and the padding must be dropped.
   metrics = evaluation.evaluate(
-      evaluator, evaluation.ModelFns(model, 2, partitioning.Partitioner()), params)
+      evaluator, evaluation.ModelFns(model, 2, partitioning.Partitioner()), params
+  )
   batch = _converted("eval_test_task_scored")
   scores = np.asarray(jax.jit(model.score_batch)(params, batch))
-  np.testing.assert_allclose(metrics["eval_test_task_scored"]["mean_score"], scores.mean(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      metrics["eval_test_task_scored"]["mean_score"], scores.mean(), rtol=1e-5
+  )
   decodes = np.asarray(jax.jit(model.predict_batch)(params, batch))
   vocab = vocab_lib.get_vocabulary()
   labels = {"negative": 0, "positive": 1}
@@ -90,6 +109,7 @@ def test_predictions_and_scores_match_the_model(setup):
 
 def test_padded_batches_mark_padding():
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   data = tf.data.Dataset.from_tensor_slices({"x": np.arange(5)}).enumerate()
   batches = list(pipeline.padded_batches(data, 2))
   assert [b[0].tolist() for b in batches] == [[0, 1], [2, 3], [4, -1]]

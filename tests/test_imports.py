@@ -4,14 +4,18 @@ Read from the source with `ast`, function-level imports included, over every mod
 `prompt_tuning/` and `tasks/` (installed as `prompt_tuning.tasks`); and checked once more by
 importing the core in a fresh interpreter.
 """
+
 import ast
 import pathlib
 import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PACKAGE_DIRS = {"prompt_tuning": REPO / "prompt_tuning", "prompt_tuning.tasks": REPO / "tasks",
-                "prompt_tuning.configs": REPO / "configs"}
+PACKAGE_DIRS = {
+    "prompt_tuning": REPO / "prompt_tuning",
+    "prompt_tuning.tasks": REPO / "tasks",
+    "prompt_tuning.configs": REPO / "configs",
+}
 EMBEDDED = "prompt_tuning.embedded"
 # The embedded default's task registrations live with the other tasks; they may use its world,
 # but only inside functions, so that importing the task modules never imports it.
@@ -98,7 +102,7 @@ def _find_cycle(graph: dict[str, set[str]]):
     path.append(node)
     for dep in sorted(graph[node]):
       if state[dep] == 1:
-        return path[path.index(dep):] + [dep]
+        return path[path.index(dep) :] + [dep]
       if state[dep] == 0:
         cycle = visit(dep)
         if cycle:
@@ -121,8 +125,13 @@ def _is_core(module: str) -> bool:
 
 def test_the_graph_sees_the_library():
   # Guards the checks below against passing on an empty or partial graph.
-  for name in ("prompt_tuning.training", "prompt_tuning.embedded", "prompt_tuning.embedded.world",
-               "prompt_tuning.tasks.super_glue", "prompt_tuning.data.pipeline"):
+  for name in (
+      "prompt_tuning.training",
+      "prompt_tuning.embedded",
+      "prompt_tuning.embedded.world",
+      "prompt_tuning.tasks.super_glue",
+      "prompt_tuning.data.pipeline",
+  ):
     assert name in MODULES, name
   graph = _graph()
   assert "prompt_tuning.trainer" in graph["prompt_tuning.training"]
@@ -149,13 +158,21 @@ def test_core_never_imports_the_embedded_default():
 
 def test_importing_the_core_leaves_the_embedded_default_unloaded():
   core = sorted(m for m in MODULES if _is_core(m) and not m.endswith("__main__"))
-  script = ("import importlib, sys\n"
-            f"for name in {core!r}:\n"
-            "  importlib.import_module(name)\n"
-            f"loaded = sorted(m for m in sys.modules if m.startswith({EMBEDDED!r}))\n"
-            "assert not loaded, loaded\n"
-            "print('ok', len(sys.modules))\n")
-  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       cwd=REPO, timeout=300, check=False)
+  script = (
+      "import importlib, sys\n"
+      f"for name in {core!r}:\n"
+      "  importlib.import_module(name)\n"
+      f"loaded = sorted(m for m in sys.modules if m.startswith({EMBEDDED!r}))\n"
+      "assert not loaded, loaded\n"
+      "print('ok', len(sys.modules))\n"
+  )
+  out = subprocess.run(
+      [sys.executable, "-c", script],
+      capture_output=True,
+      text=True,
+      cwd=REPO,
+      timeout=300,
+      check=False,
+  )
   assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
   assert "prompt_tuning.training" in core and "prompt_tuning.tasks.synthetic" in core

@@ -1,4 +1,5 @@
 """Model wrapper: T5X loss, scoring and decoding against the original implementation."""
+
 import functools
 
 import jax
@@ -18,15 +19,20 @@ def setups():
   params = checkpoints.load_t5x_checkpoint(require(TINY_CHECKPOINT))
   prompt = np.load(require(GOLDEN / "prompt_5x4.npy"))
   cfg = t5.config_for_size("tiny", dtype="float32")
-  prompted = dict(params, encoder=dict(params["encoder"],
-                                       prompt={"prompt": {"prompt": prompt}}))
+  prompted = dict(params, encoder=dict(params["encoder"], prompt={"prompt": {"prompt": prompt}}))
   factory = functools.partial(prompts.PrefixPrompt, 5, prompts.from_array(prompt))
   kwargs = {"num_decodes": 1, "alpha": 0.6}
   return {
-      "no_prompt_fp32": (model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg),
-                                                       decode_kwargs=kwargs), params),
-      "prompt_tuned_fp32": (model_lib.EncoderDecoderModel(
-          t5.EncoderDecoder(cfg, prompt_factory=factory), decode_kwargs=kwargs), prompted),
+      "no_prompt_fp32": (
+          model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg), decode_kwargs=kwargs),
+          params,
+      ),
+      "prompt_tuned_fp32": (
+          model_lib.EncoderDecoderModel(
+              t5.EncoderDecoder(cfg, prompt_factory=factory), decode_kwargs=kwargs
+          ),
+          prompted,
+      ),
   }
 
 
@@ -42,16 +48,18 @@ def test_loss_matches_original(setups, name):
   np.testing.assert_allclose(per_token, g["per_token_loss_incl_z"], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(z, g["per_token_z_loss"], rtol=1e-4, atol=1e-7)
   weights = batch["decoder_loss_weights"]
-  np.testing.assert_allclose((np.asarray(per_token) * weights).sum(-1), g["per_example_loss"],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      (np.asarray(per_token) * weights).sum(-1), g["per_example_loss"], rtol=1e-5
+  )
 
 
 def test_loss_normalisation_and_packing(setups):
   model, params = setups["no_prompt_fp32"]
   batch = golden_batch()
   total, _ = model.loss_fn(params, batch)
-  normalised = model_lib.EncoderDecoderModel(model.module,
-                                             loss_normalizing_factor="num_real_target_tokens")
+  normalised = model_lib.EncoderDecoderModel(
+      model.module, loss_normalizing_factor="num_real_target_tokens"
+  )
   per_token, _ = normalised.loss_fn(params, batch)
   np.testing.assert_allclose(per_token, total / batch["decoder_loss_weights"].sum(), rtol=1e-6)
   with pytest.raises(ValueError, match="packed"):
@@ -80,13 +88,15 @@ def test_greedy_with_cache_equals_argmax_of_teacher_forcing(setups):
   """Greedy decoding through the cache = repeatedly feeding the argmax through the full model."""
   model, params = setups["prompt_tuned_fp32"]
   batch = golden_batch()
-  greedy = model_lib.EncoderDecoderModel(model.module, decode_fn=decoding.greedy,
-                                         decode_kwargs={"num_decodes": 1})
+  greedy = model_lib.EncoderDecoderModel(
+      model.module, decode_fn=decoding.greedy, decode_kwargs={"num_decodes": 1}
+  )
   decodes = np.asarray(jax.jit(greedy.predict_batch)(params, batch))
   tokens = np.zeros_like(batch["decoder_input_tokens"])
   for i in range(tokens.shape[1]):
     dec_in = np.concatenate([np.zeros((2, 1), tokens.dtype), tokens[:, :-1]], axis=1)
-    logits = model.module.apply({"params": params}, batch["encoder_input_tokens"], dec_in,
-                                np.ones_like(tokens))
+    logits = model.module.apply(
+        {"params": params}, batch["encoder_input_tokens"], dec_in, np.ones_like(tokens)
+    )
     tokens[:, i] = np.asarray(logits[:, i]).argmax(-1)
   np.testing.assert_array_equal(decodes, tokens)

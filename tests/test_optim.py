@@ -1,4 +1,5 @@
 """Trainable/frozen split and T5X-style Adafactor: golden optimizer step and hand references."""
+
 import functools
 
 import flax.linen as nn
@@ -39,7 +40,8 @@ def setup():
   prompt = np.load(require(GOLDEN / "prompt_5x4.npy"))
   module = t5.EncoderDecoder(
       t5.config_for_size("tiny", dtype="float32"),
-      prompt_factory=functools.partial(prompts.PrefixPrompt, 5, prompts.from_array(prompt)))
+      prompt_factory=functools.partial(prompts.PrefixPrompt, 5, prompts.from_array(prompt)),
+  )
   model = model_lib.EncoderDecoderModel(module)
   abstract = jax.eval_shape(model.get_initial_variables, jax.random.PRNGKey(0))
   specs = nn.get_partition_spec(abstract["params"])
@@ -52,10 +54,12 @@ def setup():
 
 def _grad_fn(model):
   """d loss / d trainable only: the frozen half enters as a constant argument."""
+
   def fn(trainable, frozen, batch):
     loss_fn = lambda t: model.loss_fn(optim.merge_params(t, frozen), batch)
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     return loss, grads
+
   return fn
 
 
@@ -94,20 +98,34 @@ def _golden_trainer(prompt):
   """The trainer `runs/prompt_finetune.gin` builds, on the tiny model with the golden prompt."""
   module = t5.EncoderDecoder(
       t5.config_for_size("tiny", dtype="float32"),
-      prompt_factory=prompts.prefix_prompt_factory(5, prompts.from_array(prompt)))
+      prompt_factory=prompts.prefix_prompt_factory(5, prompts.from_array(prompt)),
+  )
   adafactor = functools.partial(  # As runs/finetune.gin binds optim.create_optimizer.
-      optim.create_optimizer, "adafactor", learning_rate=0.3, decay_rate=0.8, step_offset=0,
-      multiply_by_parameter_scale=False, clipping_threshold=1.0, weight_decay_rate=1e-5)
+      optim.create_optimizer,
+      "adafactor",
+      learning_rate=0.3,
+      decay_rate=0.8,
+      step_offset=0,
+      multiply_by_parameter_scale=False,
+      clipping_threshold=1.0,
+      weight_decay_rate=1e-5,
+  )
   return trainer_lib.Trainer(
-      model_lib.EncoderDecoderModel(module), adafactor, partitioning.Partitioner(num_partitions=1),
-      trainable_patterns=[".*prompt.*"], input_shapes={"inputs": 8, "targets": 4})
+      model_lib.EncoderDecoderModel(module),
+      adafactor,
+      partitioning.Partitioner(num_partitions=1),
+      trainable_patterns=[".*prompt.*"],
+      input_shapes={"inputs": 8, "targets": 4},
+  )
 
 
 def test_golden_optimizer_step():
   g, prompt = golden("prompt_tuned_fp32"), np.load(require(GOLDEN / "prompt_5x4.npy"))
   trainer = _golden_trainer(prompt)
   # As runs/prompt_finetune.gin restores: backbone from the checkpoint, the prompt from scratch.
-  restore_cfg = restore.RestoreConfig(str(require(TINY_CHECKPOINT)), scratch_patterns=[".*prompt.*"])
+  restore_cfg = restore.RestoreConfig(
+      str(require(TINY_CHECKPOINT)), scratch_patterns=[".*prompt.*"]
+  )
   params, step = restore.initial_params(restore_cfg, trainer.model, trainer.spec, trainer.rng)
   assert step == CHECKPOINT_STEP
   np.testing.assert_array_equal(_prompt(params), prompt)
@@ -116,8 +134,9 @@ def test_golden_optimizer_step():
   # That run gets a copy, since `train_step` donates the state (the prompt's buffer).
   results = {}
   for start in (0, CHECKPOINT_STEP):
-    state, frozen = trainer.create_state(jax.tree.map(jnp.copy, params) if start == 0 else params,
-                                         start)
+    state, frozen = trainer.create_state(
+        jax.tree.map(jnp.copy, params) if start == 0 else params, start
+    )
     assert list(optim.flatten(state.params)) == [PROMPT_PATH]
     assert len(optim.flatten(frozen)) == 52
     new_state, metrics = trainer.train_step(state, frozen, batch)  # Jitted; `state` is donated.
@@ -132,11 +151,13 @@ def test_golden_optimizer_step():
   # matches to ~2e-5 relative), hence README section 8's tolerance rather than 1e-6.
   _close_to_max(_prompt(new_state.opt_state.v), g[V_KEY], 1e-4)
   assert new_state.opt_state.m is None  # No momentum (beta1 None).
-  np.testing.assert_allclose(_prompt(results[0][0].params), g["updated_prompt_if_step0"], rtol=0,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      _prompt(results[0][0].params), g["updated_prompt_if_step0"], rtol=0, atol=1e-6
+  )
   # README note 7: the first step is a signed step of size lr plus decoupled weight decay.
-  np.testing.assert_allclose(updated, (1 - 1e-5) * prompt - 0.3 * np.sign(g["prompt_grad"]),
-                             rtol=0, atol=1.2e-7)
+  np.testing.assert_allclose(
+      updated, (1 - 1e-5) * prompt - 0.3 * np.sign(g["prompt_grad"]), rtol=0, atol=1.2e-7
+  )
   # The frozen backbone is the checkpoint's, bit for bit, before and after the step.
   ckpt = optim.flatten(checkpoints.load_t5x_checkpoint(require(TINY_CHECKPOINT)))
   flat = optim.flatten(frozen)
@@ -242,21 +263,27 @@ def test_factored_update_matches_numpy():
   opt = optim.adafactor(0.3, param_axes={"a": ("embed", "mlp"), "b": ("mlp", "embed"), "c": None})
   p = {k: rng.randn(*s).astype(np.float32) for k, s in shapes.items()}
   # Rows and columns of very different scales, so a wrong factoring would show.
-  scale = {k: np.exp(rng.randn(*s[:-1], 1)) * np.exp(rng.randn(1, s[-1]))
-           for k, s in shapes.items()}
-  grads = [{k: (rng.randn(*s) * scale[k]).astype(np.float32) for k, s in shapes.items()}
-           for _ in range(2)]
+  scale = {
+      k: np.exp(rng.randn(*s[:-1], 1)) * np.exp(rng.randn(1, s[-1])) for k, s in shapes.items()
+  }
+  grads = [
+      {k: (rng.randn(*s) * scale[k]).astype(np.float32) for k, s in shapes.items()}
+      for _ in range(2)
+  ]
   update = jax.jit(lambda gr, s, pr, step: opt.update(gr, s, pr, step=step))
   params, state = p, opt.init(p)
   ref_p = {k: v.astype(np.float64) for k, v in p.items()}
   other = {k: tuple(n for i, n in enumerate(s) if i not in dims[k]) for k, s in shapes.items()}
-  ref_v = {k: (np.zeros(other[k] + (s[dims[k][0]],)), np.zeros(other[k] + (s[dims[k][1]],)))
-           for k, s in shapes.items()}
+  ref_v = {
+      k: (np.zeros(other[k] + (s[dims[k][0]],)), np.zeros(other[k] + (s[dims[k][1]],)))
+      for k, s in shapes.items()
+  }
   for step, gr in enumerate(grads):
     delta, state = update(gr, state, params, step)
     for k in shapes:
-      ref_delta, ref_v[k] = _np_adafactor_step(gr[k], ref_p[k], ref_v[k], step,
-                                               factored_dims=dims[k])
+      ref_delta, ref_v[k] = _np_adafactor_step(
+          gr[k], ref_p[k], ref_v[k], step, factored_dims=dims[k]
+      )
       assert isinstance(state.v[k], optim.FactoredState)
       np.testing.assert_allclose(delta[k], ref_delta, rtol=2e-5, atol=1e-6, err_msg=k)
       # The module keeps the remaining dimensions in order; the reference puts row/column last.
@@ -312,7 +339,7 @@ def _original_plain_adafactor_v_shapes():
     if not line.startswith("state/param_states/"):  # state/step, blank lines.
       continue
     path, shape = line.split("\t")[:2]
-    name, slot = path[len("state/param_states/"):].rsplit("/", 1)
+    name, slot = path[len("state/param_states/") :].rsplit("/", 1)
     if slot in ("v", "v_row", "v_col") and shape != "(1,)":  # (1,) is an unused placeholder.
       assert slot == "v", f"{name} is factored in the original"
       shapes[name] = tuple(int(d) for d in shape.strip("()").split(",") if d.strip())
@@ -339,9 +366,12 @@ def test_model_tuning_is_the_same_code(setup):
 
 def test_split_params_with_no_match_raises():
   params = {"encoder": {"layers_0": {"kernel": np.zeros(2)}}, "decoder": {"bias": np.zeros(2)}}
-  with pytest.raises(ValueError, match=r"No parameter matches the trainable patterns "
-                     r"\['\.\*prompt\.\*'\]; parameter names look like \['decoder/bias', "
-                     r"'encoder/layers_0/kernel'\]"):
+  with pytest.raises(
+      ValueError,
+      match=r"No parameter matches the trainable patterns "
+      r"\['\.\*prompt\.\*'\]; parameter names look like \['decoder/bias', "
+      r"'encoder/layers_0/kernel'\]",
+  ):
     optim.split_params(params)
 
 
@@ -375,9 +405,11 @@ def test_optax_schedule_follows_the_global_step():
   deltas, state = update(grads, opt.init(params), params, jnp.int32(1000))
   lr = float(schedule(1000))
   assert lr > 5e-4
-  np.testing.assert_allclose(deltas["w"], _adamw_first_step(lr, np.asarray(grads["w"]),
-                                                            np.asarray(params["w"]), 0.1),
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      deltas["w"],
+      _adamw_first_step(lr, np.asarray(grads["w"]), np.asarray(params["w"]), 0.1),
+      rtol=1e-5,
+  )
   reference = optax.adamw(lr, weight_decay=0.1)
   expected, _ = reference.update(grads, reference.init(params), params)
   np.testing.assert_allclose(deltas["w"], expected["w"], rtol=1e-6)

@@ -1,5 +1,6 @@
 """The project as installed: gin files by both documented names, assets in the wheel, commands,
 and a quiet TensorFlow."""
+
 import json
 import os
 import pathlib
@@ -41,8 +42,12 @@ _PARSE_SCRIPT = textwrap.dedent("""\
         "size_included_by_package": parse([str(user)]),
     }))
 """)
-_EXPECTED = {"run": 0.3, "run_by_package": 0.3, "size_by_package": "small",
-             "size_included_by_package": "small"}
+_EXPECTED = {
+    "run": 0.3,
+    "run_by_package": 0.3,
+    "size_by_package": "small",
+    "size_included_by_package": "small",
+}
 
 
 def _run(command, **kwargs) -> subprocess.CompletedProcess:
@@ -65,8 +70,13 @@ def _clear_gin():
 def test_gin_files_by_package_name_in_this_install():
   """The form `prompt_tuning/configs/...` (config.py's docstring) works here too, whether this
   is an editable install or a source checkout, where configs/ sits beside prompt_tuning/."""
-  config.parse_gin(["prompt_tuning/configs/models/t5_1_1_prompt.gin",
-                    "prompt_tuning/configs/models/sizes/small.gin"], [])
+  config.parse_gin(
+      [
+          "prompt_tuning/configs/models/t5_1_1_prompt.gin",
+          "prompt_tuning/configs/models/sizes/small.gin",
+      ],
+      [],
+  )
   assert gin.query_parameter("%MODEL_SIZE") == "small"
   gin.clear_config()
   config.parse_gin(["prompt_tuning/configs/runs/prompt_finetune.gin"], [])
@@ -80,10 +90,18 @@ def test_unknown_gin_file_by_package_name_names_the_search_paths():
 
 def test_tensorflow_is_quiet_and_sees_no_gpu(tmp_path):
   """Importing the tasks (TF via SeqIO) prints no CUDA probing unless the user asks for TF logs."""
-  script = ("import prompt_tuning.tasks, tensorflow as tf, json\n"
-            "print(json.dumps([d.device_type for d in tf.config.get_visible_devices()]))\n")
-  run = lambda env: subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
-                                   capture_output=True, text=True, timeout=600)
+  script = (
+      "import prompt_tuning.tasks, tensorflow as tf, json\n"
+      "print(json.dumps([d.device_type for d in tf.config.get_visible_devices()]))\n"
+  )
+  run = lambda env: subprocess.run(
+      [sys.executable, "-c", script],
+      cwd=tmp_path,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   quiet = run(_env_without("TF_CPP_MIN_LOG_LEVEL"))
   assert quiet.returncode == 0, quiet.stderr[-3000:]
   assert json.loads(quiet.stdout.splitlines()[-1]) == ["CPU"]
@@ -99,10 +117,16 @@ def test_tensorflow_is_quiet_and_sees_no_gpu(tmp_path):
 def _dependency_paths(cwd) -> list[str]:
   """This interpreter's import path, less anything that provides `prompt_tuning` (the checkout
   or an editable install), so that a scratch venv finds the dependencies but not the project."""
-  out = _run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"], cwd=cwd,
-             env=_env_without("PYTHONPATH")).stdout
-  return [p for p in json.loads(out)
-          if p and os.path.isdir(p) and not os.path.exists(os.path.join(p, "prompt_tuning"))]
+  out = _run(
+      [sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
+      cwd=cwd,
+      env=_env_without("PYTHONPATH"),
+  ).stdout
+  return [
+      p
+      for p in json.loads(out)
+      if p and os.path.isdir(p) and not os.path.exists(os.path.join(p, "prompt_tuning"))
+  ]
 
 
 @pytest.mark.slow
@@ -110,27 +134,61 @@ def test_wheel_installs_configs_assets_and_commands(tmp_path):
   """`pip install .` (not editable): gin files by both names, subfolders included, the embedded
   checkpoints' dotfiles shipped, and the console scripts run."""
   dist = tmp_path / "dist"
-  _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-        str(dist), str(REPO)], cwd=tmp_path)
+  _run(
+      [
+          sys.executable,
+          "-m",
+          "pip",
+          "wheel",
+          "--no-deps",
+          "--no-build-isolation",
+          "-q",
+          "-w",
+          str(dist),
+          str(REPO),
+      ],
+      cwd=tmp_path,
+  )
   (wheel,) = dist.glob("prompt_tuning-*.whl")
   names = set(zipfile.ZipFile(wheel).namelist())
-  assets = {p.relative_to(REPO).as_posix() for d in (REPO / "prompt_tuning").rglob("assets")
-            for p in d.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+  assets = {
+      p.relative_to(REPO).as_posix()
+      for d in (REPO / "prompt_tuning").rglob("assets")
+      for p in d.rglob("*")
+      if p.is_file() and "__pycache__" not in p.parts
+  }
   assert assets and any(a.endswith("/.zarray") for a in assets)
   assert assets <= names, sorted(assets - names)[:5]
-  gin_files = {"prompt_tuning/configs/" + p.relative_to(REPO / "configs").as_posix()
-               for p in (REPO / "configs").rglob("*.gin")}
+  gin_files = {
+      "prompt_tuning/configs/" + p.relative_to(REPO / "configs").as_posix()
+      for p in (REPO / "configs").rglob("*.gin")
+  }
   assert gin_files <= names, sorted(gin_files - names)[:5]
 
   env_dir = tmp_path / "venv"
   venv.create(env_dir, with_pip=False)
   python = env_dir / "bin" / "python"
-  site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
-              ).stdout.strip()
+  site = _run(
+      [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+  ).stdout.strip()
   pathlib.Path(site, "dependencies.pth").write_text("\n".join(_dependency_paths(tmp_path)) + "\n")
   # -I: the dependencies' folders may hold this project's own (editable) install.
-  _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "-I",
-        "--no-index", str(wheel)], cwd=tmp_path)
+  _run(
+      [
+          sys.executable,
+          "-m",
+          "pip",
+          "--python",
+          str(python),
+          "install",
+          "-q",
+          "--no-deps",
+          "-I",
+          "--no-index",
+          str(wheel),
+      ],
+      cwd=tmp_path,
+  )
 
   work = tmp_path / "work"  # Not the checkout: nothing resolves relative to it.
   work.mkdir()
@@ -141,11 +199,21 @@ def test_wheel_installs_configs_assets_and_commands(tmp_path):
   assert pathlib.Path(result.pop("configs_dir")) == pathlib.Path(site, "prompt_tuning", "configs")
   assert result == _EXPECTED
 
-  for command, flag in [("pt-train", "--gin_file"), ("pt-eval", "--gin_file"),
-                        ("pt-infer", "--gin_file"), ("pt-pretrain", "--gin_file"),
-                        ("pt-ablate", "--grid")]:
+  for command, flag in [
+      ("pt-train", "--gin_file"),
+      ("pt-eval", "--gin_file"),
+      ("pt-infer", "--gin_file"),
+      ("pt-pretrain", "--gin_file"),
+      ("pt-ablate", "--grid"),
+  ]:
     helped = _run([str(env_dir / "bin" / command), "--help"], cwd=work, env=env)
     assert flag in helped.stdout, (command, helped.stdout)
-  missing = subprocess.run([str(env_dir / "bin" / "pt-train")], cwd=work, env=env,
-                           capture_output=True, text=True, timeout=600)
+  missing = subprocess.run(
+      [str(env_dir / "bin" / "pt-train")],
+      cwd=work,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert missing.returncode != 0 and "Give at least one --gin_file" in missing.stderr

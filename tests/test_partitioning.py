@@ -9,6 +9,7 @@ Every configuration trains the same small random T5 1.1 with a 4-token prefix pr
 random batches, from the same initial parameters (`restore.init_params` draws them
 with the trainer's seed; threefry is partitionable, so the draw does not depend on the sharding).
 """
+
 import contextlib
 import functools
 import json
@@ -45,11 +46,21 @@ def _model():
   from prompt_tuning import prompts  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
   # Every sharded dimension (vocab 128, mlp 32, heads 4, joined_kv 16) divides model axes 2 and 4.
-  cfg = t5.T5Config(vocab_size=128, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
-                    num_encoder_layers=2, num_decoder_layers=2, dtype="float32",
-                    relative_attention_num_buckets=8, relative_attention_max_distance=16)
+  cfg = t5.T5Config(
+      vocab_size=128,
+      emb_dim=16,
+      num_heads=4,
+      head_dim=4,
+      mlp_dim=32,
+      num_encoder_layers=2,
+      num_decoder_layers=2,
+      dtype="float32",
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+  )
   module = t5.EncoderDecoder(
-      cfg, prompt_factory=prompts.prefix_prompt_factory(4, prompts.random_uniform()))
+      cfg, prompt_factory=prompts.prefix_prompt_factory(4, prompts.random_uniform())
+  )
   return model_lib.EncoderDecoderModel(module)
 
 
@@ -61,11 +72,17 @@ def _make_trainer(partitioner, model_tuning: bool = False):
   """
   from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
   from prompt_tuning import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+
   return trainer_lib.Trainer(
-      _model(), functools.partial(optim.create_optimizer, "adafactor",
-                                  learning_rate=1e-3 if model_tuning else 0.3),
-      partitioner, trainable_patterns=(".*",) if model_tuning else optim.PROMPT_PATTERNS,
-      input_shapes={"inputs": _ENCODER_LENGTH, "targets": _DECODER_LENGTH}, seed=0)
+      _model(),
+      functools.partial(
+          optim.create_optimizer, "adafactor", learning_rate=1e-3 if model_tuning else 0.3
+      ),
+      partitioner,
+      trainable_patterns=(".*",) if model_tuning else optim.PROMPT_PATTERNS,
+      input_shapes={"inputs": _ENCODER_LENGTH, "targets": _DECODER_LENGTH},
+      seed=0,
+  )
 
 
 def _global_batches(steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
@@ -80,12 +97,14 @@ def _global_batches(steps: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     dec_len = rng.randint(2, _DECODER_LENGTH + 1, size=(_BATCH, 1))
     targets = np.where(np.arange(_DECODER_LENGTH)[None] < dec_len, targets, 0).astype(np.int32)
     inputs = np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-    batches.append({
-        "encoder_input_tokens": enc.astype(np.int32),
-        "decoder_input_tokens": inputs.astype(np.int32),
-        "decoder_target_tokens": targets,
-        "decoder_loss_weights": (targets > 0).astype(np.float32),
-    })
+    batches.append(
+        {
+            "encoder_input_tokens": enc.astype(np.int32),
+            "decoder_input_tokens": inputs.astype(np.int32),
+            "decoder_target_tokens": targets,
+            "decoder_loss_weights": (targets > 0).astype(np.float32),
+        }
+    )
   return batches
 
 
@@ -93,6 +112,7 @@ def _to_numpy(tree) -> dict[str, np.ndarray]:
   """Flat '/'-keyed numpy copy; gathers arrays other processes hold parts of (collective)."""
   from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+
   return {k: partitioning.to_host(v) for k, v in optim.flatten(tree).items()}
 
 
@@ -110,6 +130,7 @@ def _local_rows(partitioner) -> slice:
 def _train(trainer, batches, rows: slice = slice(None)):
   """Initialises and trains; returns (initial params, losses, final trainable params, state)."""
   from prompt_tuning import restore  # pylint: disable=g-import-not-at-top
+
   params, step = restore.init_params(trainer.model, trainer.spec, trainer.rng), 0
   initial = _to_numpy(params)
   state, frozen = trainer.create_state(params, step)
@@ -153,11 +174,13 @@ def _run_mesh8(out: pathlib.Path):
     run_facts = {
         "mesh": dict(partitioner.mesh.shape),
         "param_specs": {k: _spec(v) for k, v in flat.items()},
-        "param_shard_shapes": {k: list(v.addressable_shards[0].data.shape)
-                               for k, v in flat.items()},
+        "param_shard_shapes": {
+            k: list(v.addressable_shards[0].data.shape) for k, v in flat.items()
+        },
         "batch_spec": {k: _spec(v) for k, v in sharded_batch.items()},
-        "batch_shard_shape": {k: list(v.addressable_shards[0].data.shape)
-                              for k, v in sharded_batch.items()},
+        "batch_shard_shape": {
+            k: list(v.addressable_shards[0].data.shape) for k, v in sharded_batch.items()
+        },
     }
     if num_partitions > 1 and not model_tuning:
       # partitioner.jit applies the model's logical constraints.
@@ -170,8 +193,11 @@ def _run_mesh8(out: pathlib.Path):
     run_facts["losses"] = losses
     run_facts["trainable"] = sorted(final)
     facts["runs"][name] = run_facts
-    np.savez(out / f"{name}.npz", **{f"initial/{k}": v for k, v in initial.items()},
-             **{f"final/{k}": v for k, v in final.items()})
+    np.savez(
+        out / f"{name}.npz",
+        **{f"initial/{k}": v for k, v in initial.items()},
+        **{f"final/{k}": v for k, v in final.items()},
+    )
 
   try:
     partitioning.Partitioner(num_partitions=3, devices=devices)
@@ -183,14 +209,20 @@ def _run_mesh8(out: pathlib.Path):
   partitioner = partitioning.Partitioner(num_partitions=2, devices=devices)
   trainer = _make_trainer(partitioner)
   rng = np.random.RandomState(42)
-  backbone = {k: rng.normal(size=v.shape).astype(np.float32)
-              for k, v in optim.flatten(trainer.spec.shapes).items()
-              if not optim.is_trainable(k, optim.PROMPT_PATTERNS)}
-  path = checkpoints.save_t5x_checkpoint(out / "backbone" / "checkpoint_7",
-                                         optim.unflatten(backbone), step=7,
-                                         inline_threshold_bytes=1024)  # Big ones go to zarr.
-  loaded, step = restore.initial_params(restore.RestoreConfig(path), trainer.model, trainer.spec,
-                                        trainer.rng)
+  backbone = {
+      k: rng.normal(size=v.shape).astype(np.float32)
+      for k, v in optim.flatten(trainer.spec.shapes).items()
+      if not optim.is_trainable(k, optim.PROMPT_PATTERNS)
+  }
+  path = checkpoints.save_t5x_checkpoint(
+      out / "backbone" / "checkpoint_7",
+      optim.unflatten(backbone),
+      step=7,
+      inline_threshold_bytes=1024,
+  )  # Big ones go to zarr.
+  loaded, step = restore.initial_params(
+      restore.RestoreConfig(path), trainer.model, trainer.spec, trainer.rng
+  )
   flat_loaded = optim.flatten(loaded)
   flat_shardings = optim.flatten(trainer.spec.shardings)
   facts["checkpoint"] = {
@@ -198,17 +230,24 @@ def _run_mesh8(out: pathlib.Path):
       "keys": sorted(flat_loaded),
       "backbone_keys": sorted(backbone),
       "is_jax_array": {k: isinstance(v, jax.Array) for k, v in flat_loaded.items()},
-      "sharding_equal": {k: v.sharding == flat_shardings[k] for k, v in flat_loaded.items()
-                         if isinstance(v, jax.Array)},
+      "sharding_equal": {
+          k: v.sharding == flat_shardings[k]
+          for k, v in flat_loaded.items()
+          if isinstance(v, jax.Array)
+      },
       "specs": {k: _spec(v) for k, v in flat_loaded.items() if isinstance(v, jax.Array)},
   }
-  np.savez(out / "checkpoint.npz", **{f"saved/{k}": v for k, v in backbone.items()},
-           **{f"loaded/{k}": np.asarray(v) for k, v in flat_loaded.items()})
+  np.savez(
+      out / "checkpoint.npz",
+      **{f"saved/{k}": v for k, v in backbone.items()},
+      **{f"loaded/{k}": np.asarray(v) for k, v in flat_loaded.items()},
+  )
   (out / "facts.json").write_text(json.dumps(facts))
 
 
-def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, process_id: int,
-                   vocab_path: str):
+def _run_multihost(
+    out: pathlib.Path, coordinator: str, num_processes: int, process_id: int, vocab_path: str
+):
   """Test 4: one process of a `jax.distributed` job (or the single-process reference)."""
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
@@ -216,11 +255,19 @@ def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, proc
 
   if num_processes > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                               process_id=process_id, coordinator_bind_address=coordinator,
-                               initialization_timeout=120, shutdown_timeout_seconds=30)
-  facts = {"process_count": jax.process_count(), "num_devices": jax.device_count(),
-           "num_local_devices": jax.local_device_count()}
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        coordinator_bind_address=coordinator,
+        initialization_timeout=120,
+        shutdown_timeout_seconds=30,
+    )
+  facts = {
+      "process_count": jax.process_count(),
+      "num_devices": jax.device_count(),
+      "num_local_devices": jax.local_device_count(),
+  }
   batches = _global_batches(_MULTIHOST_STEPS)
   runs = (  # name, model tuning, num_partitions on the 4 devices of the 2-process job.
       ("prompt", False, 2),  # 2 data (one per process) x 2 model (inside each process).
@@ -231,7 +278,8 @@ def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, proc
     if num_processes == 1 and name == "model_across":
       continue  # The reference for it is "model".
     partitioner = partitioning.Partitioner(
-        num_partitions=num_partitions if num_processes > 1 else 1)
+        num_partitions=num_partitions if num_processes > 1 else 1
+    )
     trainer = _make_trainer(partitioner, model_tuning)
     rows = _local_rows(partitioner)
     _, losses, state, frozen = _train(trainer, batches, rows)
@@ -239,14 +287,19 @@ def _run_multihost(out: pathlib.Path, coordinator: str, num_processes: int, proc
     # Every process calls save and restore (gathers are collectives); process 0 writes.
     cfg = train_state.CheckpointConfig(save_mode="full" if model_tuning else "trainable")
     path = train_state.save(str(out / name), state, frozen, _MULTIHOST_STEPS, cfg)
-    restored, _, position = train_state.restore(path, state, frozen, trainer.spec.shardings,
-                                                partitioner.replicated())
+    restored, _, position = train_state.restore(
+        path, state, frozen, trainer.spec.shardings, partitioner.replicated()
+    )
     restored_params = _to_numpy(restored.params)
     facts[name] = {
-        "losses": losses, "mesh": dict(partitioner.mesh.shape), "rows": [rows.start, rows.stop],
-        "restored_position": position, "restored_step": int(restored.step),
-        "restored_max_diff": max(float(np.abs(restored_params[k] - v).max())
-                                 for k, v in final.items()),
+        "losses": losses,
+        "mesh": dict(partitioner.mesh.shape),
+        "rows": [rows.start, rows.stop],
+        "restored_position": position,
+        "restored_step": int(restored.step),
+        "restored_max_diff": max(
+            float(np.abs(restored_params[k] - v).max()) for k, v in final.items()
+        ),
     }
     if process_id == 0:
       np.savez(out / f"{name}_final.npz", **final)
@@ -283,44 +336,68 @@ def _train_loop_with_best_metric(out: pathlib.Path, vocab_path: str) -> dict:
   data = out / f"task_data_{jax.process_index()}"
   data.mkdir(parents=True, exist_ok=True)
   words = ("great", "dull", "superb", "awful", "moving", "bland", "charming", "tedious")
-  rows = "".join(json.dumps({"sentence": f"the film is {w}", "label": label}) + "\n"
-                 for w, label in zip(words, ("positive", "negative") * 4))
+  rows = "".join(
+      json.dumps({"sentence": f"the film is {w}", "label": label}) + "\n"
+      for w, label in zip(words, ("positive", "negative") * 4)
+  )
   for split in ("train", "validation"):
     (data / f"{split}.jsonl").write_text(rows)
   text_tasks.register_text_task(
-      "multihost_best_metric", {s: str(data / f"{s}.jsonl") for s in ("train", "validation")},
-      input_field="sentence", target_field="label", label_names=["negative", "positive"],
-      metrics=("accuracy",), overwrite=True)
+      "multihost_best_metric",
+      {s: str(data / f"{s}.jsonl") for s in ("train", "validation")},
+      input_field="sentence",
+      target_field="label",
+      label_names=["negative", "positive"],
+      metrics=("accuracy",),
+      overwrite=True,
+  )
   lengths = {"inputs": 8, "targets": 4}
-  module = t5.EncoderDecoder(t5.config_for_size("tiny", dtype="float32"),
-                             prompt_factory=prompts.prefix_prompt_factory(2))
+  module = t5.EncoderDecoder(
+      t5.config_for_size("tiny", dtype="float32"), prompt_factory=prompts.prefix_prompt_factory(2)
+  )
   partitioner = partitioning.Partitioner(num_partitions=2 if jax.process_count() > 1 else 1)
   trainer = trainer_lib.Trainer(
       model_lib.EncoderDecoderModel(module, decode_fn=decoding.greedy),
-      functools.partial(optim.create_optimizer, "adafactor", learning_rate=0.3), partitioner,
-      input_shapes=lengths)
+      functools.partial(optim.create_optimizer, "adafactor", learning_rate=0.3),
+      partitioner,
+      input_shapes=lengths,
+  )
   model_dir = out / "best_metric"
   result = training.run(
-      model_dir=str(model_dir), trainer=trainer, total_steps=4,
+      model_dir=str(model_dir),
+      trainer=trainer,
+      total_steps=4,
       train_dataset_cfg=pipeline.DatasetConfig("multihost_best_metric", lengths, batch_size=_BATCH),
       restore_cfg=restore.RestoreConfig(None),
-      checkpoint_cfg=train_state.CheckpointConfig(period=100, keep=1), log_period=2,
-      eval_period=2, best_metric="accuracy", progress_bar=False, tensorboard=False)
-  return {"best": result["best"], "checkpoints": checkpoints.all_checkpoint_steps(model_dir),
-          "evals": [json.loads(line)["step"] for line in
-                    (model_dir / "eval" / "metrics.jsonl").read_text().splitlines()]}
+      checkpoint_cfg=train_state.CheckpointConfig(period=100, keep=1),
+      log_period=2,
+      eval_period=2,
+      best_metric="accuracy",
+      progress_bar=False,
+      tensorboard=False,
+  )
+  return {
+      "best": result["best"],
+      "checkpoints": checkpoints.all_checkpoint_steps(model_dir),
+      "evals": [
+          json.loads(line)["step"]
+          for line in (model_dir / "eval" / "metrics.jsonl").read_text().splitlines()
+      ],
+  }
 
 
 def _worker_main(argv):
   mode, args = argv[0], json.loads(argv[1])
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_numpy_rank_promotion", "raise")  # As conftest sets for the tests.
   out = pathlib.Path(args["out"])
   if mode == "mesh8":
     _run_mesh8(out)
   elif mode == "multihost":
-    _run_multihost(out, args["coordinator"], args["num_processes"], args["process_id"],
-                   args["vocab_path"])
+    _run_multihost(
+        out, args["coordinator"], args["num_processes"], args["process_id"], args["vocab_path"]
+    )
   else:
     raise ValueError(f"Unknown worker mode {mode!r}.")
 
@@ -336,10 +413,14 @@ _FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expen
 
 def _env(num_devices: int) -> dict[str, str]:
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env["XLA_FLAGS"] = " ".join(flags + list(_FAST_COMPILE) + [
-      f"--xla_force_host_platform_device_count={num_devices}"])
+  flags = [
+      f
+      for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+  ]
+  env["XLA_FLAGS"] = " ".join(
+      flags + list(_FAST_COMPILE) + [f"--xla_force_host_platform_device_count={num_devices}"]
+  )
   env["JAX_PLATFORMS"] = "cpu"
   return env
 
@@ -351,12 +432,19 @@ def _worker_command(mode: str, **args) -> list[str]:
 def _excerpt(log: str, size: int = 6000) -> str:
   """The first Python traceback of a worker's log (what went wrong first), else its end."""
   start = log.find("Traceback (most recent call last)")
-  return log[start:start + size] if start >= 0 else log[-size:]
+  return log[start : start + size] if start >= 0 else log[-size:]
 
 
 def _run_worker(mode: str, num_devices: int, **args):
-  proc = subprocess.run(_worker_command(mode, **args), env=_env(num_devices), cwd=_HERE.parent,
-                        capture_output=True, text=True, timeout=_SUBPROCESS_TIMEOUT, check=False)
+  proc = subprocess.run(
+      _worker_command(mode, **args),
+      env=_env(num_devices),
+      cwd=_HERE.parent,
+      capture_output=True,
+      text=True,
+      timeout=_SUBPROCESS_TIMEOUT,
+      check=False,
+  )
   assert proc.returncode == 0, f"{mode} worker failed:\n{_excerpt(proc.stdout + proc.stderr)}"
 
 
@@ -368,8 +456,7 @@ def _load(path: pathlib.Path) -> dict[str, np.ndarray]:
 def _assert_trees_close(actual: dict, expected: dict, what: str, rtol=_RTOL, atol=_ATOL):
   assert actual.keys() == expected.keys(), what
   for k in expected:
-    np.testing.assert_allclose(actual[k], expected[k], rtol=rtol, atol=atol,
-                               err_msg=f"{what}: {k}")
+    np.testing.assert_allclose(actual[k], expected[k], rtol=rtol, atol=atol, err_msg=f"{what}: {k}")
 
 
 @pytest.fixture(scope="module")
@@ -383,7 +470,7 @@ def mesh8(tmp_path_factory):
 
 
 def _sub(arrays: dict, prefix: str) -> dict:
-  return {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
+  return {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
 
 
 @pytest.mark.parametrize("name", ["data8", "data4_model2", "data2_model4"])
@@ -393,8 +480,9 @@ def test_prompt_tuning_matches_one_device(mesh8, name):
   ref_arrays, arrays = _load(out / "one_device.npz"), _load(out / f"{name}.npz")
   assert run["trainable"] == list(_PROMPT)
   # Same seed, same initial parameters, whatever the sharding.
-  _assert_trees_close(_sub(arrays, "initial"), _sub(ref_arrays, "initial"), "initial params",
-                      rtol=0, atol=0)
+  _assert_trees_close(
+      _sub(arrays, "initial"), _sub(ref_arrays, "initial"), "initial params", rtol=0, atol=0
+  )
   np.testing.assert_allclose(run["losses"], ref["losses"], rtol=_RTOL)
   assert len(set(ref["losses"])) == _STEPS  # The prompt does move.
   _assert_trees_close(_sub(arrays, "final"), _sub(ref_arrays, "final"), "final prompt")
@@ -448,6 +536,7 @@ def test_num_partitions_must_divide_devices(mesh8):
 def test_num_partitions_error_in_process():
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+
   n = len(jax.devices())
   with pytest.raises(ValueError, match=f"num_partitions={n + 1} does not divide"):
     partitioning.Partitioner(num_partitions=n + 1)
@@ -461,8 +550,9 @@ def test_model_tuning_matches_one_device(mesh8):
   arrays = _load(out / "model_tuning_data4_model2.npz")
   assert _LOGITS_KERNEL in run["trainable"] and _PROMPT[0] in run["trainable"]
   assert run["param_specs"][_LOGITS_KERNEL] == [None, "model"]
-  _assert_trees_close(_sub(arrays, "initial"), _sub(ref_arrays, "initial"), "initial params",
-                      rtol=0, atol=0)
+  _assert_trees_close(
+      _sub(arrays, "initial"), _sub(ref_arrays, "initial"), "initial params", rtol=0, atol=0
+  )
   np.testing.assert_allclose(run["losses"], ref["losses"], rtol=_RTOL)
   _assert_trees_close(_sub(arrays, "final"), _sub(ref_arrays, "final"), "final params")
   # The backbone did train.
@@ -530,13 +620,32 @@ def test_two_processes_match_one(tmp_path):
     logs = [stack.enter_context(open(tmp_path / f"process_{i}.log", "w")) for i in range(2)]
     stack.enter_context(_killing(procs))  # Exits first: no process outlives the test.
     for i in range(2):
-      procs.append(subprocess.Popen(
-          _worker_command("multihost", out=str(multi_out), coordinator=coordinator,
-                          num_processes=2, process_id=i, vocab_path=vocab_path),
-          env=_env(2), cwd=_HERE.parent, stdout=logs[i], stderr=subprocess.STDOUT))
+      procs.append(
+          subprocess.Popen(
+              _worker_command(
+                  "multihost",
+                  out=str(multi_out),
+                  coordinator=coordinator,
+                  num_processes=2,
+                  process_id=i,
+                  vocab_path=vocab_path,
+              ),
+              env=_env(2),
+              cwd=_HERE.parent,
+              stdout=logs[i],
+              stderr=subprocess.STDOUT,
+          )
+      )
     # The single-process reference (1 device, the whole global batch) runs meanwhile.
-    _run_worker("multihost", 1, out=str(ref_out), coordinator="", num_processes=1, process_id=0,
-                vocab_path=vocab_path)
+    _run_worker(
+        "multihost",
+        1,
+        out=str(ref_out),
+        coordinator="",
+        num_processes=1,
+        process_id=0,
+        vocab_path=vocab_path,
+    )
     deadline = time.monotonic() + _SUBPROCESS_TIMEOUT
     for p in procs:
       try:
@@ -559,12 +668,17 @@ def test_two_processes_match_one(tmp_path):
   assert multi["model_across"]["rows"] == [0, _BATCH]
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
   from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
+
   path = f"checkpoint_{_MULTIHOST_STEPS}"
   for name, ref_name in (("prompt", "prompt"), ("model", "model"), ("model_across", "model")):
-    np.testing.assert_allclose(multi[name]["losses"], ref[ref_name]["losses"], rtol=_RTOL,
-                               err_msg=name)
-    _assert_trees_close(_load(multi_out / f"{name}_final.npz"),
-                        _load(ref_out / f"{ref_name}_final.npz"), f"{name} final params")
+    np.testing.assert_allclose(
+        multi[name]["losses"], ref[ref_name]["losses"], rtol=_RTOL, err_msg=name
+    )
+    _assert_trees_close(
+        _load(multi_out / f"{name}_final.npz"),
+        _load(ref_out / f"{ref_name}_final.npz"),
+        f"{name} final params",
+    )
     # Saved by both processes together, restored by both: the same values.
     assert multi[name]["restored_step"] == _MULTIHOST_STEPS
     assert multi[name]["restored_position"] == _MULTIHOST_STEPS
@@ -578,8 +692,7 @@ def test_two_processes_match_one(tmp_path):
   assert multi["best_metric"]["evals"] == [2, 4]
   assert multi["best_metric"]["checkpoints"] == ref["best_metric"]["checkpoints"]
   assert multi["best_metric"]["best"]["step"] == ref["best_metric"]["best"]["step"]
-  assert multi["best_metric"]["best"]["value"] == pytest.approx(
-      ref["best_metric"]["best"]["value"])
+  assert multi["best_metric"]["best"]["value"] == pytest.approx(ref["best_metric"]["best"]["value"])
   assert multi["best_metric"]["best"]["step"] in multi["best_metric"]["checkpoints"]
 
 
@@ -598,6 +711,7 @@ def _shard_info(process_of_device, process_index, monkeypatch):
   import types  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+
   partitioner = partitioning.Partitioner.__new__(partitioning.Partitioner)
   devices = np.vectorize(_FakeDevice, otypes=[object])(np.asarray(process_of_device))
   partitioner.mesh = types.SimpleNamespace(devices=devices)

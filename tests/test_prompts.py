@@ -1,4 +1,5 @@
 """Prompt initialisers and modules: parity with the original initialisers, and their invariants."""
+
 import functools
 import hashlib
 import inspect
@@ -43,6 +44,7 @@ def emb():
 @pytest.fixture(scope="module")
 def vocab():
   import seqio  # pylint: disable=g-import-not-at-top  (slow: pulls in TensorFlow)
+
   return seqio.SentencePieceVocabulary(str(require(T5_VOCAB)))
 
 
@@ -82,9 +84,11 @@ def test_label_and_string_token_ids(vocab, spec):
   for label, ids in spec["multipiece_label_token_ids"].items():
     assert list(vocab.encode(label)) == ids, label
   assert list(vocab.encode(spec["from_embedded_string_text"])) == (
-      spec["from_embedded_string_token_ids"])
+      spec["from_embedded_string_token_ids"]
+  )
   assert list(vocab.encode(spec["from_embedded_string_truncated_text"])) == (
-      spec["from_embedded_string_truncated_token_ids"])
+      spec["from_embedded_string_truncated_token_ids"]
+  )
 
 
 def _golden_initializers(emb, vocab):
@@ -95,22 +99,31 @@ def _golden_initializers(emb, vocab):
       "from_sample_of_embeddings_pop5000": prompts.sampled_vocab(emb, 5000),
       "from_embedded_list": prompts.class_labels(emb, vocab, LABELS, fallback=uniform),
       "from_embedded_list_with_sample_init_pop5000": prompts.class_labels(
-          emb, vocab, LABELS, fallback=prompts.sampled_vocab(emb, 5000)),
-      "from_embedded_list_multipiece": prompts.class_labels(emb, vocab, multipiece,
-                                                            fallback=uniform),
+          emb, vocab, LABELS, fallback=prompts.sampled_vocab(emb, 5000)
+      ),
+      "from_embedded_list_multipiece": prompts.class_labels(
+          emb, vocab, multipiece, fallback=uniform
+      ),
       "default_uniform_init_used_for_remaining_rows": uniform,
-      "from_embedded_string": prompts.from_string(emb, vocab, "positive or negative",
-                                                  fallback=uniform),
+      "from_embedded_string": prompts.from_string(
+          emb, vocab, "positive or negative", fallback=uniform
+      ),
       "from_embedded_string_truncated": prompts.from_string(
-          emb, vocab, "Classify this movie review: positive or negative", fallback=uniform),
+          emb, vocab, "Classify this movie review: positive or negative", fallback=uniform
+      ),
   }
 
 
 GOLDEN_NAMES = [
-    "from_sample_of_embeddings", "from_sample_of_embeddings_pop5000", "from_embedded_list",
-    "from_embedded_list_with_sample_init_pop5000", "from_embedded_list_multipiece",
-    "default_uniform_init_used_for_remaining_rows", "from_embedded_string",
-    "from_embedded_string_truncated"]
+    "from_sample_of_embeddings",
+    "from_sample_of_embeddings_pop5000",
+    "from_embedded_list",
+    "from_embedded_list_with_sample_init_pop5000",
+    "from_embedded_list_multipiece",
+    "default_uniform_init_used_for_remaining_rows",
+    "from_embedded_string",
+    "from_embedded_string_truncated",
+]
 
 
 @pytest.fixture(scope="module")
@@ -138,19 +151,25 @@ def test_initializers_match_original_legacy_rng(emb, vocab):
     np.testing.assert_array_equal(out, g[name], err_msg=name)
 
 
-@pytest.mark.parametrize("key,name", [
-    ("threefry_partitionable_from_sample_of_embeddings_indices", "from_sample_of_embeddings"),
-    ("threefry_partitionable_from_sample_of_embeddings_pop5000_indices",
-     "from_sample_of_embeddings_pop5000"),
-    ("from_sample_of_embeddings_indices", None),
-    ("from_sample_of_embeddings_pop5000_indices", None)])
+@pytest.mark.parametrize(
+    "key,name",
+    [
+        ("threefry_partitionable_from_sample_of_embeddings_indices", "from_sample_of_embeddings"),
+        (
+            "threefry_partitionable_from_sample_of_embeddings_pop5000_indices",
+            "from_sample_of_embeddings_pop5000",
+        ),
+        ("from_sample_of_embeddings_indices", None),
+        ("from_sample_of_embeddings_pop5000_indices", None),
+    ],
+)
 def test_sampled_rows_are_the_recorded_embedding_rows(emb, spec, key, name):
   indices = spec[key]
   if "pop5000" in key:
     assert max(indices) < 5000
   if name is None:  # Legacy-RNG indices: check them against the legacy golden file.
     g = dict(np.load(require(GOLDEN / "initializers.npz")))
-    name = key[:-len("_indices")]
+    name = key[: -len("_indices")]
   else:
     g = dict(np.load(require(GOLDEN / "initializers_threefry_partitionable.npz")))
   np.testing.assert_array_equal(g[name], emb[indices])
@@ -166,8 +185,9 @@ def test_label_rows_are_exact_embeddings_and_means(emb, ours):
   out = ours["from_embedded_string"]
   np.testing.assert_array_equal(out[:3], emb[[1465, 42, 2841]])
   np.testing.assert_array_equal(out[3:], ours["default_uniform_init_used_for_remaining_rows"][3:])
-  np.testing.assert_array_equal(ours["from_embedded_string_truncated"],
-                                emb[[4501, 4921, 48, 1974, 1132]])
+  np.testing.assert_array_equal(
+      ours["from_embedded_string_truncated"], emb[[4501, 4921, 48, 1974, 1132]]
+  )
 
 
 def test_truncated_string_logs_a_warning(emb, vocab, caplog):
@@ -207,8 +227,11 @@ class _FakeVocab:
 def test_random_uniform_statistics():
   shape = (1000, 1000)
   default, half, double = _run_many(
-      (prompts.get_initializer("random_uniform"), shape), (prompts.random_uniform(0.5), shape),
-      (prompts.random_uniform(2.0), shape), rng=jax.random.PRNGKey(3))
+      (prompts.get_initializer("random_uniform"), shape),
+      (prompts.random_uniform(0.5), shape),
+      (prompts.random_uniform(2.0), shape),
+      rng=jax.random.PRNGKey(3),
+  )
   np.testing.assert_array_equal(default, half)  # The paper's "random uniform": scale 0.5.
   for scale, x in ((0.5, half), (2.0, double)):
     assert x.dtype == np.float32 and x.min() >= -scale and x.max() <= scale
@@ -222,7 +245,8 @@ def test_sampled_vocab_draws_distinct_rows_of_the_population():
   # (population_size=None reaching past row 5000 is shown by the golden indices above.)
   default, whole = _run_many(
       (prompts.sampled_vocab(table), (300, 3)),  # Default population: the first 5000 rows.
-      (prompts.sampled_vocab(table[:8], population_size=8), (8, 3)))
+      (prompts.sampled_vocab(table[:8], population_size=8), (8, 3)),
+  )
   assert np.all(default == default[:, :1])  # Whole rows, not mixed ones.
   ids = default[:, 0].astype(int)
   assert len(set(ids)) == 300 and ids.min() >= 0 and ids.max() < 5000
@@ -235,13 +259,17 @@ def test_sampled_vocab_clamps_to_the_real_tokens_with_a_warning(caplog):
   table = _synthetic_table(48)
   vocab = _FakeVocab({}, real_tokens=30, extra_ids=10)
   with caplog.at_level(logging.WARNING):
-    clamped, everything = _run_many((prompts.sampled_vocab(table, 5000, vocab=vocab), (30, 3)),
-                                    (prompts.sampled_vocab(table, None, vocab=vocab), (30, 3)))
+    clamped, everything = _run_many(
+        (prompts.sampled_vocab(table, 5000, vocab=vocab), (30, 3)),
+        (prompts.sampled_vocab(table, None, vocab=vocab), (30, 3)),
+    )
   # 30 distinct rows out of 30: exactly the real tokens, never a sentinel or padding row.
   assert sorted(clamped[:, 0].astype(int)) == list(range(30))
   assert sorted(everything[:, 0].astype(int)) == list(range(30))
-  assert ("prompts.sampled_vocab.population_size=5000 is larger than the 30 real tokens of "
-          "_FakeVocab; sampling from those 30 only") in caplog.text
+  assert (
+      "prompts.sampled_vocab.population_size=5000 is larger than the 30 real tokens of "
+      "_FakeVocab; sampling from those 30 only"
+  ) in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     _run(prompts.sampled_vocab(table, 20, vocab=vocab), (20, 3))
@@ -249,25 +277,33 @@ def test_sampled_vocab_clamps_to_the_real_tokens_with_a_warning(caplog):
 
 
 def test_sampled_vocab_population_larger_than_the_table_raises():
-  with pytest.raises(prompts.PromptInitError,
-                     match=r"prompts.sampled_vocab.population_size=5000 is larger than the "
-                     r"embedding table \(768 rows\)"):
+  with pytest.raises(
+      prompts.PromptInitError,
+      match=r"prompts.sampled_vocab.population_size=5000 is larger than the "
+      r"embedding table \(768 rows\)",
+  ):
     _run(prompts.sampled_vocab(_synthetic_table(768), population_size=5000), (4, 3))
-  with pytest.raises(prompts.PromptInitError, match="has 800 real tokens but the embedding "
-                     "table only 768 rows"):
+  with pytest.raises(
+      prompts.PromptInitError, match="has 800 real tokens but the embedding " "table only 768 rows"
+  ):
     _run(prompts.sampled_vocab(_synthetic_table(768), vocab=_FakeVocab({}, 800)), (4, 3))
 
 
 def test_sampled_vocab_real_tokens_of_a_seqio_vocabulary(vocab, caplog):
   with caplog.at_level(logging.WARNING):
-    jax.eval_shape(lambda r: prompts.sampled_vocab(_synthetic_table(32_128), 40_000, vocab)(
-        r, (4, 3), jnp.float32), RNG)
+    jax.eval_shape(
+        lambda r: prompts.sampled_vocab(_synthetic_table(32_128), 40_000, vocab)(
+            r, (4, 3), jnp.float32
+        ),
+        RNG,
+    )
   assert f"the 32000 real tokens of SentencePieceVocabulary({T5_VOCAB})" in caplog.text
 
 
 def test_sampled_vocab_too_long_prompt_raises():
-  with pytest.raises(prompts.PromptInitError, match="Cannot sample 6 distinct rows from a "
-                     "population of 5"):
+  with pytest.raises(
+      prompts.PromptInitError, match="Cannot sample 6 distinct rows from a " "population of 5"
+  ):
     _run(prompts.sampled_vocab(_synthetic_table(100), population_size=5), (6, 3))
 
 
@@ -283,7 +319,8 @@ def test_class_labels_first_then_fallback():
   filled, default, sampled = _run_many(
       (prompts.class_labels(table, vocab, ["a", "bc"], fallback=fill), (4, 3)),
       (prompts.class_labels(table, vocab, ["a"]), (6, 3)),
-      (prompts.sampled_vocab(table, vocab=vocab), (6, 3)))
+      (prompts.sampled_vocab(table, vocab=vocab), (6, 3)),
+  )
   np.testing.assert_array_equal(filled, [[10] * 3, [25.5] * 3, [-1] * 3, [-1] * 3])
   # The default fallback samples vocabulary rows (the paper's setting), distinct from each other.
   assert default[0, 0] == 10 and len(set(default[1:, 0])) == 5
@@ -293,8 +330,9 @@ def test_class_labels_first_then_fallback():
 def test_class_labels_errors(emb, vocab):
   with pytest.raises(prompts.PromptInitError, match="Class label '' tokenises to no tokens"):
     _run(prompts.class_labels(emb, vocab, ["positive", ""]))
-  with pytest.raises(prompts.PromptInitError, match="3 class labels do not fit in a prompt of "
-                     "length 2"):
+  with pytest.raises(
+      prompts.PromptInitError, match="3 class labels do not fit in a prompt of " "length 2"
+  ):
     _run(prompts.class_labels(emb, vocab, LABELS + ["Classify"]), (2, 4))
   with pytest.raises(prompts.PromptInitError, match="Prompt text '' tokenises to no tokens"):
     _run(prompts.from_string(emb, vocab, ""))
@@ -320,6 +358,7 @@ def _record_unpickle():
 
 
 class _Tripwire:
+
   def __reduce__(self):
     return (_record_unpickle, ())
 
@@ -346,7 +385,8 @@ def test_missing_file_names_the_path(tmp_path):
 def test_get_initializer_by_name():
   small, saved = _run_many(
       (prompts.get_initializer("random_uniform", scale=0.01), (50, 4)),
-      (prompts.get_initializer("from_array", array=_synthetic_table(3, 4)), (3, 4)))
+      (prompts.get_initializer("from_array", array=_synthetic_table(3, 4)), (3, 4)),
+  )
   assert np.abs(small).max() <= 0.01 and np.abs(small).max() > 0.009
   np.testing.assert_array_equal(saved, _synthetic_table(3, 4))
   with pytest.raises(prompts.PromptInitError, match="Unknown prompt initialiser 'nope'") as e:
@@ -366,14 +406,21 @@ def _tiny(dtype, length=3):
 
 def _abstract_init(module):
   ones = jnp.ones((2, 6), jnp.int32)
-  return jax.eval_shape(functools.partial(module.init, enable_dropout=False),
-                        jax.random.PRNGKey(0), ones, ones[:, :4], ones[:, :4])
+  return jax.eval_shape(
+      functools.partial(module.init, enable_dropout=False),
+      jax.random.PRNGKey(0),
+      ones,
+      ones[:, :4],
+      ones[:, :4],
+  )
 
 
 def test_prompt_parameter_path_and_axes():
   variables = _abstract_init(_tiny("float32"))
-  flat = {"/".join(k): v for k, v in
-          flax.traverse_util.flatten_dict(nn.unbox(variables["params"])).items()}
+  flat = {
+      "/".join(k): v
+      for k, v in flax.traverse_util.flatten_dict(nn.unbox(variables["params"])).items()
+  }
   assert [k for k in flat if "prompt" in k] == ["encoder/prompt/prompt/prompt"]
   assert flat["encoder/prompt/prompt/prompt"].shape == (3, 4)
   specs = nn.get_partition_spec(variables["params"])
@@ -384,12 +431,19 @@ def test_prompt_stays_float32_with_bfloat16_activations():
   module = _tiny("bfloat16")
   variables = _abstract_init(module)
   assert nn.unbox(variables["params"])["encoder"]["prompt"]["prompt"]["prompt"].dtype == (
-      jnp.float32)
+      jnp.float32
+  )
   tokens = jnp.ones((2, 6), jnp.int32)
-  _, state = jax.eval_shape(lambda p: module.apply(
-      {"params": p}, tokens, method=module.encode, mutable=["intermediates"],
-      capture_intermediates=lambda m, _: isinstance(m, (prompts.Prompt, prompts.PrefixPrompt))),
-                            nn.unbox(variables["params"]))
+  _, state = jax.eval_shape(
+      lambda p: module.apply(
+          {"params": p},
+          tokens,
+          method=module.encode,
+          mutable=["intermediates"],
+          capture_intermediates=lambda m, _: isinstance(m, (prompts.Prompt, prompts.PrefixPrompt)),
+      ),
+      nn.unbox(variables["params"]),
+  )
   inter = state["intermediates"]["encoder"]
   assert inter["prompt"]["prompt"]["__call__"][0].dtype == jnp.float32  # The parameter.
   combined = inter["prompt"]["__call__"][0]  # What the encoder layers receive.
@@ -413,8 +467,10 @@ def test_prefix_prompt_prepends_to_every_example():
   expected = np.concatenate([np.stack([prompt, prompt]), np.asarray(embedded)], axis=1)
   np.testing.assert_array_equal(out, expected)
   assert out16.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(out16[:, :3], np.float32),
-                                np.stack([prompt, prompt]).astype(jnp.bfloat16).astype(np.float32))
+  np.testing.assert_array_equal(
+      np.asarray(out16[:, :3], np.float32),
+      np.stack([prompt, prompt]).astype(jnp.bfloat16).astype(np.float32),
+  )
 
 
 def test_released_prompts_load():

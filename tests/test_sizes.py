@@ -2,6 +2,7 @@
 
 Every size is built abstractly (`jax.eval_shape`), so no weights are allocated.
 """
+
 import functools
 import math
 import re
@@ -34,24 +35,47 @@ TABLE_4 = {
 }
 
 
-def t5x_listing(vocab: int, d: int, heads: int, head_dim: int, d_ff: int, encoder_layers: int,
-                decoder_layers: int, buckets: int) -> dict[str, tuple[int, ...]]:
+def t5x_listing(
+    vocab: int,
+    d: int,
+    heads: int,
+    head_dim: int,
+    d_ff: int,
+    encoder_layers: int,
+    decoder_layers: int,
+    buckets: int,
+) -> dict[str, tuple[int, ...]]:
   """The T5X T5 1.1 parameter tree (path -> shape), written from the architecture's facts."""
   hk = heads * head_dim
-  attention = lambda name: {f"{name}/query/kernel": (d, hk), f"{name}/key/kernel": (d, hk),
-                            f"{name}/value/kernel": (d, hk), f"{name}/out/kernel": (hk, d)}
+  attention = lambda name: {
+      f"{name}/query/kernel": (d, hk),
+      f"{name}/key/kernel": (d, hk),
+      f"{name}/value/kernel": (d, hk),
+      f"{name}/out/kernel": (hk, d),
+  }
   mlp = {"mlp/wi_0/kernel": (d, d_ff), "mlp/wi_1/kernel": (d, d_ff), "mlp/wo/kernel": (d_ff, d)}
-  encoder_layer = {**attention("attention"), **mlp, "pre_attention_layer_norm/scale": (d,),
-                   "pre_mlp_layer_norm/scale": (d,)}
-  decoder_layer = {**attention("self_attention"), **attention("encoder_decoder_attention"), **mlp,
-                   "pre_self_attention_layer_norm/scale": (d,),
-                   "pre_cross_attention_layer_norm/scale": (d,), "pre_mlp_layer_norm/scale": (d,)}
-  tree = {"token_embedder/embedding": (vocab, d),
-          "encoder/relpos_bias/rel_embedding": (heads, buckets),
-          "encoder/encoder_norm/scale": (d,),
-          "decoder/relpos_bias/rel_embedding": (heads, buckets),
-          "decoder/decoder_norm/scale": (d,),
-          "decoder/logits_dense/kernel": (d, vocab)}  # Untied from the embedding in T5 1.1.
+  encoder_layer = {
+      **attention("attention"),
+      **mlp,
+      "pre_attention_layer_norm/scale": (d,),
+      "pre_mlp_layer_norm/scale": (d,),
+  }
+  decoder_layer = {
+      **attention("self_attention"),
+      **attention("encoder_decoder_attention"),
+      **mlp,
+      "pre_self_attention_layer_norm/scale": (d,),
+      "pre_cross_attention_layer_norm/scale": (d,),
+      "pre_mlp_layer_norm/scale": (d,),
+  }
+  tree = {
+      "token_embedder/embedding": (vocab, d),
+      "encoder/relpos_bias/rel_embedding": (heads, buckets),
+      "encoder/encoder_norm/scale": (d,),
+      "decoder/relpos_bias/rel_embedding": (heads, buckets),
+      "decoder/decoder_norm/scale": (d,),
+      "decoder/logits_dense/kernel": (d, vocab),
+  }  # Untied from the embedding in T5 1.1.
   for i in range(encoder_layers):
     tree.update({f"encoder/layers_{i}/{k}": v for k, v in encoder_layer.items()})
   for i in range(decoder_layers):
@@ -143,6 +167,9 @@ def test_lm100k_config(size):
   d, heads, d_ff, encoder_layers, decoder_layers = LM100K[size]
   assert (cfg.emb_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_dim) == (d, heads, 64, d_ff)
   assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (encoder_layers, decoder_layers)
-  assert (cfg.vocab_size, cfg.relative_attention_num_buckets,
-          cfg.relative_attention_max_distance) == (32128, 32, 128)
+  assert (
+      cfg.vocab_size,
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+  ) == (32128, 32, 128)
   assert tuple(cfg.mlp_activations) == ("gelu", "linear")

@@ -1,4 +1,5 @@
 """Every tracked Python file is formatted by the project's formatter (pyink, pyproject.toml)."""
+
 import os
 import pathlib
 import shutil
@@ -13,8 +14,9 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 def _python_files() -> list[str]:
   if not (_REPO / ".git").exists():
     pytest.skip("Not a git checkout: the tracked files are unknown.")
-  out = subprocess.run(["git", "ls-files", "*.py"], cwd=_REPO, capture_output=True, text=True,
-                       check=True).stdout
+  out = subprocess.run(
+      ["git", "ls-files", "*.py"], cwd=_REPO, capture_output=True, text=True, check=True
+  ).stdout
   return out.split()
 
 
@@ -25,7 +27,12 @@ def test_every_python_file_is_formatted():
     if os.environ.get("CI"):
       pytest.fail(msg)
     pytest.skip(msg)
-  result = subprocess.run([pyink, "--check", "--diff", "--quiet", *_python_files()], cwd=_REPO,
-                          capture_output=True, text=True)
+  result = subprocess.run(
+      [pyink, "--check", "--diff", "--quiet", *_python_files()],
+      cwd=_REPO,
+      capture_output=True,
+      text=True,
+  )
   assert result.returncode == 0, (
-      "Some files are not formatted; run `pyink .` at the repository root.\n" + result.stdout[:5000])
+      "Some files are not formatted; run `pyink .` at the repository root.\n" + result.stdout[:5000]
+  )

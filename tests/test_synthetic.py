@@ -1,5 +1,6 @@
 """The embedded default's synthetic world, its SuperGLUE-like tasks, T5's pretraining objectives
 and the pretraining recipe."""
+
 import collections
 import itertools
 import math
@@ -45,9 +46,14 @@ def test_written_files_are_deterministic(tmp_path):
         assert fa.read() == fb.read()
 
 
-@pytest.mark.parametrize("config,labels", [("boolq", (True, False)),
-                                           ("rte", ("entailment", "not_entailment")),
-                                           ("cb", ("entailment", "contradiction", "neutral"))])
+@pytest.mark.parametrize(
+    "config,labels",
+    [
+        ("boolq", (True, False)),
+        ("rte", ("entailment", "not_entailment")),
+        ("cb", ("entailment", "contradiction", "neutral")),
+    ],
+)
 def test_labels_are_balanced(config, labels):
   counts = collections.Counter(r["label"] for r in world_lib.EXAMPLE_FNS[config](0, "train", 600))
   assert counts == {label: 600 // len(labels) for label in labels}
@@ -86,18 +92,27 @@ def test_world_has_fixed_balanced_facts():
 def _parse(sentence: str):
   """('trait', name, trait, holds) or ('fact', name, relation, value) of a sentence."""
   sentence = sentence.rstrip(".?")
-  found = [("trait", m.group(1), trait, form == forms[0])
-           for trait, forms in world_lib.TRAITS.items() for form in forms[:2]
-           if (m := re.fullmatch(form.format(n=r"(\w+)"), sentence))]
-  found += [("fact", m.group(1), rel, m.group(2)) for rel, forms in world_lib.TEMPLATES.items()
-            if (m := re.fullmatch(forms[0].format(n=r"(\w+)", v=r"(\w+)"), sentence))]
+  found = [
+      ("trait", m.group(1), trait, form == forms[0])
+      for trait, forms in world_lib.TRAITS.items()
+      for form in forms[:2]
+      if (m := re.fullmatch(form.format(n=r"(\w+)"), sentence))
+  ]
+  found += [
+      ("fact", m.group(1), rel, m.group(2))
+      for rel, forms in world_lib.TEMPLATES.items()
+      if (m := re.fullmatch(forms[0].format(n=r"(\w+)", v=r"(\w+)"), sentence))
+  ]
   (parsed,) = found
   return parsed
 
 
 def _question(text: str) -> tuple[str, str]:
-  ((name, trait),) = [(m.group(1), trait) for trait, forms in world_lib.TRAITS.items()
-                      if (m := re.fullmatch(forms[2].format(n=r"(\w+)"), text))]
+  ((name, trait),) = [
+      (m.group(1), trait)
+      for trait, forms in world_lib.TRAITS.items()
+      if (m := re.fullmatch(forms[2].format(n=r"(\w+)"), text))
+  ]
   return name, trait
 
 
@@ -138,8 +153,11 @@ def test_hypotheses_follow_the_world_and_are_never_stated():
         if (name, trait) not in world.traits:
           expected = "neutral"
         else:
-          expected = "entailment" if world.traits[(name, trait)] == claim else (
-              "contradiction" if config == "cb" else "not_entailment")
+          expected = (
+              "entailment"
+              if world.traits[(name, trait)] == claim
+              else ("contradiction" if config == "cb" else "not_entailment")
+          )
         assert r["label"] == expected, r
 
 
@@ -155,8 +173,18 @@ def test_negation_is_no_cue():
 
 def test_corpus_contains_the_skills():
   text = " ".join(world_lib.corpus(0, 500))
-  for phrase in ("Answer: True", "Answer: False", "does not", "entailment", "contradiction",
-                 "neutral", "Is it true that", "The answer is", "? Yes, ", "? No, "):
+  for phrase in (
+      "Answer: True",
+      "Answer: False",
+      "does not",
+      "entailment",
+      "contradiction",
+      "neutral",
+      "Is it true that",
+      "The answer is",
+      "? Yes, ",
+      "? No, ",
+  ):
     assert phrase in text
   # And never the tasks' own input format.
   assert "passage:" not in text and "hypothesis:" not in text
@@ -166,7 +194,7 @@ def test_corpus_passages_and_answers_agree_with_the_world():
   world = world_lib.World(0)
   checked = 0
   for doc in world_lib.corpus(0, 300):
-    passage = doc[:doc.index("?")].rsplit(". ", 1)[0] + "."
+    passage = doc[: doc.index("?")].rsplit(". ", 1)[0] + "."
     _check_passage(world, passage, _parse(passage.split(". ")[0])[1], None)
     for q, a in re.findall(r"Question: (.+?)\? Answer: (True|False)\.", doc):
       assert world.traits[_question(q)] == (a == "True")
@@ -190,15 +218,19 @@ def small_vocab(tmp_path):
 def test_tasks_register_and_yield_examples(small_vocab):
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning.tasks import super_glue  # pylint: disable=g-import-not-at-top
+
   names = super_glue.register_super_glue("jsonl", small_vocab, prefix="test_synthetic_")
-  expected = {"boolq": ("boolq passage: ", {"True", "False"}),
-              "rte": ("rte hypothesis: ", {"entailment", "not_entailment"}),
-              "cb": ("cb hypothesis: ", {"entailment", "contradiction", "neutral"})}
+  expected = {
+      "boolq": ("boolq passage: ", {"True", "False"}),
+      "rte": ("rte hypothesis: ", {"entailment", "not_entailment"}),
+      "cb": ("cb hypothesis: ", {"entailment", "contradiction", "neutral"}),
+  }
   for config, (start, targets) in expected.items():
     name = f"test_synthetic_super_glue_{config}_v102"
     assert name in names
     ds = seqio.get_mixture_or_task(name).get_dataset(
-        {"inputs": 128, "targets": 8}, split="validation", shuffle=False)
+        {"inputs": 128, "targets": 8}, split="validation", shuffle=False
+    )
     examples = list(ds.as_numpy_iterator())
     assert len(examples) == 30
     assert all(e["inputs_pretokenized"].decode().startswith(start) for e in examples)
@@ -265,8 +297,7 @@ def test_prefix_lm_splits_the_text():
 def test_prefix_lm_can_split_only_after_given_tokens():
   tokens = [5, 6, 9, 7, 9, 8]  # 9 ends a sentence.
   rng = np.random.default_rng(0)
-  splits = collections.Counter(len(objectives.prefix_lm(tokens, rng, [9])[0])
-                               for _ in range(200))
+  splits = collections.Counter(len(objectives.prefix_lm(tokens, rng, [9])[0]) for _ in range(200))
   assert set(splits) == {3, 5}  # Right after each 9 (never after the last token).
   no_boundary = {len(objectives.prefix_lm([5, 6, 7], rng, [9])[0]) for _ in range(50)}
   assert no_boundary == {1, 2}  # None present: any point.
@@ -274,8 +305,9 @@ def test_prefix_lm_can_split_only_after_given_tokens():
 
 def test_encoder_decoder_batch():
   batch = objectives.encoder_decoder_batch([([5, 6, 7], [8, 9]), ([5] * 10, [9] * 10)], 6, 4)
-  np.testing.assert_array_equal(batch["encoder_input_tokens"],
-                                [[5, 6, 7, 1, 0, 0], [5, 5, 5, 5, 5, 1]])
+  np.testing.assert_array_equal(
+      batch["encoder_input_tokens"], [[5, 6, 7, 1, 0, 0], [5, 5, 5, 5, 5, 1]]
+  )
   np.testing.assert_array_equal(batch["decoder_target_tokens"], [[8, 9, 1, 0], [9, 9, 9, 1]])
   np.testing.assert_array_equal(batch["decoder_input_tokens"], [[0, 8, 9, 1], [0, 9, 9, 9]])
   np.testing.assert_array_equal(batch["decoder_loss_weights"], [[1, 1, 1, 0], [1, 1, 1, 1]])
@@ -294,15 +326,21 @@ def test_pretraining_recipe_runs_end_to_end(tmp_path):
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
   from prompt_tuning import embedded  # pylint: disable=g-import-not-at-top
   import gin  # pylint: disable=g-import-not-at-top
+
   out = tmp_path / "embedded"
   gin.clear_config()
   args = [
-      "--gin_file=runs/pretrain_embedded.gin", f"--gin.OUT_DIR='{out}'",
-      "--gin.pretrain.pretrain.num_docs=200", "--gin.pretrain.pretrain.num_pieces=200",
-      "--gin.pretrain.pretrain.span_steps=2", "--gin.pretrain.pretrain.lm_steps=3",
-      "--gin.pretrain.pretrain.batch_size=4", "--gin.pretrain.pretrain.log_period=1",
+      "--gin_file=runs/pretrain_embedded.gin",
+      f"--gin.OUT_DIR='{out}'",
+      "--gin.pretrain.pretrain.num_docs=200",
+      "--gin.pretrain.pretrain.num_pieces=200",
+      "--gin.pretrain.pretrain.span_steps=2",
+      "--gin.pretrain.pretrain.lm_steps=3",
+      "--gin.pretrain.pretrain.batch_size=4",
+      "--gin.pretrain.pretrain.log_period=1",
       "--gin.pretrain.pretrain.model_overrides={'emb_dim': 8, 'num_heads': 2, 'head_dim': 4, "
-      "'mlp_dim': 16, 'num_encoder_layers': 1, 'num_decoder_layers': 1}"]
+      "'mlp_dim': 16, 'num_encoder_layers': 1, 'num_decoder_layers': 1}",
+  ]
   path = pretrain.main(args)
   gin.clear_config()
   assert path == embedded.checkpoint_path("lm_adapted", str(out))
@@ -317,6 +355,7 @@ def test_pretraining_recipe_runs_end_to_end(tmp_path):
   assert not (out / "data").exists()  # Task files are regenerated from the seed, not shipped.
   # A killed run resumes by stage: with the LM-adapted checkpoint gone, only that stage reruns.
   import shutil  # pylint: disable=g-import-not-at-top
+
   shutil.rmtree(out / "lm_adapted")
   assert pretrain.main(args) == path
   gin.clear_config()
@@ -326,14 +365,19 @@ def test_pretraining_recipe_runs_end_to_end(tmp_path):
 
 def test_vocab_covers_the_task_formats(small_vocab):
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
   sp = spm.SentencePieceProcessor(model_file=vocab_lib.get_vocab_path())
-  for text in ("boolq passage: Tom lives in Oslo. question: does Tom live in Oslo",
-               "cb hypothesis: Tom lives in Oslo. premise: Tom lives in Oslo.", "True False"):
+  for text in (
+      "boolq passage: Tom lives in Oslo. question: does Tom live in Oslo",
+      "cb hypothesis: Tom lives in Oslo. premise: Tom lives in Oslo.",
+      "True False",
+  ):
     assert sp.unk_id() not in sp.encode(text), text
 
 
 def test_task_module_writes_files_once(tmp_path, monkeypatch):
   from prompt_tuning.tasks import synthetic as synthetic_tasks  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setenv(synthetic_tasks.DATA_DIR_ENV_VAR, str(tmp_path))
   path = synthetic_tasks.data_dir()
   assert path == str(tmp_path / f"{world_lib.VERSION}_seed0")
@@ -364,8 +408,14 @@ source = seqio.get_mixture_or_task("synthetic_super_glue_boolq_v102").source
 print(source.num_input_examples("validation"))
 """
   env = dict(os.environ, HOME=str(home), PROMPT_TUNING_SYNTHETIC_DIR=str(at_import))
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = subprocess.run(
+      [sys.executable, "-c", script],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.split()[-1] == str(dict(world_lib.SPLIT_SIZES)["validation"])
   # (TensorFlow writes ~/.keras/keras.json when imported: not ours.)
@@ -389,13 +439,31 @@ def test_each_stage_runs_its_own_learning_rate_schedule(tmp_path):
   """The logged rate at each global step is the stated formula, counted from the stage's start."""
   span_steps, lm_steps, peak, schedule_steps = 4, 5, 2e-3, 20  # Warmup 3 steps, then cosine.
   pretrain.pretrain(
-      str(tmp_path), num_docs=100, num_pieces=200, span_steps=span_steps, lm_steps=lm_steps,
-      batch_size=2, learning_rate=peak, schedule_steps=schedule_steps, log_period=1,
-      model_overrides={"emb_dim": 8, "num_heads": 2, "head_dim": 4, "mlp_dim": 16,
-                       "num_encoder_layers": 1, "num_decoder_layers": 1})
-  logged = {int(m.group(2)): (m.group(1), float(m.group(3))) for m in re.finditer(
-      r"(\w+) step (\d+) \(\d+/\d+\) .*? learning rate (\S+) ",
-      (tmp_path / "pretrain.log").read_text())}
+      str(tmp_path),
+      num_docs=100,
+      num_pieces=200,
+      span_steps=span_steps,
+      lm_steps=lm_steps,
+      batch_size=2,
+      learning_rate=peak,
+      schedule_steps=schedule_steps,
+      log_period=1,
+      model_overrides={
+          "emb_dim": 8,
+          "num_heads": 2,
+          "head_dim": 4,
+          "mlp_dim": 16,
+          "num_encoder_layers": 1,
+          "num_decoder_layers": 1,
+      },
+  )
+  logged = {
+      int(m.group(2)): (m.group(1), float(m.group(3)))
+      for m in re.finditer(
+          r"(\w+) step (\d+) \(\d+/\d+\) .*? learning rate (\S+) ",
+          (tmp_path / "pretrain.log").read_text(),
+      )
+  }
   assert sorted(logged) == list(range(1, span_steps + lm_steps + 1))
   for step, (stage, lr) in logged.items():
     stage_start = 0 if stage == "span_corruption" else span_steps

@@ -1,4 +1,5 @@
 """T5 1.1 module: parity with the original implementation, and the model's own invariants."""
+
 import functools
 
 import flax.linen as nn
@@ -25,17 +26,27 @@ def params():
 
 
 def _apply(module, params, batch):
-  logits = jax.jit(lambda p, b: module.apply(
-      {"params": p}, b["encoder_input_tokens"], b["decoder_input_tokens"],
-      b["decoder_target_tokens"]))(params, batch)
-  encoded = jax.jit(lambda p, b: module.apply(
-      {"params": p}, b["encoder_input_tokens"], method=module.encode))(params, batch)
+  logits = jax.jit(
+      lambda p, b: module.apply(
+          {"params": p},
+          b["encoder_input_tokens"],
+          b["decoder_input_tokens"],
+          b["decoder_target_tokens"],
+      )
+  )(params, batch)
+  encoded = jax.jit(
+      lambda p, b: module.apply({"params": p}, b["encoder_input_tokens"], method=module.encode)
+  )(params, batch)
   return np.asarray(encoded), np.asarray(logits)
 
 
 def test_parameter_tree_is_t5x_checkpoint_tree(params):
-  variables = tiny().init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32),
-                          jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
+  variables = tiny().init(
+      jax.random.PRNGKey(0),
+      jnp.ones((1, 8), jnp.int32),
+      jnp.ones((1, 4), jnp.int32),
+      jnp.ones((1, 4), jnp.int32),
+  )
   model_shapes = jax.tree.map(lambda x: x.shape, nn.unbox(variables["params"]))
   ckpt_shapes = jax.tree.map(lambda x: x.shape, params)
   assert model_shapes == ckpt_shapes
@@ -57,8 +68,9 @@ def test_prompted_model_matches_original(params):
   g, batch = golden("prompt_tuned_fp32"), golden_batch()
   prompt = np.load(require(TINY_CHECKPOINT.parents[2].parent / "golden/original/prompt_5x4.npy"))
   np.testing.assert_array_equal(prompt, g["prompt_param"])
-  module = tiny(prompt_factory=functools.partial(prompts.PrefixPrompt, 5,
-                                                 prompts.from_array(prompt)))
+  module = tiny(
+      prompt_factory=functools.partial(prompts.PrefixPrompt, 5, prompts.from_array(prompt))
+  )
   p = dict(params, encoder=dict(params["encoder"], prompt={"prompt": {"prompt": prompt}}))
   encoded, logits = _apply(module, p, batch)
   valid = g["tokens_with_fake_prompt"] > 0
@@ -84,22 +96,25 @@ def test_bfloat16_close_to_original(params, name):
   lse = np.asarray(jax.nn.logsumexp(logits, -1))
   np.testing.assert_allclose(lse[w], g["logits_logsumexp"][w], atol=0.05)
   valid = (np.asarray(encoded, np.float32) != 0).any(-1)
-  np.testing.assert_allclose(np.asarray(encoded, np.float32)[valid],
-                             g["encoder_output"][valid], atol=0.1)
+  np.testing.assert_allclose(
+      np.asarray(encoded, np.float32)[valid], g["encoder_output"][valid], atol=0.1
+  )
 
 
 def test_relative_position_buckets_hand_computed():
   # Bidirectional, 32 buckets, max distance 128 (T5 1.1): 16 buckets per direction, 8 exact.
-  b = t5.relative_position_buckets(np.array([0]), np.arange(0, 200), bidirectional=True,
-                                   num_buckets=32, max_distance=128)[0]
+  b = t5.relative_position_buckets(
+      np.array([0]), np.arange(0, 200), bidirectional=True, num_buckets=32, max_distance=128
+  )[0]
   # Keys after the query (k - q > 0) go to the upper half; small distances are exact.
   assert b[0] == 0 and b[1] == 17 and b[7] == 23
   # Log buckets: 8 + floor(log(n/8) / log(16) * 8), capped at 15 (+16 for the upper half).
   for n in (8, 12, 20, 50, 100, 127, 199):
     expected = 16 + min(15, 8 + int(np.log(n / 8) / np.log(128 / 8) * 8))
     assert b[n] == expected, n
-  causal = t5.relative_position_buckets(np.arange(5), np.arange(5), bidirectional=False,
-                                        num_buckets=32, max_distance=128)
+  causal = t5.relative_position_buckets(
+      np.arange(5), np.arange(5), bidirectional=False, num_buckets=32, max_distance=128
+  )
   assert np.all(causal[np.triu_indices(5, 1)] == 0)  # Future keys share bucket 0.
   assert causal[4, 0] == 4
 
@@ -122,43 +137,79 @@ def test_padding_does_not_change_valid_outputs(params):
 
 def test_incremental_decoding_matches_teacher_forcing():
   """The key/value cache path gives the same logits as the full causal pass."""
-  cfg = t5.T5Config(vocab_size=37, emb_dim=16, num_heads=2, num_encoder_layers=2,
-                    num_decoder_layers=2, head_dim=8, mlp_dim=32, dtype="float32",
-                    relative_attention_num_buckets=8, relative_attention_max_distance=16)
+  cfg = t5.T5Config(
+      vocab_size=37,
+      emb_dim=16,
+      num_heads=2,
+      num_encoder_layers=2,
+      num_decoder_layers=2,
+      head_dim=8,
+      mlp_dim=32,
+      dtype="float32",
+      relative_attention_num_buckets=8,
+      relative_attention_max_distance=16,
+  )
   module = t5.EncoderDecoder(cfg)
   rng = np.random.RandomState(0)
-  enc = rng.randint(2, 37, (2, 7)); enc[1, 5:] = 0
+  enc = rng.randint(2, 37, (2, 7))
+  enc[1, 5:] = 0
   targets = rng.randint(2, 37, (2, 6))
   dec_in = np.concatenate([np.zeros((2, 1), int), targets[:, :-1]], axis=1)
   variables = module.init(jax.random.PRNGKey(1), enc, dec_in, targets)
   params = nn.unbox(variables["params"])
   full = module.apply({"params": params}, enc, dec_in, targets)
   encoded = module.apply({"params": params}, enc, method=module.encode)
-  _, cache = module.apply({"params": params}, encoded, enc, jnp.zeros_like(dec_in), decode=True,
-                          mutable=["cache"], method=module.decode)
-  step = jax.jit(lambda cache, tok, i: module.apply(
-      {"params": params, **cache}, encoded, enc, tok, decode=True, decode_position=i,
-      max_decode_length=6, mutable=["cache"], method=module.decode))
+  _, cache = module.apply(
+      {"params": params},
+      encoded,
+      enc,
+      jnp.zeros_like(dec_in),
+      decode=True,
+      mutable=["cache"],
+      method=module.decode,
+  )
+  step = jax.jit(
+      lambda cache, tok, i: module.apply(
+          {"params": params, **cache},
+          encoded,
+          enc,
+          tok,
+          decode=True,
+          decode_position=i,
+          max_decode_length=6,
+          mutable=["cache"],
+          method=module.decode,
+      )
+  )
   for i in range(6):
-    logits, cache = step(cache, dec_in[:, i:i + 1], i)
+    logits, cache = step(cache, dec_in[:, i : i + 1], i)
     np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=1e-5)
 
 
 def test_sizes_have_lm100k_dimensions():
   base = t5.config_for_size("base")
-  assert (base.emb_dim, base.num_heads, base.mlp_dim, base.num_encoder_layers) == (768, 12, 2048,
-                                                                                   12)
+  assert (base.emb_dim, base.num_heads, base.mlp_dim, base.num_encoder_layers) == (
+      768,
+      12,
+      2048,
+      12,
+  )
   assert t5.config_for_size("xxl").emb_dim == 4096 and base.vocab_size == 32128
   with pytest.raises(ValueError, match="Unknown T5 1.1 size 'huge'"):
     t5.config_for_size("huge")
 
 
 def test_logical_axes_on_every_parameter():
-  variables = tiny().init(jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32),
-                          jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))
+  variables = tiny().init(
+      jax.random.PRNGKey(0),
+      jnp.ones((1, 8), jnp.int32),
+      jnp.ones((1, 4), jnp.int32),
+      jnp.ones((1, 4), jnp.int32),
+  )
   specs = nn.get_partition_spec(variables["params"])
-  flat = jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: x is not None and not
-                                              isinstance(x, dict))[0]
+  flat = jax.tree_util.tree_flatten_with_path(
+      specs, is_leaf=lambda x: x is not None and not isinstance(x, dict)
+  )[0]
   assert len(flat) == 52
   for path, spec in flat:
     assert spec is not None and all(a is not None for a in spec), path

@@ -5,6 +5,7 @@ vocabulary, with a JSONL task registered by a module written to a temporary fold
 can go at the same time (the uninterrupted and the killed run, eval and the two inferences, the
 config errors) do, to keep the file's wall time down.
 """
+
 import json
 import os
 import pathlib
@@ -72,19 +73,34 @@ def initial_checkpoint():
 
 def _prompt_train_args(model_dir, initial_checkpoint, **overrides) -> list[str]:
   bindings = dict(
-      MODEL_DIR=model_dir, MIXTURE_OR_TASK_NAME=TASK_NAME, MIXTURE_OR_TASK_MODULE=TASK_MODULE,
-      TASK_FEATURE_LENGTHS=LENGTHS, TRAIN_STEPS=TRAIN_STEPS,
-      INITIAL_CHECKPOINT_PATH=initial_checkpoint, BATCH_SIZE=4, EVAL_PERIOD=None,
-      CHECKPOINT_PERIOD=2, LOG_PERIOD=1, PROMPT_LENGTH=PROMPT_LENGTH, ACTIVATION_DTYPE="float32")
+      MODEL_DIR=model_dir,
+      MIXTURE_OR_TASK_NAME=TASK_NAME,
+      MIXTURE_OR_TASK_MODULE=TASK_MODULE,
+      TASK_FEATURE_LENGTHS=LENGTHS,
+      TRAIN_STEPS=TRAIN_STEPS,
+      INITIAL_CHECKPOINT_PATH=initial_checkpoint,
+      BATCH_SIZE=4,
+      EVAL_PERIOD=None,
+      CHECKPOINT_PERIOD=2,
+      LOG_PERIOD=1,
+      PROMPT_LENGTH=PROMPT_LENGTH,
+      ACTIVATION_DTYPE="float32",
+  )
   bindings.update(overrides)
   return PROMPT_MODEL + ["--gin_file=runs/prompt_finetune.gin"] + gin_flags(bindings)
 
 
 def _inference_args(run_file, model_dir, initial_checkpoint, **overrides) -> list[str]:
   bindings = dict(
-      MODEL_DIR=model_dir, MIXTURE_OR_TASK_NAME=TASK_NAME, MIXTURE_OR_TASK_MODULE=TASK_MODULE,
-      TASK_FEATURE_LENGTHS=LENGTHS, INITIAL_CHECKPOINT_PATH=initial_checkpoint, BATCH_SIZE=4,
-      PROMPT_LENGTH=PROMPT_LENGTH, ACTIVATION_DTYPE="float32")
+      MODEL_DIR=model_dir,
+      MIXTURE_OR_TASK_NAME=TASK_NAME,
+      MIXTURE_OR_TASK_MODULE=TASK_MODULE,
+      TASK_FEATURE_LENGTHS=LENGTHS,
+      INITIAL_CHECKPOINT_PATH=initial_checkpoint,
+      BATCH_SIZE=4,
+      PROMPT_LENGTH=PROMPT_LENGTH,
+      ACTIVATION_DTYPE="float32",
+  )
   bindings.update(overrides)
   return PROMPT_MODEL + [f"--gin_file={run_file}"] + gin_flags(bindings)
 
@@ -96,7 +112,8 @@ def _last_by_step(rows) -> dict[int, dict]:
 
 def _assert_prompt_only(checkpoint_dir: pathlib.Path):
   assert checkpoints.list_parameters(checkpoint_dir) == {
-      PROMPT: ((PROMPT_LENGTH, D_MODEL), "float32")}, checkpoint_dir
+      PROMPT: ((PROMPT_LENGTH, D_MODEL), "float32")
+  }, checkpoint_dir
   size = cli_utils.dir_size(checkpoint_dir)
   assert size < MAX_PROMPT_CHECKPOINT_BYTES, f"{checkpoint_dir} holds {size} bytes"
 
@@ -104,9 +121,15 @@ def _assert_prompt_only(checkpoint_dir: pathlib.Path):
 @pytest.fixture(scope="module")
 def run_a(workdir, env, initial_checkpoint):
   """Uninterrupted prompt tuning from step 3 to 9, logging every step, no eval."""
-  run = _Background(lambda: Cli(
-      "train", _prompt_train_args(workdir / "run_a", initial_checkpoint), env,
-      workdir / "logs", "run_a"))
+  run = _Background(
+      lambda: Cli(
+          "train",
+          _prompt_train_args(workdir / "run_a", initial_checkpoint),
+          env,
+          workdir / "logs",
+          "run_a",
+      )
+  )
   yield run
   run.close()
 
@@ -120,9 +143,13 @@ def test_kill_and_resume_gives_the_same_losses(workdir, env, initial_checkpoint,
   # end of the run: the task module (imported by the run) blocks before the step to global step
   # 8, after step 7 was logged but not checkpointed, so that work is lost and must be redone.
   marker = workdir / "run_b_paused"
-  b1 = Cli("train", args_b, {**env, cli_utils.PAUSE_AT_STEP_ENV: "8",
-                             cli_utils.PAUSE_MARKER_ENV: str(marker)},
-           workdir / "logs", "run_b1")
+  b1 = Cli(
+      "train",
+      args_b,
+      {**env, cli_utils.PAUSE_AT_STEP_ENV: "8", cli_utils.PAUSE_MARKER_ENV: str(marker)},
+      workdir / "logs",
+      "run_b1",
+  )
   try:
     wait_for(marker.exists, 540, "run B to reach step 7", b1)
     steps = checkpoints.all_checkpoint_steps(dir_b)
@@ -136,9 +163,8 @@ def test_kill_and_resume_gives_the_same_losses(workdir, env, initial_checkpoint,
   assert [r["step"] for r in before] == [4, 5, 6, 7]
 
   b2 = Cli("train", args_b, env, workdir / "logs", "run_b2").check()
-  assert re.search(r"Resuming from \S*checkpoint_6 \(input position 3\)", b2.stderr), (
-      b2.describe())
-  after = read_jsonl(dir_b / "train" / "metrics.jsonl")[len(before):]
+  assert re.search(r"Resuming from \S*checkpoint_6 \(input position 3\)", b2.stderr), b2.describe()
+  after = read_jsonl(dir_b / "train" / "metrics.jsonl")[len(before) :]
   assert [r["step"] for r in after] == [7, 8, 9], "the restart did not resume at checkpoint_6"
 
   run_a.result()
@@ -148,8 +174,9 @@ def test_kill_and_resume_gives_the_same_losses(workdir, env, initial_checkpoint,
   assert sorted(losses_a) == sorted(losses_b) == list(range(INITIAL_STEP + 1, TRAIN_STEPS + 1))
   for step in losses_a:
     for key in ("loss", "z_loss", "accuracy"):
-      np.testing.assert_allclose(losses_b[step][key], losses_a[step][key], rtol=1e-6,
-                                 err_msg=f"{key} at step {step}")
+      np.testing.assert_allclose(
+          losses_b[step][key], losses_a[step][key], rtol=1e-6, err_msg=f"{key} at step {step}"
+      )
   # The redone step 7 matches what the killed process had logged.
   np.testing.assert_allclose(after[0]["loss"], before[-1]["loss"], rtol=1e-6)
 
@@ -183,9 +210,19 @@ def test_train_checkpoint_holds_only_the_prompt(workdir, run_a, initial_checkpoi
 def run_with_eval(workdir, env, initial_checkpoint):
   """Prompt tuning with eval every 2 steps, keeping the best (accuracy) and one more checkpoint."""
   model_dir = workdir / "run_eval"
-  Cli("train", _prompt_train_args(model_dir, initial_checkpoint, EVAL_PERIOD=2,
-                                  BEST_METRIC="accuracy", CHECKPOINTS_TO_KEEP=1),
-      env, workdir / "logs", "run_eval").check()
+  Cli(
+      "train",
+      _prompt_train_args(
+          model_dir,
+          initial_checkpoint,
+          EVAL_PERIOD=2,
+          BEST_METRIC="accuracy",
+          CHECKPOINTS_TO_KEEP=1,
+      ),
+      env,
+      workdir / "logs",
+      "run_eval",
+  ).check()
   return model_dir
 
 
@@ -204,7 +241,8 @@ def test_eval_during_training_keeps_the_best_checkpoint(run_with_eval):
   assert best["step"] < TRAIN_STEPS, "pick a setup where the best checkpoint is not the last"
   assert checkpoints.all_checkpoint_steps(model_dir) == [best["step"], TRAIN_STEPS]
   assert sorted(os.listdir(model_dir / "numpy_checkpoints")) == sorted(
-      [f"checkpoint_{best['step']}", f"checkpoint_{TRAIN_STEPS}"])
+      [f"checkpoint_{best['step']}", f"checkpoint_{TRAIN_STEPS}"]
+  )
   _assert_prompt_only(model_dir / f"checkpoint_{best['step']}")
 
 
@@ -218,14 +256,36 @@ def test_eval_and_infer_through_the_cli(workdir, env, initial_checkpoint, run_wi
   text_file.write_text("\n".join(texts) + "\n")
   task_out, file_out = workdir / "infer_task.jsonl", workdir / "infer_file.jsonl"
 
-  evaluation = Cli("eval", _inference_args("runs/prompt_eval.gin", model_dir,
-                                           initial_checkpoint), env, logs, "eval")
-  infer_task = Cli("infer", _inference_args("runs/prompt_infer.gin", model_dir,
-                                            initial_checkpoint, INFER_OUTPUT_FILE=task_out),
-                   env, logs, "infer_task")
-  infer_file = Cli("infer", _inference_args(
-      "runs/prompt_infer.gin", model_dir, initial_checkpoint, INFER_OUTPUT_FILE=file_out,
-      INFER_INPUT_FILE=text_file, MIXTURE_OR_TASK_NAME=None), env, logs, "infer_file")
+  evaluation = Cli(
+      "eval",
+      _inference_args("runs/prompt_eval.gin", model_dir, initial_checkpoint),
+      env,
+      logs,
+      "eval",
+  )
+  infer_task = Cli(
+      "infer",
+      _inference_args(
+          "runs/prompt_infer.gin", model_dir, initial_checkpoint, INFER_OUTPUT_FILE=task_out
+      ),
+      env,
+      logs,
+      "infer_task",
+  )
+  infer_file = Cli(
+      "infer",
+      _inference_args(
+          "runs/prompt_infer.gin",
+          model_dir,
+          initial_checkpoint,
+          INFER_OUTPUT_FILE=file_out,
+          INFER_INPUT_FILE=text_file,
+          MIXTURE_OR_TASK_NAME=None,
+      ),
+      env,
+      logs,
+      "infer_file",
+  )
 
   evaluation.check()
   metrics = json.loads(evaluation.stdout)
@@ -254,15 +314,21 @@ def test_eval_and_infer_through_the_cli(workdir, env, initial_checkpoint, run_wi
 
 def test_config_errors_fail_fast_with_a_helpful_message(workdir, env, initial_checkpoint):
   logs = workdir / "logs"
-  model_dirs = {name: workdir / f"config_error_{name}" for name in
-                ("unknown_task", "unknown_gin_file", "no_targets_length")}
+  model_dirs = {
+      name: workdir / f"config_error_{name}"
+      for name in ("unknown_task", "unknown_gin_file", "no_targets_length")
+  }
 
   def args(name, run_file="runs/prompt_finetune.gin", **overrides):
     bindings = dict(
-        MODEL_DIR=model_dirs.get(name), MIXTURE_OR_TASK_NAME=TASK_NAME,
-        MIXTURE_OR_TASK_MODULE=TASK_MODULE, TASK_FEATURE_LENGTHS=LENGTHS,
-        TRAIN_STEPS=TRAIN_STEPS, INITIAL_CHECKPOINT_PATH=initial_checkpoint,
-        PROMPT_LENGTH=PROMPT_LENGTH)
+        MODEL_DIR=model_dirs.get(name),
+        MIXTURE_OR_TASK_NAME=TASK_NAME,
+        MIXTURE_OR_TASK_MODULE=TASK_MODULE,
+        TASK_FEATURE_LENGTHS=LENGTHS,
+        TRAIN_STEPS=TRAIN_STEPS,
+        INITIAL_CHECKPOINT_PATH=initial_checkpoint,
+        PROMPT_LENGTH=PROMPT_LENGTH,
+    )
     bindings.update(overrides)
     bindings = {k: v for k, v in bindings.items() if v is not None}
     return PROMPT_MODEL + [f"--gin_file={run_file}"] + gin_flags(bindings)
@@ -282,17 +348,19 @@ def test_config_errors_fail_fast_with_a_helpful_message(workdir, env, initial_ch
   assert re.search(r"runs/prompt_finetune\.gin needs .*'MODEL_DIR'", err["no_model_dir"])
   assert "--gin.MODEL_DIR=" in err["no_model_dir"]
 
-  assert "Unknown task or mixture 'tiny_sentimnt'" in err["unknown_task"], (
-      procs["unknown_task"].describe())
+  assert "Unknown task or mixture 'tiny_sentimnt'" in err["unknown_task"], procs[
+      "unknown_task"
+  ].describe()
   assert "Closest registered names: ['tiny_sentiment']" in err["unknown_task"]
 
   assert "ConfigError: Gin file 'runs/prompt_finetun.gin' not found" in (
-      err["unknown_gin_file"]), procs["unknown_gin_file"].describe()
-  assert re.search(r"Available run configs: \[.*'prompt_finetune\.gin'",
-                   err["unknown_gin_file"])
+      err["unknown_gin_file"]
+  ), procs["unknown_gin_file"].describe()
+  assert re.search(r"Available run configs: \[.*'prompt_finetune\.gin'", err["unknown_gin_file"])
 
   assert "ConfigError: TASK_FEATURE_LENGTHS must be {'inputs': N, 'targets': M}; got " in (
-      err["no_targets_length"]), procs["no_targets_length"].describe()
+      err["no_targets_length"]
+  ), procs["no_targets_length"].describe()
   assert "KeyError" not in err["no_targets_length"]
 
   # Each failed before any compute: nothing was written to its MODEL_DIR (not even created).
@@ -303,12 +371,25 @@ def test_config_errors_fail_fast_with_a_helpful_message(workdir, env, initial_ch
 @pytest.mark.slow
 def test_model_tuning_trains_and_saves_every_parameter(workdir, env, initial_checkpoint):
   model_dir = workdir / "run_model_tuning"
-  args = ["--gin_file=models/t5_1_1.gin", "--gin_file=models/sizes/tiny.gin",
-          "--gin_file=runs/finetune.gin"] + gin_flags(dict(
-              MODEL_DIR=model_dir, MIXTURE_OR_TASK_NAME=TASK_NAME,
-              MIXTURE_OR_TASK_MODULE=TASK_MODULE, TASK_FEATURE_LENGTHS=LENGTHS, TRAIN_STEPS=5,
-              INITIAL_CHECKPOINT_PATH=initial_checkpoint, BATCH_SIZE=4, EVAL_PERIOD=None,
-              CHECKPOINT_PERIOD=2, LOG_PERIOD=1, ACTIVATION_DTYPE="float32"))
+  args = [
+      "--gin_file=models/t5_1_1.gin",
+      "--gin_file=models/sizes/tiny.gin",
+      "--gin_file=runs/finetune.gin",
+  ] + gin_flags(
+      dict(
+          MODEL_DIR=model_dir,
+          MIXTURE_OR_TASK_NAME=TASK_NAME,
+          MIXTURE_OR_TASK_MODULE=TASK_MODULE,
+          TASK_FEATURE_LENGTHS=LENGTHS,
+          TRAIN_STEPS=5,
+          INITIAL_CHECKPOINT_PATH=initial_checkpoint,
+          BATCH_SIZE=4,
+          EVAL_PERIOD=None,
+          CHECKPOINT_PERIOD=2,
+          LOG_PERIOD=1,
+          ACTIVATION_DTYPE="float32",
+      )
+  )
   Cli("train", args, env, workdir / "logs", "run_model_tuning").check()
 
   checkpoint = model_dir / "checkpoint_5"
@@ -339,14 +420,23 @@ def _printed_evals(stdout: str) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_a_finished_run_restarted_evaluates_again(workdir, env, initial_checkpoint,
-                                                   run_with_eval):
+def test_a_finished_run_restarted_evaluates_again(workdir, env, initial_checkpoint, run_with_eval):
   model_dir = workdir / "run_eval_restarted"
   shutil.copytree(run_with_eval, model_dir)  # Leaves the fixture's logs as they were.
   before = checkpoints.all_checkpoint_steps(model_dir)
-  again = Cli("train", _prompt_train_args(model_dir, initial_checkpoint, EVAL_PERIOD=2,
-                                          BEST_METRIC="accuracy", CHECKPOINTS_TO_KEEP=1),
-              env, workdir / "logs", "run_eval_restarted").check()
+  again = Cli(
+      "train",
+      _prompt_train_args(
+          model_dir,
+          initial_checkpoint,
+          EVAL_PERIOD=2,
+          BEST_METRIC="accuracy",
+          CHECKPOINTS_TO_KEEP=1,
+      ),
+      env,
+      workdir / "logs",
+      "run_eval_restarted",
+  ).check()
   printed = _printed_evals(again.stdout)
   assert list(printed) == [TRAIN_STEPS], again.stdout
   logged = read_jsonl(model_dir / "eval" / "metrics.jsonl")
@@ -357,15 +447,28 @@ def test_a_finished_run_restarted_evaluates_again(workdir, env, initial_checkpoi
 
 
 @pytest.mark.slow
-def test_eval_of_a_saved_prompt_into_a_fresh_model_dir(workdir, env, initial_checkpoint,
-                                                      run_with_eval):
+def test_eval_of_a_saved_prompt_into_a_fresh_model_dir(
+    workdir, env, initial_checkpoint, run_with_eval
+):
   prompt = run_with_eval / "numpy_checkpoints" / f"checkpoint_{TRAIN_STEPS}" / PROMPT_NPY
   fresh = workdir / "fresh_eval_dir"  # Does not exist yet: no eval/ folder either.
-  args = (PROMPT_MODEL + ["--gin_file=prompts/from_file.gin", "--gin_file=runs/prompt_eval.gin"]
-          + gin_flags(dict(MODEL_DIR=fresh, PROMPT_FILE=prompt, MIXTURE_OR_TASK_NAME=TASK_NAME,
-                           MIXTURE_OR_TASK_MODULE=TASK_MODULE, TASK_FEATURE_LENGTHS=LENGTHS,
-                           INITIAL_CHECKPOINT_PATH=initial_checkpoint, BATCH_SIZE=4,
-                           PROMPT_LENGTH=PROMPT_LENGTH, ACTIVATION_DTYPE="float32")))
+  args = (
+      PROMPT_MODEL
+      + ["--gin_file=prompts/from_file.gin", "--gin_file=runs/prompt_eval.gin"]
+      + gin_flags(
+          dict(
+              MODEL_DIR=fresh,
+              PROMPT_FILE=prompt,
+              MIXTURE_OR_TASK_NAME=TASK_NAME,
+              MIXTURE_OR_TASK_MODULE=TASK_MODULE,
+              TASK_FEATURE_LENGTHS=LENGTHS,
+              INITIAL_CHECKPOINT_PATH=initial_checkpoint,
+              BATCH_SIZE=4,
+              PROMPT_LENGTH=PROMPT_LENGTH,
+              ACTIVATION_DTYPE="float32",
+          )
+      )
+  )
   cli = Cli("eval", args, env, workdir / "logs", "eval_fresh_dir").check()
   metrics = json.loads(cli.stdout)
   logged = _last_by_step(read_jsonl(run_with_eval / "eval" / "metrics.jsonl"))[TRAIN_STEPS]
@@ -374,14 +477,20 @@ def test_eval_of_a_saved_prompt_into_a_fresh_model_dir(workdir, env, initial_che
 
 
 @pytest.mark.slow
-def test_an_unknown_best_metric_stops_the_run_and_keeps_its_steps(workdir, env,
-                                                                   initial_checkpoint):
+def test_an_unknown_best_metric_stops_the_run_and_keeps_its_steps(workdir, env, initial_checkpoint):
   model_dir = workdir / "run_unknown_best_metric"
-  cli = Cli("train", _prompt_train_args(model_dir, initial_checkpoint, EVAL_PERIOD=2,
-                                        BEST_METRIC="acuracy", CHECKPOINT_PERIOD=100),
-            env, workdir / "logs", "run_unknown_best_metric")
+  cli = Cli(
+      "train",
+      _prompt_train_args(
+          model_dir, initial_checkpoint, EVAL_PERIOD=2, BEST_METRIC="acuracy", CHECKPOINT_PERIOD=100
+      ),
+      env,
+      workdir / "logs",
+      "run_unknown_best_metric",
+  )
   assert cli.wait() != 0, cli.describe()
-  assert (f"BEST_METRIC='acuracy' is not among the evaluation's metrics "
-          f"['{TASK_NAME}/accuracy']") in cli.stderr, cli.describe()
+  assert (
+      f"BEST_METRIC='acuracy' is not among the evaluation's metrics " f"['{TASK_NAME}/accuracy']"
+  ) in cli.stderr, cli.describe()
   # The first evaluation (step 4) found the problem; the step trained so far was saved.
   assert checkpoints.all_checkpoint_steps(model_dir) == [INITIAL_STEP + 1]

@@ -6,6 +6,7 @@ labels) raises `DataError` naming the file, the line and the field; a label is n
 A file that is not there raises `DataNotFoundError` (a `DataError`), which mixing rates treat
 as "data not prepared yet".
 """
+
 import csv
 import dataclasses
 import io
@@ -57,8 +58,10 @@ def read_tsv(path: str) -> Iterator[tuple[int, dict[str, str]]]:
   header = reader.fieldnames or []
   for row in reader:
     if None in row or any(v is None for v in row.values()):
-      raise DataError(f"{path}:{reader.line_num}: expected {len(header)} tab-separated "
-                      f"columns {header}, got a different number.")
+      raise DataError(
+          f"{path}:{reader.line_num}: expected {len(header)} tab-separated "
+          f"columns {header}, got a different number."
+      )
     yield reader.line_num, row
 
 
@@ -80,6 +83,7 @@ def _is_glob(pattern: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Fields:
   """Checked access to one record; errors say `<file>:<line>: field '<name>'`."""
+
   path: str
   line: int
   record: Any
@@ -93,8 +97,10 @@ class Fields:
 
   def get(self, field: str) -> Any:
     if not isinstance(self.record, Mapping):
-      raise DataError(f"{self.path}:{self.line}: expected a JSON object at "
-                      f"'{self.prefix or '<line>'}', got {type(self.record).__name__}.")
+      raise DataError(
+          f"{self.path}:{self.line}: expected a JSON object at "
+          f"'{self.prefix or '<line>'}', got {type(self.record).__name__}."
+      )
     if field not in self.record:
       raise self.error(field, "missing.")
     return self.record[field]
@@ -120,11 +126,17 @@ class Fields:
     value = self.get(field)
     if not isinstance(value, list):
       raise self.error(field, f"expected a list, got {type(value).__name__}.")
-    return [Fields(self.path, self.line, v, f"{self.prefix}{field}[{i}].")
-            for i, v in enumerate(value)]
+    return [
+        Fields(self.path, self.line, v, f"{self.prefix}{field}[{i}].") for i, v in enumerate(value)
+    ]
 
-  def label(self, field: str, label_names: Sequence[str], split: str,
-            convert: Callable[[Any], Any] = lambda v: v) -> int:
+  def label(
+      self,
+      field: str,
+      label_names: Sequence[str],
+      split: str,
+      convert: Callable[[Any], Any] = lambda v: v,
+  ) -> int:
     """Index of the label in `label_names`; -1 if absent in the test split."""
     if not self.has(field):
       if split == "test":

@@ -5,6 +5,7 @@ postprocessors in `postprocessors.py` return: class ids (with `-1` for text that
 label, always counted as wrong), floats, strings, or dicts with a `"value"` and, on the
 target side, a `"group"` / `"idx"` that ties examples together.
 """
+
 import collections
 import re
 import string
@@ -25,8 +26,9 @@ def _values(items: Sequence[Any]) -> list[Any]:
   return [x["value"] if isinstance(x, Mapping) else x for x in items]
 
 
-def _binary_with_invalid(targets: Sequence[Any],
-                         predictions: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def _binary_with_invalid(
+    targets: Sequence[Any], predictions: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray]:
   """Int arrays where a prediction other than 0/1 is replaced by the wrong class."""
   t = np.asarray(_values(targets), dtype=np.int64)
   p = np.asarray(_values(predictions), dtype=np.int64)
@@ -54,8 +56,12 @@ def macro_f1(num_classes: int) -> MetricFn:
 
   def fn(targets, predictions):
     f1 = sklearn.metrics.f1_score(
-        _values(targets), _values(predictions), labels=list(range(num_classes)),
-        average="macro", zero_division=0)
+        _values(targets),
+        _values(predictions),
+        labels=list(range(num_classes)),
+        average="macro",
+        zero_division=0,
+    )
     return {"macro_f1": 100 * float(f1)}
 
   return fn
@@ -68,13 +74,17 @@ def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any]) -> dic
 
 
 def pearson_corrcoef(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-  return {"pearson_corrcoef":
-          100 * float(scipy.stats.pearsonr(_values(targets), _values(predictions))[0])}
+  return {
+      "pearson_corrcoef": 100
+      * float(scipy.stats.pearsonr(_values(targets), _values(predictions))[0])
+  }
 
 
 def spearman_corrcoef(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
-  return {"spearman_corrcoef":
-          100 * float(scipy.stats.spearmanr(_values(targets), _values(predictions))[0])}
+  return {
+      "spearman_corrcoef": 100
+      * float(scipy.stats.spearmanr(_values(targets), _values(predictions))[0])
+  }
 
 
 def multirc_f1a(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
@@ -86,13 +96,13 @@ def _group_ids(targets: Sequence[Any], key: str) -> list[Hashable]:
   return [t[key] if isinstance(t, Mapping) else i for i, t in enumerate(targets)]
 
 
-def multirc_exact_match(targets: Sequence[Mapping[str, Any]],
-                        predictions: Sequence[Any]) -> dict[str, float]:
+def multirc_exact_match(
+    targets: Sequence[Mapping[str, Any]], predictions: Sequence[Any]
+) -> dict[str, float]:
   """MultiRC EM: percentage of questions with every answer-option labelled right."""
   all_right = collections.defaultdict(lambda: True)
-  for group, t, p in zip(_group_ids(targets, "group"), _values(targets),
-                         _values(predictions)):
-    all_right[group] &= (t == p)
+  for group, t, p in zip(_group_ids(targets, "group"), _values(targets), _values(predictions)):
+    all_right[group] &= t == p
   return {"exact_match": 100 * float(np.mean(list(all_right.values())))}
 
 
@@ -112,15 +122,17 @@ def _token_f1(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad_em_f1(gold_answers: Sequence[Sequence[str]],
-                predictions: Sequence[str]) -> dict[str, float]:
+def squad_em_f1(
+    gold_answers: Sequence[Sequence[str]], predictions: Sequence[str]
+) -> dict[str, float]:
   """Mean over examples of the best EM / token F1 against any gold answer."""
   em, f1 = [], []
   for golds, prediction in zip(gold_answers, predictions):
     golds = [golds] if isinstance(golds, str) else list(golds)
     # An example without gold answers (an unlabelled split) scores 0, not an error.
-    em.append(max((float(normalize_squad(prediction) == normalize_squad(g)) for g in golds),
-                  default=0.0))
+    em.append(
+        max((float(normalize_squad(prediction) == normalize_squad(g)) for g in golds), default=0.0)
+    )
     f1.append(max((_token_f1(prediction, g) for g in golds), default=0.0))
   return {"em": 100 * float(np.mean(em)), "f1": 100 * float(np.mean(f1))}
 
@@ -132,8 +144,9 @@ def record_em_f1(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str
   inputs (so the same prediction) and answer list, so the first of each group is kept.
   """
   seen, golds, preds = set(), [], []
-  for group, gold, prediction in zip(_group_ids(targets, "group"), _values(targets),
-                                     _values(predictions)):
+  for group, gold, prediction in zip(
+      _group_ids(targets, "group"), _values(targets), _values(predictions)
+  ):
     if group not in seen:
       seen.add(group)
       golds.append(gold)

@@ -4,6 +4,7 @@
 it), sharded per host with `seqio.ShardInfo`, in a deterministic order for a seed. The position in
 the stream is a number of batches, saved in checkpoints; resuming skips that many batches.
 """
+
 import dataclasses
 import difflib
 import importlib
@@ -17,6 +18,7 @@ import seqio
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
   """What to read. `batch_size` is global; each host reads its share."""
+
   mixture_or_task_name: str
   task_feature_lengths: Mapping[str, int]
   split: str = "train"
@@ -35,8 +37,9 @@ def import_task_modules(modules: Union[None, str, Sequence[str]]) -> None:
     try:
       importlib.import_module(name)
     except ImportError as e:
-      raise ImportError(f"Could not import the task module {name!r} "
-                        f"(MIXTURE_OR_TASK_MODULE): {e}") from e
+      raise ImportError(
+          f"Could not import the task module {name!r} " f"(MIXTURE_OR_TASK_MODULE): {e}"
+      ) from e
 
 
 def get_task(name: str, module: Union[None, str, Sequence[str]] = None):
@@ -50,13 +53,16 @@ def get_task(name: str, module: Union[None, str, Sequence[str]] = None):
     hint = f" Closest registered names: {close}." if close else ""
     raise ValueError(
         f"Unknown task or mixture {name!r} (MIXTURE_OR_TASK_NAME).{hint} Tasks register when "
-        "their module is imported: pass it with --gin.MIXTURE_OR_TASK_MODULE=...") from None
+        "their module is imported: pass it with --gin.MIXTURE_OR_TASK_MODULE=..."
+    ) from None
 
 
 def check_feature_lengths(lengths: Mapping[str, int]) -> None:
   """Fails early, with the fix, on feature lengths the model cannot take."""
   if not isinstance(lengths, Mapping) or set(lengths) != {"inputs", "targets"}:
-    raise ValueError(f"TASK_FEATURE_LENGTHS must be {{'inputs': N, 'targets': M}}; got {lengths!r}.")
+    raise ValueError(
+        f"TASK_FEATURE_LENGTHS must be {{'inputs': N, 'targets': M}}; got {lengths!r}."
+    )
   for k, v in lengths.items():
     if not isinstance(v, int) or v <= 0:
       raise ValueError(f"TASK_FEATURE_LENGTHS[{k!r}] must be a positive integer; got {v!r}.")
@@ -68,13 +74,15 @@ def feature_converter() -> seqio.FeatureConverter:
 
 def host_batch_size(global_batch_size: int, num_shards: int) -> int:
   if global_batch_size % num_shards:
-    raise ValueError(f"BATCH_SIZE {global_batch_size} is not divisible by the {num_shards} "
-                     "host data shards.")
+    raise ValueError(
+        f"BATCH_SIZE {global_batch_size} is not divisible by the {num_shards} " "host data shards."
+    )
   return global_batch_size // num_shards
 
 
-def train_batches(cfg: DatasetConfig, skip_batches: int = 0,
-                  shard: tuple[int, int] = (0, 1)) -> Iterator[dict[str, np.ndarray]]:
+def train_batches(
+    cfg: DatasetConfig, skip_batches: int = 0, shard: tuple[int, int] = (0, 1)
+) -> Iterator[dict[str, np.ndarray]]:
   """Endless host-local batches of this host's data shard `(index, count)`.
 
   `skip_batches` resumes the stream where a checkpoint left it; `shard` comes from
@@ -83,10 +91,16 @@ def train_batches(cfg: DatasetConfig, skip_batches: int = 0,
   get_task(cfg.mixture_or_task_name, cfg.module)
   index, count = shard
   ds = seqio.get_dataset(
-      cfg.mixture_or_task_name, task_feature_lengths=dict(cfg.task_feature_lengths),
-      dataset_split=cfg.split, shuffle=cfg.shuffle, num_epochs=None, seed=cfg.seed,
-      use_cached=cfg.use_cached, shard_info=seqio.ShardInfo(index=index, num_shards=count),
-      feature_converter=feature_converter())
+      cfg.mixture_or_task_name,
+      task_feature_lengths=dict(cfg.task_feature_lengths),
+      dataset_split=cfg.split,
+      shuffle=cfg.shuffle,
+      num_epochs=None,
+      seed=cfg.seed,
+      use_cached=cfg.use_cached,
+      shard_info=seqio.ShardInfo(index=index, num_shards=count),
+      feature_converter=feature_converter(),
+  )
   ds = ds.batch(host_batch_size(cfg.batch_size, count), drop_remainder=True)
   if skip_batches:
     ds = ds.skip(skip_batches)
@@ -110,6 +124,6 @@ def padded_batches(ds, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, 
 
 def _stack(items, batch_size):
   indices = np.full((batch_size,), -1, np.int64)
-  indices[:len(items)] = [i for i, _ in items]
+  indices[: len(items)] = [i for i, _ in items]
   rows = [f for _, f in items] + [items[-1][1]] * (batch_size - len(items))
   return indices, {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -4,6 +4,7 @@ All follow seqio's signature `fn(output, example=None, is_target=False)`. None o
 raises on unexpected text: a string that is no label maps to `INVALID_LABEL`, which
 every metric in `metrics.py` counts as wrong.
 """
+
 import re
 from typing import Any, Mapping, Optional, Sequence
 
@@ -13,9 +14,31 @@ INVALID_LABEL = -1
 INVALID_FLOAT = -1.0
 
 # Words WSC's referent check ignores, so "the dog" matches "dog".
-_DETERMINERS = frozenset({
-    "a", "an", "few", "her", "his", "each", "every", "many", "much", "my", "our",
-    "some", "that", "the", "their", "these", "this", "those", "which", "whose", "your"})
+_DETERMINERS = frozenset(
+    {
+        "a",
+        "an",
+        "few",
+        "her",
+        "his",
+        "each",
+        "every",
+        "many",
+        "much",
+        "my",
+        "our",
+        "some",
+        "that",
+        "the",
+        "their",
+        "these",
+        "this",
+        "those",
+        "which",
+        "whose",
+        "your",
+    }
+)
 
 
 def as_text(value: Any) -> str:
@@ -27,9 +50,14 @@ def as_text(value: Any) -> str:
   return str(value)
 
 
-def string_label_to_class_id(output: Any, example: Optional[Mapping[str, Any]] = None,
-                             is_target: bool = False, *, label_names: Sequence[str],
-                             default: int = INVALID_LABEL) -> int:
+def string_label_to_class_id(
+    output: Any,
+    example: Optional[Mapping[str, Any]] = None,
+    is_target: bool = False,
+    *,
+    label_names: Sequence[str],
+    default: int = INVALID_LABEL
+) -> int:
   """Label name -> its index in `label_names`; anything else -> `default`.
 
   Surrounding whitespace is ignored; case is not (T5's labels are case-sensitive).
@@ -39,8 +67,13 @@ def string_label_to_class_id(output: Any, example: Optional[Mapping[str, Any]] =
   return list(label_names).index(text) if text in label_names else default
 
 
-def string_to_float(output: Any, example: Optional[Mapping[str, Any]] = None,
-                    is_target: bool = False, *, default: float = INVALID_FLOAT) -> float:
+def string_to_float(
+    output: Any,
+    example: Optional[Mapping[str, Any]] = None,
+    is_target: bool = False,
+    *,
+    default: float = INVALID_FLOAT
+) -> float:
   """`"3.4"` -> 3.4; unparsable (or non-finite) text -> `default`."""
   del example, is_target
   try:
@@ -50,8 +83,9 @@ def string_to_float(output: Any, example: Optional[Mapping[str, Any]] = None,
   return value if np.isfinite(value) else default
 
 
-def multirc(output: Any, example: Optional[Mapping[str, Any]] = None,
-            is_target: bool = False) -> dict[str, Any]:
+def multirc(
+    output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False
+) -> dict[str, Any]:
   """`{"value": 0/1/-1}`; targets also carry `"group"` = (paragraph id, question id)."""
   result = {"value": string_label_to_class_id(output, label_names=("False", "True"))}
   if is_target:
@@ -59,8 +93,9 @@ def multirc(output: Any, example: Optional[Mapping[str, Any]] = None,
   return result
 
 
-def record(output: Any, example: Optional[Mapping[str, Any]] = None,
-           is_target: bool = False) -> dict[str, Any]:
+def record(
+    output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False
+) -> dict[str, Any]:
   """Prediction -> `{"value": text}`; target -> all gold answers and the query's group."""
   if not is_target:
     return {"value": as_text(output)}
@@ -70,11 +105,11 @@ def record(output: Any, example: Optional[Mapping[str, Any]] = None,
   }
 
 
-def axg(output: Any, example: Optional[Mapping[str, Any]] = None,
-        is_target: bool = False) -> dict[str, Any]:
+def axg(
+    output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False
+) -> dict[str, Any]:
   """AX-g label id; targets also carry `idx`, which pairs examples for gender parity."""
-  result = {"value": string_label_to_class_id(
-      output, label_names=("entailment", "not_entailment"))}
+  result = {"value": string_label_to_class_id(output, label_names=("entailment", "not_entailment"))}
   if is_target:
     result["idx"] = int(example["idx"])
   return result
@@ -86,8 +121,9 @@ def _referent_words(text: str) -> str:
   return " ".join(w for w in words if w not in _DETERMINERS)
 
 
-def wsc_simple(output: Any, example: Optional[Mapping[str, Any]] = None,
-               is_target: bool = False) -> int:
+def wsc_simple(
+    output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False
+) -> int:
   """Target -> the 0/1 label; prediction -> 1 if it names the example's referent noun.
 
   As in T5: determiners and case are ignored; one side's words may be a subset of the
@@ -108,8 +144,9 @@ def wsc_simple(output: Any, example: Optional[Mapping[str, Any]] = None,
 _WHITESPACE = re.compile(r"\s+")
 
 
-def strip_text(output: Any, example: Optional[Mapping[str, Any]] = None,
-               is_target: bool = False) -> str:
+def strip_text(
+    output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False
+) -> str:
   """Free text -> str with runs of whitespace collapsed (for user-registered tasks)."""
   del example, is_target
   return _WHITESPACE.sub(" ", as_text(output)).strip()

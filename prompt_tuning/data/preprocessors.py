@@ -5,6 +5,7 @@ Each preprocessor reads examples in the TFDS schema (`super_glue/*:1.0.2`,
 the `inputs`/`targets` strings plus the ids evaluation needs. `task_name=None` gives
 the "taskless" variant prompt tuning uses: the same text without the leading task name.
 """
+
 from typing import Mapping, Optional, Sequence
 
 import seqio
@@ -16,16 +17,22 @@ UNKNOWN_LABEL = "<unk>"
 # Two WSC texts whose `span2_index` does not point at the pronoun; T5 marks them by
 # hand, so we do too (text -> text with the pronoun in asterisks).
 _WSC_SIMPLE_SPECIAL_CASES = {
-    ("The boy continued to whip the pony , and eventually the pony threw him over. "
-     "John laughed out quite loud. \"Good for him,\" he said. "):
-        ("The boy continued to whip the pony , and eventually the pony threw him over. "
-         "John laughed out quite loud. \"Good for *him* ,\" he said."),
-    ("When they had eventually calmed down a bit , and had gotten home, Mr. Farley put "
-     "the magic pebble in an iron safe . Some day they might want to use it , but really "
-     "for now, what more could they wish for?"):
-        ("When they had eventually calmed down a bit , and had gotten home, Mr. Farley put "
-         "the magic pebble in an iron safe . Some day they might want to use *it* , but "
-         "really for now, what more could they wish for?"),
+    (
+        "The boy continued to whip the pony , and eventually the pony threw him over. "
+        'John laughed out quite loud. "Good for him," he said. '
+    ): (
+        "The boy continued to whip the pony , and eventually the pony threw him over. "
+        'John laughed out quite loud. "Good for *him* ," he said.'
+    ),
+    (
+        "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put "
+        "the magic pebble in an iron safe . Some day they might want to use it , but really "
+        "for now, what more could they wish for?"
+    ): (
+        "When they had eventually calmed down a bit , and had gotten home, Mr. Farley put "
+        "the magic pebble in an iron safe . Some day they might want to use *it* , but "
+        "really for now, what more could they wish for?"
+    ),
 }
 
 
@@ -34,9 +41,12 @@ def join_words(parts: Sequence[tf.Tensor | str]) -> tf.Tensor:
   return tf.strings.join(list(parts), separator=" ")
 
 
-def fields_text(x: Mapping[str, tf.Tensor], field_names: Sequence[str],
-                task_name: Optional[str],
-                rename: Optional[Mapping[str, str]] = None) -> tf.Tensor:
+def fields_text(
+    x: Mapping[str, tf.Tensor],
+    field_names: Sequence[str],
+    task_name: Optional[str],
+    rename: Optional[Mapping[str, str]] = None,
+) -> tf.Tensor:
   """`"<task_name> f1: <x[f1]> f2: <x[f2]>"`; `rename` maps a shown name to its key."""
   rename = rename or {}
   parts = [task_name] if task_name else []
@@ -50,13 +60,18 @@ def label_text(label: tf.Tensor, label_names: Sequence[str]) -> tf.Tensor:
   return tf.cond(
       tf.equal(label, -1),
       lambda: tf.constant(UNKNOWN_LABEL),
-      lambda: tf.gather(tf.constant(list(label_names)), label))
+      lambda: tf.gather(tf.constant(list(label_names)), label),
+  )
 
 
 @seqio.map_over_dataset
-def classification(x: Mapping[str, tf.Tensor], task_name: Optional[str],
-                   field_names: Sequence[str], label_names: Sequence[str],
-                   rename: Optional[Mapping[str, str]] = None) -> dict[str, tf.Tensor]:
+def classification(
+    x: Mapping[str, tf.Tensor],
+    task_name: Optional[str],
+    field_names: Sequence[str],
+    label_names: Sequence[str],
+    rename: Optional[Mapping[str, str]] = None,
+) -> dict[str, tf.Tensor]:
   """GLUE-style example: the named fields in order, the label as its name."""
   return {
       "inputs": fields_text(x, field_names, task_name, rename),
@@ -104,9 +119,14 @@ def record_passage(passage: tf.Tensor) -> tf.Tensor:
 def record_inputs(x: Mapping[str, tf.Tensor], task_name: Optional[str]) -> tf.Tensor:
   """`"record query: <q> entities: <e1>, <e2> passage: <p>"`."""
   parts = [task_name] if task_name else []
-  parts += ["query:", x["query"],
-            "entities:", tf.strings.reduce_join(x["entities"], separator=", "),
-            "passage:", record_passage(x["passage"])]
+  parts += [
+      "query:",
+      x["query"],
+      "entities:",
+      tf.strings.reduce_join(x["entities"], separator=", "),
+      "passage:",
+      record_passage(x["passage"]),
+  ]
   return join_words(parts)
 
 
@@ -138,15 +158,14 @@ def _escape_regex(text: tf.Tensor) -> tf.Tensor:
   return tf.strings.regex_replace(text, r"([.^$|?*+()\[\]{}\\])", r"\\\1")
 
 
-def mark_span(text: tf.Tensor, span_text: tf.Tensor, span_index: tf.Tensor,
-              mark: str) -> tf.Tensor:
+def mark_span(text: tf.Tensor, span_text: tf.Tensor, span_index: tf.Tensor, mark: str) -> tf.Tensor:
   """Surrounds `span_text`, starting at word `span_index`, with `" <mark> "`.
 
   Leaves `text` unchanged when the span is not found at that word.
   """
-  pattern = tf.strings.join([
-      r"^((?:\S+\s){", tf.strings.as_string(span_index), r"})(",
-      _escape_regex(span_text), ")"])
+  pattern = tf.strings.join(
+      [r"^((?:\S+\s){", tf.strings.as_string(span_index), r"})(", _escape_regex(span_text), ")"]
+  )
   return tf.strings.regex_replace(text, pattern, rf"\1{mark} \2 {mark}")
 
 
@@ -172,19 +191,22 @@ def wsc_simple_text(text: tf.Tensor, pronoun_index: tf.Tensor) -> tf.Tensor:
   words = tf.strings.split(text, sep=" ")
   # Clipped so a bad index marks the wrong word instead of failing the whole pipeline.
   i = tf.clip_by_value(pronoun_index, 0, tf.maximum(tf.size(words) - 1, 0))
-  marked = join_words([
-      tf.strings.reduce_join(words[:i], separator=" "),
-      tf.strings.join(["*", words[i], "*"]),
-      tf.strings.reduce_join(words[i + 1:], separator=" "),
-  ])
+  marked = join_words(
+      [
+          tf.strings.reduce_join(words[:i], separator=" "),
+          tf.strings.join(["*", words[i], "*"]),
+          tf.strings.reduce_join(words[i + 1 :], separator=" "),
+      ]
+  )
   is_special = tf.equal(special, text)
-  return tf.cond(tf.reduce_any(is_special),
-                 lambda: tf.boolean_mask(replacement, is_special)[0],
-                 lambda: marked)
+  return tf.cond(
+      tf.reduce_any(is_special), lambda: tf.boolean_mask(replacement, is_special)[0], lambda: marked
+  )
 
 
-def wsc_simple(dataset: tf.data.Dataset, task_name: Optional[str] = "wsc:",
-               correct_referent_only: bool = False) -> tf.data.Dataset:
+def wsc_simple(
+    dataset: tf.data.Dataset, task_name: Optional[str] = "wsc:", correct_referent_only: bool = False
+) -> tf.data.Dataset:
   """T5's simplified WSC: the pronoun in asterisks; the target is the noun it refers to.
 
   With `correct_referent_only` (training), only examples whose noun *is* the referent

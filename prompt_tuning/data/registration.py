@@ -5,6 +5,7 @@ before (registering again, e.g. from another data directory, is deliberate here)
 `rate_num_examples` is the proportional mixing rate; a rate that cannot be computed is an error,
 never a silent 0.
 """
+
 import math
 from typing import Any, Callable, Mapping, Optional
 
@@ -60,8 +61,7 @@ def _count_train_examples(task: seqio.Task) -> tuple[Optional[int], str]:
   return int(count), ""
 
 
-def rate_num_examples(
-    fallback_num_examples: Mapping[str, float]) -> Callable[[seqio.Task], float]:
+def rate_num_examples(fallback_num_examples: Mapping[str, float]) -> Callable[[seqio.Task], float]:
   """Mixing rate = number of training examples, from the data when it is there.
 
   When the data is not there yet (TFDS not prepared, a local file missing) or its size is
@@ -74,7 +74,8 @@ def rate_num_examples(
     if "train" not in task.splits:
       raise MixtureRateError(
           f"Mixing rate of task {task.name!r}: it has no 'train' split (splits: "
-          f"{list(task.splits)}); give it a fixed rate (e.g. 0 for evaluation only).")
+          f"{list(task.splits)}); give it a fixed rate (e.g. 0 for evaluation only)."
+      )
     count, cause = _count_train_examples(task)
     if count is not None:
       return float(count)
@@ -84,6 +85,7 @@ def rate_num_examples(
     raise MixtureRateError(
         f"Mixing rate of task {task.name!r}: the number of train examples is unknown: {cause}, "
         "and no published size is given for it. Prepare its data or add its train-split size "
-        "to the fallback sizes.")
+        "to the fallback sizes."
+    )
 
   return rate

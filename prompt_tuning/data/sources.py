@@ -5,6 +5,7 @@ exactly the examples TFDS `super_glue/<config>:1.0.2` yields (see `super_glue_fo
 same preprocessors serve both. `CheckedFileDataSource` is the seqio source over any files read
 and checked by a Python function; `register_text_task` (`text_tasks.py`) uses it too.
 """
+
 import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -20,8 +21,9 @@ GLUE_TFDS_VERSION = "2.0.0"
 FilesBySplit = Mapping[str, Sequence[str] | str]
 
 
-def dataset_from_examples(examples: Sequence[Mapping[str, Any]],
-                          signature: Mapping[str, Any]) -> tf.data.Dataset:
+def dataset_from_examples(
+    examples: Sequence[Mapping[str, Any]], signature: Mapping[str, Any]
+) -> tf.data.Dataset:
   """A tf.data pipeline over already-checked Python examples."""
 
   def cast(value, spec):
@@ -47,9 +49,13 @@ class CheckedFileDataSource(seqio.FunctionDataSource):
   first read, not when the task is registered.
   """
 
-  def __init__(self, files_by_split: FilesBySplit | Callable[[], FilesBySplit],
-               read_fn: Callable[[str, str], list[dict[str, Any]]],
-               signature: Mapping[str, Any], splits: Optional[Sequence[str]] = None):
+  def __init__(
+      self,
+      files_by_split: FilesBySplit | Callable[[], FilesBySplit],
+      read_fn: Callable[[str, str], list[dict[str, Any]]],
+      signature: Mapping[str, Any],
+      splits: Optional[Sequence[str]] = None,
+  ):
     if callable(files_by_split):
       if not splits:
         raise ValueError("CheckedFileDataSource: a function as files_by_split needs `splits`.")
@@ -65,16 +71,18 @@ class CheckedFileDataSource(seqio.FunctionDataSource):
     """The files of `split`, patterns expanded; DataNotFoundError if a pattern matches none."""
     by_split = self._files_by_split() if callable(self._files_by_split) else self._files_by_split
     patterns = by_split[split]
-    return files_lib.expand_patterns([patterns] if isinstance(patterns, str) else list(patterns),
-                                     split)
+    return files_lib.expand_patterns(
+        [patterns] if isinstance(patterns, str) else list(patterns), split
+    )
 
   def read(self, split: str) -> list[dict[str, Any]]:
     examples = [ex for path in self.files(split) for ex in self._read_fn(path, split)]
     self._num_examples[split] = len(examples)
     return examples
 
-  def _dataset_fn(self, split: str, shuffle_files: bool,
-                  seed: Optional[int] = None) -> tf.data.Dataset:
+  def _dataset_fn(
+      self, split: str, shuffle_files: bool, seed: Optional[int] = None
+  ) -> tf.data.Dataset:
     del shuffle_files, seed  # Files are read whole; seqio shuffles examples.
     return dataset_from_examples(self.read(split), self._signature)
 
@@ -87,9 +95,12 @@ class CheckedFileDataSource(seqio.FunctionDataSource):
     return f"{type(self).__name__}({self._files_by_split})"
 
 
-def super_glue_source(config: str, source: str = "tfds",
-                      data_dir: Optional[str | Callable[[], str]] = None,
-                      splits: Optional[Sequence[str]] = None) -> seqio.DataSource:
+def super_glue_source(
+    config: str,
+    source: str = "tfds",
+    data_dir: Optional[str | Callable[[], str]] = None,
+    splits: Optional[Sequence[str]] = None,
+) -> seqio.DataSource:
   """The source of SuperGLUE `config` (a TFDS config name, e.g. "wsc.fixed").
 
   Args:
@@ -108,24 +119,30 @@ def super_glue_source(config: str, source: str = "tfds",
   if source == "tfds":
     return seqio.TfdsDataSource(
         tfds_name=f"super_glue/{config}:{SUPER_GLUE_TFDS_VERSION}",
-        tfds_data_dir=data_dir, splits=splits)
+        tfds_data_dir=data_dir,
+        splits=splits,
+    )
   if source == "jsonl":
     if not data_dir:
       raise ValueError("source='jsonl' needs data_dir (the folder holding BoolQ/, CB/, ...).")
     read_fn = functools.partial(super_glue_format.read_super_glue_jsonl, config)
     signature = super_glue_format.super_glue_signature(config)
     if callable(data_dir):
+
       def files_by_split():
         paths = super_glue_format.super_glue_jsonl_files(config, data_dir())
         return {s: paths[s] for s in splits}
+
       return CheckedFileDataSource(files_by_split, read_fn, signature, splits)
     paths = super_glue_format.super_glue_jsonl_files(config, data_dir)
     return CheckedFileDataSource({s: paths[s] for s in splits}, read_fn, signature)
   raise ValueError(f"source must be 'tfds' or 'jsonl', got {source!r}.")
 
 
-def glue_source(config: str, splits: Sequence[str],
-                data_dir: Optional[str] = None) -> seqio.DataSource:
+def glue_source(
+    config: str, splits: Sequence[str], data_dir: Optional[str] = None
+) -> seqio.DataSource:
   """TFDS `glue/<config>:2.0.0` with its splits listed (so no metadata is needed)."""
-  return seqio.TfdsDataSource(tfds_name=f"glue/{config}:{GLUE_TFDS_VERSION}",
-                              tfds_data_dir=data_dir, splits=list(splits))
+  return seqio.TfdsDataSource(
+      tfds_name=f"glue/{config}:{GLUE_TFDS_VERSION}", tfds_data_dir=data_dir, splits=list(splits)
+  )

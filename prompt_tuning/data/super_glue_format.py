@@ -6,6 +6,7 @@ exactly the examples TFDS yields: same fields, dtypes, ids, MultiRC/ReCoRD flatt
 span fixes, so the same preprocessors serve both. `super_glue_signature(config)` gives their
 `tf.TensorSpec`s. Every field is checked while reading (see `files.py`).
 """
+
 from typing import Any
 
 import tensorflow as tf
@@ -14,9 +15,17 @@ from prompt_tuning.data import files
 
 # Official SuperGLUE layout: one folder per task, `val.jsonl` for the validation split.
 SUPER_GLUE_DIRS = {
-    "boolq": "BoolQ", "cb": "CB", "copa": "COPA", "multirc": "MultiRC",
-    "record": "ReCoRD", "rte": "RTE", "wic": "WiC", "wsc": "WSC", "wsc.fixed": "WSC",
-    "axb": "AX-b", "axg": "AX-g",
+    "boolq": "BoolQ",
+    "cb": "CB",
+    "copa": "COPA",
+    "multirc": "MultiRC",
+    "record": "ReCoRD",
+    "rte": "RTE",
+    "wic": "WiC",
+    "wsc": "WSC",
+    "wsc.fixed": "WSC",
+    "axb": "AX-b",
+    "axg": "AX-g",
 }
 SPLIT_FILES = {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"}
 DIAGNOSTIC_CONFIGS = ("axb", "axg")  # Test split only, in `<Dir>/<Dir>.jsonl`.
@@ -48,7 +57,6 @@ _TEXT_FIELDS = {
 }
 # WSC spans that no fix can make substrings of the text (TFDS keeps them as they are).
 _WSC_UNFIXABLE_SPANS = ("Kamenev and Zinoviev", "Kamenev, Zinoviev, and Stalin")
-
 
 
 # ---------------------------------------------------------------------------- labels
@@ -125,14 +133,19 @@ def _multirc_examples(f: files.Fields, split: str) -> list[dict[str, Any]]:
   for q in passage.children("questions"):
     question = q.text("question")
     for a in q.children("answers"):
-      examples.append({
-          "paragraph": paragraph,
-          "question": question,
-          "answer": a.text("text"),
-          "label": a.label("label", SUPER_GLUE_LABELS["multirc"], split, _binary_name),
-          "idx": {"paragraph": f.integer("idx"), "question": q.integer("idx"),
-                  "answer": a.integer("idx")},
-      })
+      examples.append(
+          {
+              "paragraph": paragraph,
+              "question": question,
+              "answer": a.text("text"),
+              "label": a.label("label", SUPER_GLUE_LABELS["multirc"], split, _binary_name),
+              "idx": {
+                  "paragraph": f.integer("idx"),
+                  "question": q.integer("idx"),
+                  "answer": a.integer("idx"),
+              },
+          }
+      )
   return examples
 
 
@@ -144,7 +157,7 @@ def _record_entities(passage: files.Fields) -> list[str]:
     start, end = e.integer("start"), e.integer("end")
     if not 0 <= start <= end < len(text):
       raise e.error("end", f"span [{start}, {end}] is outside the passage text.")
-    entities.add(text[start:end + 1])
+    entities.add(text[start : end + 1])
   return sorted(entities)
 
 
@@ -160,11 +173,15 @@ def _record_examples(f: files.Fields, split: str) -> list[dict[str, Any]]:
       answers = []
     if not answers and split != "test":
       raise qa.error("answers", "missing or empty (only the test split may be unlabelled).")
-    examples.append({
-        "passage": text, "query": qa.text("query"), "entities": entities,
-        "answers": answers,
-        "idx": {"passage": f.integer("idx"), "query": qa.integer("idx")},
-    })
+    examples.append(
+        {
+            "passage": text,
+            "query": qa.text("query"),
+            "entities": entities,
+            "answers": answers,
+            "idx": {"passage": f.integer("idx"), "query": qa.integer("idx")},
+        }
+    )
   return examples
 
 
@@ -181,10 +198,13 @@ def super_glue_signature(config: str) -> dict[str, Any]:
   """The `tf.TensorSpec`s of TFDS `super_glue/<config>` examples."""
   text, int32 = tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)
   if config == "record":
-    return {"passage": text, "query": text,
-            "entities": tf.TensorSpec([None], tf.string),
-            "answers": tf.TensorSpec([None], tf.string),
-            "idx": {"passage": int32, "query": int32}}
+    return {
+        "passage": text,
+        "query": text,
+        "entities": tf.TensorSpec([None], tf.string),
+        "answers": tf.TensorSpec([None], tf.string),
+        "idx": {"passage": int32, "query": int32},
+    }
   if config == "multirc":
     fields = {k: text for k in ("paragraph", "question", "answer")}
     fields["idx"] = {"paragraph": int32, "question": int32, "answer": int32}

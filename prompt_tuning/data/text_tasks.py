@@ -3,6 +3,7 @@
 Each line (JSONL) or row (TSV, with a header line) is one example; the input and target fields
 are checked while reading (`files.DataError` names the file, line and field).
 """
+
 import functools
 from typing import Any, Mapping, Optional, Sequence
 
@@ -17,9 +18,11 @@ from prompt_tuning.data import registration
 from prompt_tuning.data import sources
 from prompt_tuning.data import vocab
 
-TEXT_TASK_SIGNATURE = {"inputs": tf.TensorSpec([], tf.string),
-                       "targets": tf.TensorSpec([], tf.string),
-                       "idx": tf.TensorSpec([], tf.int32)}
+TEXT_TASK_SIGNATURE = {
+    "inputs": tf.TensorSpec([], tf.string),
+    "targets": tf.TensorSpec([], tf.string),
+    "idx": tf.TensorSpec([], tf.int32),
+}
 
 
 def _text_value(f: files.Fields, field: str) -> str:
@@ -29,8 +32,9 @@ def _text_value(f: files.Fields, field: str) -> str:
   return f.text(field)
 
 
-def _target_text(f: files.Fields, field: str, label_names: Optional[Sequence[str]],
-                 split: str) -> str:
+def _target_text(
+    f: files.Fields, field: str, label_names: Optional[Sequence[str]], split: str
+) -> str:
   """The target string; with `label_names`, a label name or an index into them."""
   if not f.has(field) and split == "test":
     return preprocessors.UNKNOWN_LABEL
@@ -44,13 +48,22 @@ def _target_text(f: files.Fields, field: str, label_names: Optional[Sequence[str
     index = int(index)
   if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(label_names):
     return label_names[index]
-  raise f.error(field, f"label {value!r} is neither one of {list(label_names)} nor an "
-                f"index in [0, {len(label_names) - 1}].")
+  raise f.error(
+      field,
+      f"label {value!r} is neither one of {list(label_names)} nor an "
+      f"index in [0, {len(label_names) - 1}].",
+  )
 
 
-def _text_example(f: files.Fields, split: str, index: int, input_field: str | Sequence[str],
-                  target_field: str, prefix: str,
-                  label_names: Optional[Sequence[str]]) -> dict[str, Any]:
+def _text_example(
+    f: files.Fields,
+    split: str,
+    index: int,
+    input_field: str | Sequence[str],
+    target_field: str,
+    prefix: str,
+    label_names: Optional[Sequence[str]],
+) -> dict[str, Any]:
   if isinstance(input_field, str):
     text = _text_value(f, input_field)
   else:
@@ -64,8 +77,10 @@ def _text_example(f: files.Fields, split: str, index: int, input_field: str | Se
 
 def _read_text_file(path: str, split: str, *, file_format: str, **kwargs) -> list[dict[str, Any]]:
   rows = files.read_jsonl(path) if file_format == "jsonl" else files.read_tsv(path)
-  return [_text_example(files.Fields(path, line, row), split, i, **kwargs)
-          for i, (line, row) in enumerate(rows)]
+  return [
+      _text_example(files.Fields(path, line, row), split, i, **kwargs)
+      for i, (line, row) in enumerate(rows)
+  ]
 
 
 def register_text_task(
@@ -110,11 +125,17 @@ def register_text_task(
   if label_names is None:
     postprocess_fn = postprocessors.strip_text
   else:
-    postprocess_fn = functools.partial(postprocessors.string_label_to_class_id,
-                                       label_names=label_names)
-  read_fn = functools.partial(_read_text_file, file_format=file_format,
-                              input_field=input_field, target_field=target_field,
-                              prefix=prefix, label_names=label_names)
+    postprocess_fn = functools.partial(
+        postprocessors.string_label_to_class_id, label_names=label_names
+    )
+  read_fn = functools.partial(
+      _read_text_file,
+      file_format=file_format,
+      input_field=input_field,
+      target_field=target_field,
+      prefix=prefix,
+      label_names=label_names,
+  )
   add = registration.add_task if overwrite else seqio.TaskRegistry.add
   return add(
       name,
@@ -122,4 +143,5 @@ def register_text_task(
       preprocessors=registration.tokenize_and_append_eos(),
       output_features=vocab.get_output_features(),
       postprocess_fn=postprocess_fn,
-      metric_fns=metric_fns)
+      metric_fns=metric_fns,
+  )

@@ -11,6 +11,7 @@ Resolution order, checked every time the vocabulary is used (not at import):
 Tasks hold a `DeferredVocabulary`, so importing `prompt_tuning.tasks` never opens a
 file or touches the network, and the path may be set after the tasks are imported.
 """
+
 import functools
 import os
 from typing import Any, Iterable, Optional, Sequence
@@ -35,8 +36,12 @@ def set_default_vocab_path(path: Optional[os.PathLike | str]) -> None:
 
 def get_vocab_path() -> str:
   """The SentencePiece model path in effect now."""
-  return (_vocab_path_override or config.macro("VOCAB_PATH", evaluate=True)
-          or os.environ.get(VOCAB_ENV_VAR) or DEFAULT_VOCAB_PATH)
+  return (
+      _vocab_path_override
+      or config.macro("VOCAB_PATH", evaluate=True)
+      or os.environ.get(VOCAB_ENV_VAR)
+      or DEFAULT_VOCAB_PATH
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,8 +131,7 @@ class DeferredVocabulary(seqio.Vocabulary):
     return f"DeferredVocabulary(path={get_vocab_path()!r}, extra_ids={self.extra_ids})"
 
 
-def get_output_features(
-    extra_ids: int = DEFAULT_EXTRA_IDS) -> dict[str, seqio.Feature]:
+def get_output_features(extra_ids: int = DEFAULT_EXTRA_IDS) -> dict[str, seqio.Feature]:
   """T5's `inputs`/`targets` features: both tokenised with the T5 vocab, both + EOS."""
   vocabulary = DeferredVocabulary(extra_ids)
   return {

@@ -12,6 +12,7 @@ This module says where those files are and how to read them. The gin files
 `models/sizes/embedded.gin` and `runs/embedded_default.gin` point at them through
 `@embedded.checkpoint_path()` and `@embedded.vocab_path()`, so no path is written by hand.
 """
+
 import json
 import os
 
@@ -27,8 +28,10 @@ STAGES = ("span_corruption", "lm_adapted")
 
 
 def _rebuild_hint(directory: str) -> str:
-  return ("build the embedded default with `python -m prompt_tuning.embedded.pretrain "
-          f"--gin_file=runs/pretrain_embedded.gin --gin.OUT_DIR=\"'{directory}'\"`.")
+  return (
+      "build the embedded default with `python -m prompt_tuning.embedded.pretrain "
+      f"--gin_file=runs/pretrain_embedded.gin --gin.OUT_DIR=\"'{directory}'\"`."
+  )
 
 
 def vocab_path(directory: str = ASSETS_DIR) -> str:
@@ -44,8 +47,9 @@ def checkpoint_path(stage: str = "lm_adapted", directory: str = ASSETS_DIR) -> s
     raise ValueError(f"Unknown pretraining stage {stage!r}; choose one of {STAGES}.")
   path = checkpoints.latest_checkpoint(os.path.join(directory, stage))
   if path is None:
-    raise FileNotFoundError(f"No checkpoint under {os.path.join(directory, stage)}; "
-                            f"{_rebuild_hint(directory)}")
+    raise FileNotFoundError(
+        f"No checkpoint under {os.path.join(directory, stage)}; " f"{_rebuild_hint(directory)}"
+    )
   return path
 
 
@@ -59,7 +63,7 @@ def write_random_checkpoint(path: str, cfg: t5.T5Config, step: int = 0, seed: in
   """A randomly initialised model of `cfg`'s shape as a T5X checkpoint: the untrained-backbone
   baseline that shows what the pretraining contributes."""
   ones = jnp.ones((1, 4), jnp.int32)
-  params = nn.unbox(t5.EncoderDecoder(cfg).init(jax.random.PRNGKey(seed), ones, ones, ones)
-                    ["params"])
-  return checkpoints.save_t5x_checkpoint(path, jax.device_get(params), step=step,
-                                         overwrite=True)
+  params = nn.unbox(
+      t5.EncoderDecoder(cfg).init(jax.random.PRNGKey(seed), ones, ones, ones)["params"]
+  )
+  return checkpoints.save_t5x_checkpoint(path, jax.device_get(params), step=step, overwrite=True)

@@ -10,6 +10,7 @@
 Inputs and targets carry no EOS; `encoder_decoder_batch` appends it and pads, giving the
 batch the model's `loss_fn` takes (what seqio's EncDecFeatureConverter would produce).
 """
+
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,18 +18,20 @@ import numpy as np
 EOS_ID = 1
 
 
-def _random_segmentation(rng: np.random.Generator, num_items: int,
-                         num_segments: int) -> np.ndarray:
+def _random_segmentation(rng: np.random.Generator, num_items: int, num_segments: int) -> np.ndarray:
   """Lengths of `num_segments` non-empty segments of `num_items` items, uniformly at random."""
   first = np.zeros(num_items, bool)
-  first[1 + rng.permutation(num_items - 1)[:num_segments - 1]] = True
+  first[1 + rng.permutation(num_items - 1)[: num_segments - 1]] = True
   segment_id = np.cumsum(first)
   return np.bincount(segment_id, minlength=num_segments)
 
 
-def random_spans_noise_mask(length: int, rng: np.random.Generator,
-                            noise_density: float = 0.15,
-                            mean_noise_span_length: float = 3.0) -> np.ndarray:
+def random_spans_noise_mask(
+    length: int,
+    rng: np.random.Generator,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+) -> np.ndarray:
   """T5's noise mask: True where a token is noise; starts with a non-noise span."""
   num_noise = int(np.clip(round(length * noise_density), 1, length - 1))
   num_spans = max(1, int(round(num_noise / mean_noise_span_length)))
@@ -39,7 +42,7 @@ def random_spans_noise_mask(length: int, rng: np.random.Generator,
   start = 0
   for keep, noise in zip(keep_lengths, noise_lengths):
     start += keep
-    mask[start:start + noise] = True
+    mask[start : start + noise] = True
     start += noise
   return mask
 
@@ -57,9 +60,13 @@ def _spans_to_sentinels(tokens: np.ndarray, mask: np.ndarray, vocab_size: int) -
   return out[~mask | starts]
 
 
-def span_corruption(tokens: Sequence[int], rng: np.random.Generator, vocab_size: int,
-                    noise_density: float = 0.15,
-                    mean_noise_span_length: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+def span_corruption(
+    tokens: Sequence[int],
+    rng: np.random.Generator,
+    vocab_size: int,
+    noise_density: float = 0.15,
+    mean_noise_span_length: float = 3.0,
+) -> tuple[np.ndarray, np.ndarray]:
   """(inputs, targets) of T5's span corruption of `tokens` (needs at least 2 tokens).
 
   `vocab_size` is the vocabulary's size including its extra ids (seqio's `vocab_size`), not
@@ -67,12 +74,15 @@ def span_corruption(tokens: Sequence[int], rng: np.random.Generator, vocab_size:
   """
   tokens = np.asarray(tokens, np.int32)
   mask = random_spans_noise_mask(len(tokens), rng, noise_density, mean_noise_span_length)
-  return (_spans_to_sentinels(tokens, mask, vocab_size),
-          _spans_to_sentinels(tokens, ~mask, vocab_size))
+  return (
+      _spans_to_sentinels(tokens, mask, vocab_size),
+      _spans_to_sentinels(tokens, ~mask, vocab_size),
+  )
 
 
-def uncorrupt(inputs: Sequence[int], targets: Sequence[int], vocab_size: int,
-              num_extra_ids: int = 100) -> np.ndarray:
+def uncorrupt(
+    inputs: Sequence[int], targets: Sequence[int], vocab_size: int, num_extra_ids: int = 100
+) -> np.ndarray:
   """The original tokens from span corruption's (inputs, targets): each sentinel in the
   inputs is replaced by what follows the same sentinel in the targets."""
   first_sentinel = vocab_size - num_extra_ids
@@ -89,8 +99,9 @@ def uncorrupt(inputs: Sequence[int], targets: Sequence[int], vocab_size: int,
   return np.asarray(out, np.int32)
 
 
-def prefix_lm(tokens: Sequence[int], rng: np.random.Generator,
-              split_after: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+def prefix_lm(
+    tokens: Sequence[int], rng: np.random.Generator, split_after: Optional[Sequence[int]] = None
+) -> tuple[np.ndarray, np.ndarray]:
   """(prefix, suffix) split at a uniformly random point; both non-empty (needs 2 tokens).
 
   With `split_after` (token ids, e.g. of "." "?" ":"), the split is uniform over the points
@@ -106,18 +117,21 @@ def prefix_lm(tokens: Sequence[int], rng: np.random.Generator,
   return tokens[:split], tokens[split:]
 
 
-def encoder_decoder_batch(pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-                          input_length: int, target_length: int,
-                          eos_id: int = EOS_ID) -> dict[str, np.ndarray]:
+def encoder_decoder_batch(
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    input_length: int,
+    target_length: int,
+    eos_id: int = EOS_ID,
+) -> dict[str, np.ndarray]:
   """(inputs, targets) pairs -> a padded model batch; EOS appended, overlong ones truncated."""
   n = len(pairs)
   enc = np.zeros((n, input_length), np.int32)
   dec = np.zeros((n, target_length), np.int32)
   for i, (inputs, targets) in enumerate(pairs):
-    x = list(inputs)[:input_length - 1] + [eos_id]
-    y = list(targets)[:target_length - 1] + [eos_id]
-    enc[i, :len(x)] = x
-    dec[i, :len(y)] = y
+    x = list(inputs)[: input_length - 1] + [eos_id]
+    y = list(targets)[: target_length - 1] + [eos_id]
+    enc[i, : len(x)] = x
+    dec[i, : len(y)] = y
   return {
       "encoder_input_tokens": enc,
       "decoder_target_tokens": dec,

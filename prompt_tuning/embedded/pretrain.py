@@ -18,6 +18,7 @@ Rebuild the committed assets (about 35 minutes on 2 CPU cores):
   python -m prompt_tuning.embedded.pretrain --gin_file=runs/pretrain_embedded.gin \\
     --gin.OUT_DIR="'prompt_tuning/embedded/assets'"
 """
+
 import functools
 import json
 import os
@@ -52,16 +53,26 @@ def train_vocab(out_dir: str, sentences, num_pieces: int) -> str:
   # BPE, not T5's unigram: at a few hundred pieces the unigram trainer stops early and splits
   # common words into letters, while BPE makes every word of this small world one piece.
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
   prefix = os.path.join(out_dir, "spiece")
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_prefix=prefix, vocab_size=num_pieces,
-      model_type="bpe", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-      input_sentence_size=200000, shuffle_input_sentence=True, minloglevel=2)
+      sentence_iterator=iter(sentences),
+      model_prefix=prefix,
+      vocab_size=num_pieces,
+      model_type="bpe",
+      pad_id=0,
+      eos_id=1,
+      unk_id=2,
+      bos_id=-1,
+      character_coverage=1.0,
+      input_sentence_size=200000,
+      shuffle_input_sentence=True,
+      minloglevel=2,
+  )
   return prefix + ".model"
 
 
-def stage_schedule(learning_rate: float, schedule_steps: int,
-                   stage_start: int) -> optax.Schedule:
+def stage_schedule(learning_rate: float, schedule_steps: int, stage_start: int) -> optax.Schedule:
   """The learning rate of a stage that starts at global step `stage_start`, by global step.
 
   `lr(step) = warmup_cosine(step - stage_start)`: linear warmup from 0 over
@@ -73,8 +84,8 @@ def stage_schedule(learning_rate: float, schedule_steps: int,
   meant to be one schedule over the global step; keeping it keeps them reproducible).
   """
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, min(200, schedule_steps // 10 + 1), schedule_steps,
-      learning_rate * 0.1)
+      0.0, learning_rate, min(200, schedule_steps // 10 + 1), schedule_steps, learning_rate * 0.1
+  )
   return lambda step: schedule(step - stage_start)
 
 
@@ -85,12 +96,17 @@ class Pretrainer:
   starts afresh at each stage, whether or not the run was interrupted.
   """
 
-  def __init__(self, cfg: t5.T5Config, schedule: optax.Schedule, seed: int = 0, params=None,
-               step: int = 0):
+  def __init__(
+      self, cfg: t5.T5Config, schedule: optax.Schedule, seed: int = 0, params=None, step: int = 0
+  ):
     self.model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg))
     self.trainer = trainer_lib.Trainer(
-        self.model, functools.partial(optim.create_optimizer, "adamw", schedule),
-        partitioning.Partitioner(), trainable_patterns=(".*",), seed=seed)
+        self.model,
+        functools.partial(optim.create_optimizer, "adamw", schedule),
+        partitioning.Partitioner(),
+        trainable_patterns=(".*",),
+        seed=seed,
+    )
     if params is None:
       params = restore.init_params(self.model, self.trainer.spec, self.trainer.rng)
     params = jax.device_put(params)  # Numpy trees (from a checkpoint) become jax arrays.
@@ -104,7 +120,8 @@ class Pretrainer:
 
   def step(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
     self.state, metrics = self.trainer.train_step(
-        self.state, self.frozen, self.trainer.partitioner.shard_batch(batch))
+        self.state, self.frozen, self.trainer.partitioner.shard_batch(batch)
+    )
     return metrics
 
   def score(self, trainable, frozen, batch):
@@ -117,16 +134,25 @@ class Pretrainer:
     return jax.device_get(optim.merge_params(self.state.params, self.frozen))
 
   def save(self, path: str) -> str:
-    return checkpoints.save_t5x_checkpoint(path, self.params, step=int(self.state.step),
-                                           overwrite=True)
+    return checkpoints.save_t5x_checkpoint(
+        path, self.params, step=int(self.state.step), overwrite=True
+    )
 
 
-def _batches(docs, objective: str, batch_size: int, input_length: int, target_length: int,
-             vocab_size: int, rng: np.random.Generator, split_after=None):
+def _batches(
+    docs,
+    objective: str,
+    batch_size: int,
+    input_length: int,
+    target_length: int,
+    vocab_size: int,
+    rng: np.random.Generator,
+    split_after=None,
+):
   while True:
     pairs = []
     for i in rng.integers(0, len(docs), batch_size):
-      tokens = docs[i][:input_length - 1]
+      tokens = docs[i][: input_length - 1]
       if objective == "span_corruption":
         pairs.append(objectives.span_corruption(tokens, rng, vocab_size))
       else:
@@ -150,8 +176,9 @@ def probe_accuracy(pt: Pretrainer, batch, labels: np.ndarray) -> float:
   return float(np.mean(np.argmax(scores, -1) == labels))
 
 
-def run_stage(pt: Pretrainer, batches, steps: int, name: str, log, probe=None,
-              log_period: int = 100):
+def run_stage(
+    pt: Pretrainer, batches, steps: int, name: str, log, probe=None, log_period: int = 100
+):
   start, loss = time.time(), float("nan")
   for i in range(1, steps + 1):
     m = pt.step(next(batches))
@@ -161,18 +188,33 @@ def run_stage(pt: Pretrainer, batches, steps: int, name: str, log, probe=None,
       acc = float(m["correct_tokens"]) / float(m["num_tokens"])
       zero_shot = f" zero-shot BoolQ-like {probe():.3f}" if probe else ""
       # The learning rate is the one of the update that reached this step.
-      log(f"{name} step {int(pt.state.step)} ({i}/{steps}) loss/token {loss:.4f} "
+      log(
+          f"{name} step {int(pt.state.step)} ({i}/{steps}) loss/token {loss:.4f} "
           f"token accuracy {acc:.3f} learning rate {pt.learning_rate:.4e}{zero_shot} "
-          f"{i / (time.time() - start):.2f} steps/s")
+          f"{i / (time.time() - start):.2f} steps/s"
+      )
   return loss
 
 
-def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[dict] = None,
-             seed: int = 0, num_docs: int = 20000, num_pieces: int = 600,
-             span_steps: int = 1500, lm_steps: int = 3500, batch_size: int = 32,
-             input_length: int = 96, span_target_length: int = 32, lm_target_length: int = 48,
-             learning_rate: float = 1e-3, schedule_steps: int = 5000,
-             lm_split_after: Sequence[str] = (".", "?", ":"), log_period: int = 100) -> str:
+def pretrain(
+    out_dir: str,
+    *,
+    size: str = "embedded",
+    model_overrides: Optional[dict] = None,
+    seed: int = 0,
+    num_docs: int = 20000,
+    num_pieces: int = 600,
+    span_steps: int = 1500,
+    lm_steps: int = 3500,
+    batch_size: int = 32,
+    input_length: int = 96,
+    span_target_length: int = 32,
+    lm_target_length: int = 48,
+    learning_rate: float = 1e-3,
+    schedule_steps: int = 5000,
+    lm_split_after: Sequence[str] = (".", "?", ":"),
+    log_period: int = 100,
+) -> str:
   """Runs the whole recipe into `out_dir`; returns the LM-adapted checkpoint's path.
 
   A stage whose checkpoint is already in `out_dir` is not run again: a killed run resumes at
@@ -193,27 +235,37 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
     train_vocab(out_dir, world.vocab_sentences(seed, num_docs, data_dir), num_pieces)
     shutil.rmtree(data_dir)  # Regenerated from the seed by prompt_tuning.tasks.synthetic.
   import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
   sp = spm.SentencePieceProcessor(model_file=vocab_path)
   docs = sp.encode(list(world.corpus(seed, num_docs)))
   lengths = np.array([len(d) for d in docs])
   vocab_size = sp.get_piece_size() + EXTRA_IDS  # Sentinels count down from here.
-  config = {**t5.SIZES[size], **(model_overrides or {}),
-            "vocab_size": model_vocab_size(sp.get_piece_size())}
+  config = {
+      **t5.SIZES[size],
+      **(model_overrides or {}),
+      "vocab_size": model_vocab_size(sp.get_piece_size()),
+  }
   if config["vocab_size"] != t5.SIZES[size].get("vocab_size", config["vocab_size"]):
-    log(f"WARNING: vocab_size {config['vocab_size']} differs from t5.SIZES[{size!r}]; "
-        f"update it there, or models/sizes/{size}.gin will not fit this checkpoint.")
+    log(
+        f"WARNING: vocab_size {config['vocab_size']} differs from t5.SIZES[{size!r}]; "
+        f"update it there, or models/sizes/{size}.gin will not fit this checkpoint."
+    )
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=1)
-  log(f"{len(docs)} docs, tokens/doc mean {lengths.mean():.1f} max {lengths.max()}, "
-      f"{sp.get_piece_size()} pieces, config {config}")
+  log(
+      f"{len(docs)} docs, tokens/doc mean {lengths.mean():.1f} max {lengths.max()}, "
+      f"{sp.get_piece_size()} pieces, config {config}"
+  )
   cfg = t5.T5Config(**config, dtype="float32")
   dev = world.boolq_examples(seed, "validation", 200)
   probe_inputs = probe_batch(sp, dev, input_length)
   labels = np.array([ex["label"] for ex in dev], np.int32)
   split_ids = [sp.piece_to_id(p) for p in lm_split_after]
   params, step, path = None, 0, None
-  stages = (("span_corruption", "span_corruption", span_steps, span_target_length, None),
-            ("lm_adapted", "prefix_lm", lm_steps, lm_target_length, split_ids))
+  stages = (
+      ("span_corruption", "span_corruption", span_steps, span_target_length, None),
+      ("lm_adapted", "prefix_lm", lm_steps, lm_target_length, split_ids),
+  )
   for index, (stage, objective, steps, target_length, split) in enumerate(stages):
     path = checkpoints.latest_checkpoint(os.path.join(out_dir, stage))
     if path:
@@ -222,10 +274,12 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
       continue
     pt = Pretrainer(cfg, stage_schedule(learning_rate, schedule_steps, step), seed, params, step)
     rng = np.random.default_rng(seed if index == 0 else [seed, index])
-    batches = _batches(docs, objective, batch_size, input_length, target_length, vocab_size,
-                       rng, split)
-    run_stage(pt, batches, steps, stage, log,
-              lambda: probe_accuracy(pt, probe_inputs, labels), log_period)
+    batches = _batches(
+        docs, objective, batch_size, input_length, target_length, vocab_size, rng, split
+    )
+    run_stage(
+        pt, batches, steps, stage, log, lambda: probe_accuracy(pt, probe_inputs, labels), log_period
+    )
     path = pt.save(os.path.join(out_dir, stage, f"checkpoint_{int(pt.state.step)}"))
     log(f"saved {path}")
     params, step = pt.params, int(pt.state.step)
@@ -234,9 +288,10 @@ def pretrain(out_dir: str, *, size: str = "embedded", model_overrides: Optional[
 
 def main(argv: Optional[list[str]] = None) -> str:
   from prompt_tuning import config  # pylint: disable=g-import-not-at-top
-  return config.entry_point("prompt_tuning.embedded.pretrain", ("OUT_DIR",), __doc__,
-                            fn_name="pretrain")(argv)
 
+  return config.entry_point(
+      "prompt_tuning.embedded.pretrain", ("OUT_DIR",), __doc__, fn_name="pretrain"
+  )(argv)
 
 
 def console_main() -> None:

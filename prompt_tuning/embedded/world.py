@@ -24,22 +24,78 @@ knowledge about the world.
   `write_super_glue(data_dir)` writes `BoolQ/ RTE/ CB/ {train,val}.jsonl` for
   `tasks.super_glue.register_super_glue('jsonl', ...)`.
 """
+
 import json
 import os
 import random
 from typing import Any, Iterator, Optional, Sequence
 
-NAMES = ("Anya", "Tom", "Mira", "Omar", "Lena", "Ivan", "Sara", "Paul", "Nina", "Hugo",
-         "Emma", "Leo", "Ruth", "Carl", "Jane", "Otto", "Vera", "Adam", "Iris", "Noah")
+NAMES = (
+    "Anya",
+    "Tom",
+    "Mira",
+    "Omar",
+    "Lena",
+    "Ivan",
+    "Sara",
+    "Paul",
+    "Nina",
+    "Hugo",
+    "Emma",
+    "Leo",
+    "Ruth",
+    "Carl",
+    "Jane",
+    "Otto",
+    "Vera",
+    "Adam",
+    "Iris",
+    "Noah",
+)
 VALUES = {
-    "city": ("Paris", "Rome", "Oslo", "Lima", "Cairo", "Berlin", "Tokyo", "Delhi", "Dublin",
-             "Vienna", "Madrid", "Quito", "Seoul", "Boston"),
-    "job": ("baker", "doctor", "teacher", "farmer", "pilot", "singer", "lawyer", "nurse",
-            "painter", "driver", "cook", "writer"),
-    "pet": ("cat", "dog", "horse", "parrot", "rabbit", "goat", "fish", "turtle", "mouse",
-            "snake"),
-    "food": ("apples", "bread", "rice", "soup", "cheese", "pasta", "honey", "beans", "cake",
-             "plums"),
+    "city": (
+        "Paris",
+        "Rome",
+        "Oslo",
+        "Lima",
+        "Cairo",
+        "Berlin",
+        "Tokyo",
+        "Delhi",
+        "Dublin",
+        "Vienna",
+        "Madrid",
+        "Quito",
+        "Seoul",
+        "Boston",
+    ),
+    "job": (
+        "baker",
+        "doctor",
+        "teacher",
+        "farmer",
+        "pilot",
+        "singer",
+        "lawyer",
+        "nurse",
+        "painter",
+        "driver",
+        "cook",
+        "writer",
+    ),
+    "pet": ("cat", "dog", "horse", "parrot", "rabbit", "goat", "fish", "turtle", "mouse", "snake"),
+    "food": (
+        "apples",
+        "bread",
+        "rice",
+        "soup",
+        "cheese",
+        "pasta",
+        "honey",
+        "beans",
+        "cake",
+        "plums",
+    ),
 }
 RELATIONS = tuple(VALUES)
 # (statement, wh-question) per relation.
@@ -118,8 +174,13 @@ class Passage:
   """Stated facts about `about` and perhaps one other person: one relation each, and one to
   three traits, never the `hidden` trait of `about`."""
 
-  def __init__(self, world: World, rng: random.Random, about: Optional[str] = None,
-               hidden: Optional[str] = None):
+  def __init__(
+      self,
+      world: World,
+      rng: random.Random,
+      about: Optional[str] = None,
+      hidden: Optional[str] = None,
+  ):
     about = about or rng.choice(NAMES)
     self.names = [about] + rng.sample([n for n in NAMES if n != about], rng.randint(0, 1))
     rel = rng.choice(RELATIONS)
@@ -145,8 +206,9 @@ def _qa_lines(rng: random.Random, world: World, p: Passage) -> list[str]:
     style = rng.choice((0, 1, 1, 1, 2, 3, 3, 4))
     if style == 0:  # Open question about a relation, answered with the value.
       rel = rng.choice(RELATIONS)
-      lines.append(f"{_cap(TEMPLATES[rel][1].format(n=name))}? "
-                   f"The answer is {world.facts[(name, rel)]}.")
+      lines.append(
+          f"{_cap(TEMPLATES[rel][1].format(n=name))}? " f"The answer is {world.facts[(name, rel)]}."
+      )
       continue
     trait = world.unknown[name] if rng.random() < 0.15 else rng.choice(world.known_traits(name))
     q = trait_question(trait, name)
@@ -163,8 +225,10 @@ def _qa_lines(rng: random.Random, world: World, p: Passage) -> list[str]:
       lines.append(f"Is it true that {trait_statement(trait, name, claim)}? {claim == holds}.")
     else:  # Entailment: a claim that follows, or does not.
       claim = rng.random() < 0.5
-      lines.append(f"Does it follow that {trait_statement(trait, name, claim)}? " + (
-          "Yes, that is entailment." if claim == holds else "No, that is a contradiction."))
+      lines.append(
+          f"Does it follow that {trait_statement(trait, name, claim)}? "
+          + ("Yes, that is entailment." if claim == holds else "No, that is a contradiction.")
+      )
   return lines
 
 
@@ -192,8 +256,7 @@ def _asked(rng: random.Random, world: World, split: str, holds: Optional[bool]):
   if holds is None:
     name = rng.choice(people)
     return name, world.unknown[name]
-  return rng.choice([(n, t) for n in people for t in TRAITS
-                     if world.traits.get((n, t)) == holds])
+  return rng.choice([(n, t) for n in people for t in TRAITS if world.traits.get((n, t)) == holds])
 
 
 def boolq_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
@@ -205,8 +268,9 @@ def boolq_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
   for idx, label in enumerate(_balanced(rng, n, (True, False))):
     name, trait = _asked(rng, world, split, label)
     p = Passage(world, rng, about=name, hidden=trait)
-    out.append({"question": trait_question(trait, name), "passage": p.text, "idx": idx,
-                "label": label})
+    out.append(
+        {"question": trait_question(trait, name), "passage": p.text, "idx": idx, "label": label}
+    )
   return out
 
 
@@ -221,8 +285,14 @@ def _entailment_examples(kind: str, labels: Sequence[str], seed: int, split: str
     holds = None if label == "neutral" else claim == (label == "entailment")
     name, trait = _asked(rng, world, split, holds)
     p = Passage(world, rng, about=name, hidden=trait)
-    out.append({"premise": p.text, "hypothesis": _cap(trait_statement(trait, name, claim)) + ".",
-                "idx": idx, "label": label})
+    out.append(
+        {
+            "premise": p.text,
+            "hypothesis": _cap(trait_statement(trait, name, claim)) + ".",
+            "idx": idx,
+            "label": label,
+        }
+    )
   return out
 
 
@@ -239,8 +309,9 @@ def cb_examples(seed: int, split: str, n: int) -> list[dict[str, Any]]:
 EXAMPLE_FNS = {"boolq": boolq_examples, "rte": rte_examples, "cb": cb_examples}
 
 
-def write_super_glue(data_dir: str, seed: int = 0,
-                     split_sizes: Sequence[tuple[str, int]] = SPLIT_SIZES) -> str:
+def write_super_glue(
+    data_dir: str, seed: int = 0, split_sizes: Sequence[tuple[str, int]] = SPLIT_SIZES
+) -> str:
   """Writes `<data_dir>/{BoolQ,RTE,CB}/{train,val}.jsonl`; returns `data_dir`."""
   for config, folder in SUPER_GLUE_FOLDERS.items():
     os.makedirs(os.path.join(data_dir, folder), exist_ok=True)
@@ -251,8 +322,9 @@ def write_super_glue(data_dir: str, seed: int = 0,
   return data_dir
 
 
-def vocab_sentences(seed: int = 0, num_docs: int = 20000,
-                    data_dir: Optional[str] = None) -> Iterator[str]:
+def vocab_sentences(
+    seed: int = 0, num_docs: int = 20000, data_dir: Optional[str] = None
+) -> Iterator[str]:
   """Text to train the SentencePiece model on: the corpus, plus the tasks' inputs if given."""
   yield from corpus(seed, num_docs)
   # Label words of every task, so class-label prompt initialisation finds them whole.

@@ -16,6 +16,7 @@ Shapes: B batch, L encoder input length (tokens), P prompt length (0 without a p
 encoder's activations are [B, P + L, D]; T decoder length, D embed, H heads, K head dim, F mlp,
 V vocab. In attention, Q and S are the query and key/value lengths (P + L or T).
 """
+
 import dataclasses
 import functools
 from typing import Optional, Sequence
@@ -34,6 +35,7 @@ NEG_INF = -1e10  # flaxformer's mask bias; finite so fully-masked rows stay fini
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Hyper-parameters of a T5 1.1 model (defaults: the lm100k "small" size)."""
+
   vocab_size: int = 32128
   emb_dim: int = 512
   num_heads: int = 6
@@ -55,23 +57,69 @@ class T5Config:
 # (small 76,961,152; base 247,577,856; large 783,150,080; xl 2,849,757,184; xxl 11,135,332,352),
 # as tests/test_sizes.py checks.
 SIZES = {
-    "tiny": dict(emb_dim=4, num_heads=2, num_encoder_layers=2, num_decoder_layers=2, head_dim=2,
-                 mlp_dim=8, relative_attention_num_buckets=4, relative_attention_max_distance=8),
-    "small": dict(emb_dim=512, num_heads=6, num_encoder_layers=8, num_decoder_layers=8,
-                  head_dim=64, mlp_dim=1024),
-    "base": dict(emb_dim=768, num_heads=12, num_encoder_layers=12, num_decoder_layers=12,
-                 head_dim=64, mlp_dim=2048),
-    "large": dict(emb_dim=1024, num_heads=16, num_encoder_layers=24, num_decoder_layers=24,
-                  head_dim=64, mlp_dim=2816),
-    "xl": dict(emb_dim=2048, num_heads=32, num_encoder_layers=24, num_decoder_layers=24,
-               head_dim=64, mlp_dim=5120),
-    "xxl": dict(emb_dim=4096, num_heads=64, num_encoder_layers=24, num_decoder_layers=24,
-                head_dim=64, mlp_dim=10240),
+    "tiny": dict(
+        emb_dim=4,
+        num_heads=2,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        head_dim=2,
+        mlp_dim=8,
+        relative_attention_num_buckets=4,
+        relative_attention_max_distance=8,
+    ),
+    "small": dict(
+        emb_dim=512,
+        num_heads=6,
+        num_encoder_layers=8,
+        num_decoder_layers=8,
+        head_dim=64,
+        mlp_dim=1024,
+    ),
+    "base": dict(
+        emb_dim=768,
+        num_heads=12,
+        num_encoder_layers=12,
+        num_decoder_layers=12,
+        head_dim=64,
+        mlp_dim=2048,
+    ),
+    "large": dict(
+        emb_dim=1024,
+        num_heads=16,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=2816,
+    ),
+    "xl": dict(
+        emb_dim=2048,
+        num_heads=32,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=5120,
+    ),
+    "xxl": dict(
+        emb_dim=4096,
+        num_heads=64,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+        head_dim=64,
+        mlp_dim=10240,
+    ),
     # The embedded default (prompt_tuning/embedded/assets, built by its pretraining recipe):
     # 600 SentencePiece pieces + 100 extra ids, padded to 768.
-    "embedded": dict(vocab_size=768, emb_dim=128, num_heads=4, num_encoder_layers=3,
-                     num_decoder_layers=2, head_dim=32, mlp_dim=256,
-                     relative_attention_num_buckets=16, relative_attention_max_distance=64),
+    "embedded": dict(
+        vocab_size=768,
+        emb_dim=128,
+        num_heads=4,
+        num_encoder_layers=3,
+        num_decoder_layers=2,
+        head_dim=32,
+        mlp_dim=256,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=64,
+    ),
 }
 
 
@@ -89,8 +137,12 @@ def _constrain(x, axes):
   return nn.with_logical_constraint(x, axes)
 
 
-_ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=True), "relu": nn.relu,
-                "linear": lambda x: x, "silu": nn.silu}
+_ACTIVATIONS = {
+    "gelu": functools.partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "linear": lambda x: x,
+    "silu": nn.silu,
+}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,6 +151,7 @@ _ACTIVATIONS = {"gelu": functools.partial(nn.gelu, approximate=True), "relu": nn
 
 class Dense(nn.Module):
   """Bias-free projection with a 2-D kernel [in, out], as T5X stores it."""
+
   features: int
   axes: tuple[str, str]
   init_scale: float = 1.0
@@ -115,13 +168,19 @@ class Dense(nn.Module):
 class Embed(nn.Module):
   """Token embedding table [V, D], shared by encoder and decoder (T5 1.1 has a separate output
   layer, `decoder/logits_dense`, so the table is never used for logits)."""
+
   num_embeddings: int
   features: int
   dtype: str = "float32"
 
   def setup(self):
-    self.embedding = _param(self, "embedding", nn.initializers.normal(stddev=1.0),
-                            (self.num_embeddings, self.features), ("vocab", "embed"))
+    self.embedding = _param(
+        self,
+        "embedding",
+        nn.initializers.normal(stddev=1.0),
+        (self.num_embeddings, self.features),
+        ("vocab", "embed"),
+    )
 
   def __call__(self, ids: Array) -> Array:
     """Token ids [B, L] (or [B, T]) -> embeddings [B, L, D] in `dtype`."""
@@ -130,6 +189,7 @@ class Embed(nn.Module):
 
 class LayerNorm(nn.Module):
   """T5's RMS norm: no mean subtraction, no bias, statistics in float32."""
+
   epsilon: float = 1e-6
   dtype: str = "float32"
 
@@ -143,8 +203,14 @@ class LayerNorm(nn.Module):
     return x.astype(self.dtype) * scale.astype(self.dtype)
 
 
-def relative_position_buckets(query_pos: np.ndarray, key_pos: np.ndarray, *, bidirectional: bool,
-                              num_buckets: int, max_distance: int) -> np.ndarray:
+def relative_position_buckets(
+    query_pos: np.ndarray,
+    key_pos: np.ndarray,
+    *,
+    bidirectional: bool,
+    num_buckets: int,
+    max_distance: int,
+) -> np.ndarray:
   """T5's bucketing of key - query distances: exact for small, logarithmic for large ones.
 
   Computed with numpy in float32 at trace time, as the original does, so bucket edges agree.
@@ -161,14 +227,16 @@ def relative_position_buckets(query_pos: np.ndarray, key_pos: np.ndarray, *, bid
   is_small = n < max_exact
   eps = np.finfo(np.float32).eps
   log_ratio = np.log(n.astype(np.float32) / np.float32(max_exact) + np.float32(eps))
-  large = max_exact + (log_ratio / np.float32(np.log(max_distance / max_exact))
-                       * np.float32(num_buckets - max_exact)).astype(n.dtype)
+  large = max_exact + (
+      log_ratio / np.float32(np.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact)
+  ).astype(n.dtype)
   large = np.minimum(large, num_buckets - 1)
   return bucket + np.where(is_small, n, large)
 
 
 class RelativePositionBias(nn.Module):
   """One bias table [H, buckets] shared by all layers of a stack."""
+
   num_buckets: int
   max_distance: int
   num_heads: int
@@ -178,13 +246,20 @@ class RelativePositionBias(nn.Module):
   @nn.compact
   def __call__(self, q_len: int, k_len: int, decode_position: Optional[Array] = None) -> Array:
     """Bias [1, H, Q, S] (Q = q_len, S = k_len); with `decode_position`, its row [1, H, 1, S]."""
-    table = _param(self, "rel_embedding",
-                   nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
-                   (self.num_heads, self.num_buckets), ("heads", "relpos_buckets"))
+    table = _param(
+        self,
+        "rel_embedding",
+        nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"),
+        (self.num_heads, self.num_buckets),
+        ("heads", "relpos_buckets"),
+    )
     buckets = relative_position_buckets(
-        np.arange(q_len, dtype=np.int32), np.arange(k_len, dtype=np.int32),
-        bidirectional=self.bidirectional, num_buckets=self.num_buckets,
-        max_distance=self.max_distance)
+        np.arange(q_len, dtype=np.int32),
+        np.arange(k_len, dtype=np.int32),
+        bidirectional=self.bidirectional,
+        num_buckets=self.num_buckets,
+        max_distance=self.max_distance,
+    )
     buckets = jnp.asarray(buckets)
     if decode_position is not None:
       buckets = jax.lax.dynamic_slice_in_dim(buckets, decode_position, 1, axis=0)
@@ -203,15 +278,23 @@ def attention_mask(query_valid: Array, key_valid: Array) -> Array:
 
 class MultiHeadAttention(nn.Module):
   """T5 attention. In decode mode it keeps a key/value cache of the decoder's own positions."""
+
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
   dtype: str = "float32"
 
   @nn.compact
-  def __call__(self, x_q: Array, x_kv: Array, bias: Optional[Array], *,
-               enable_dropout: bool = False, decode: bool = False,
-               decode_position: Optional[Array] = None) -> Array:
+  def __call__(
+      self,
+      x_q: Array,
+      x_kv: Array,
+      bias: Optional[Array],
+      *,
+      enable_dropout: bool = False,
+      decode: bool = False,
+      decode_position: Optional[Array] = None,
+  ) -> Array:
     """Queries from x_q [B, Q, D], keys/values from x_kv [B, S, D] -> [B, Q, D].
 
     `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
@@ -241,9 +324,11 @@ class MultiHeadAttention(nn.Module):
         if k.shape[1] != 1:
           raise ValueError(f"decode=True expects one position per step, got {k.shape[1]}.")
         cached_k.value = jax.lax.dynamic_update_slice_in_dim(
-            cached_k.value, k, decode_position, axis=1)
+            cached_k.value, k, decode_position, axis=1
+        )
         cached_v.value = jax.lax.dynamic_update_slice_in_dim(
-            cached_v.value, v, decode_position, axis=1)
+            cached_v.value, v, decode_position, axis=1
+        )
         k, v = cached_k.value, cached_v.value
         causal = (jnp.arange(k.shape[1]) <= decode_position)[None, None, None, :]
         causal_bias = mask_to_bias(causal, self.dtype)
@@ -262,6 +347,7 @@ class MultiHeadAttention(nn.Module):
 
 class MlpBlock(nn.Module):
   """Gated MLP: prod_i act_i(x @ wi_i) @ wo (T5 1.1: gelu(x wi_0) * (x wi_1))."""
+
   mlp_dim: int
   activations: Sequence[str] = ("gelu", "linear")
   dropout_rate: float = 0.0
@@ -284,60 +370,94 @@ class MlpBlock(nn.Module):
 def _sublayer(cfg: T5Config, x, norm_name: str, layer, logit_mask, enable_dropout):
   """Pre-norm residual block: x + dropout(layer(norm(x) * logit_mask))."""
   h = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype, name=norm_name)(x) * logit_mask
-  h = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(layer(h),
-                                                         deterministic=not enable_dropout)
+  h = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(layer(h), deterministic=not enable_dropout)
   return x + h
 
 
 class EncoderLayer(nn.Module):
   """Self-attention then MLP, each a pre-norm residual block."""
+
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, logit_mask: Array,
-               enable_dropout: bool = False) -> Array:
+  def __call__(
+      self, x: Array, bias: Array, logit_mask: Array, enable_dropout: bool = False
+  ) -> Array:
     """x [B, P + L, D], bias [B, H, P + L, P + L], logit_mask [B, P + L, 1] -> [B, P + L, D]."""
     cfg = self.config
-    attention = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
-                                   name="attention")
+    attention = MultiHeadAttention(
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype, name="attention"
+    )
     mlp = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")
-    x = _sublayer(cfg, x, "pre_attention_layer_norm",
-                  lambda h: attention(h, h, bias, enable_dropout=enable_dropout), logit_mask,
-                  enable_dropout)
-    x = _sublayer(cfg, x, "pre_mlp_layer_norm", lambda h: mlp(h, enable_dropout), logit_mask,
-                  enable_dropout)
+    x = _sublayer(
+        cfg,
+        x,
+        "pre_attention_layer_norm",
+        lambda h: attention(h, h, bias, enable_dropout=enable_dropout),
+        logit_mask,
+        enable_dropout,
+    )
+    x = _sublayer(
+        cfg, x, "pre_mlp_layer_norm", lambda h: mlp(h, enable_dropout), logit_mask, enable_dropout
+    )
     return _constrain(x * logit_mask, ("batch", "length", "embed"))
 
 
 class DecoderLayer(nn.Module):
   """Causal self-attention, cross-attention to the encoder output, MLP; each pre-norm residual."""
+
   config: T5Config
 
   @nn.compact
-  def __call__(self, y: Array, encoded: Array, self_bias: Optional[Array], cross_bias: Array,
-               logit_mask: Array, enable_dropout: bool = False, decode: bool = False,
-               decode_position: Optional[Array] = None) -> Array:
+  def __call__(
+      self,
+      y: Array,
+      encoded: Array,
+      self_bias: Optional[Array],
+      cross_bias: Array,
+      logit_mask: Array,
+      enable_dropout: bool = False,
+      decode: bool = False,
+      decode_position: Optional[Array] = None,
+  ) -> Array:
     """y [B, T, D], encoded [B, P + L, D] -> [B, T, D].
 
     self_bias broadcasts to [B, H, T, T] (None in decode mode: the cache masks), cross_bias to
     [B, H, T, P + L]; logit_mask is [B, T, 1].
     """
     cfg = self.config
-    attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
-                                  cfg.dropout_rate, cfg.dtype)
+    attention = functools.partial(
+        MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype
+    )
     self_attention = attention(name="self_attention")
     cross_attention = attention(name="encoder_decoder_attention")
     mlp = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")
-    y = _sublayer(cfg, y, "pre_self_attention_layer_norm",
-                  lambda h: self_attention(h, h, self_bias, enable_dropout=enable_dropout,
-                                           decode=decode, decode_position=decode_position),
-                  logit_mask, enable_dropout)
-    y = _sublayer(cfg, y, "pre_cross_attention_layer_norm",
-                  lambda h: cross_attention(h, encoded, cross_bias,
-                                            enable_dropout=enable_dropout),
-                  logit_mask, enable_dropout)
-    y = _sublayer(cfg, y, "pre_mlp_layer_norm", lambda h: mlp(h, enable_dropout), logit_mask,
-                  enable_dropout)
+    y = _sublayer(
+        cfg,
+        y,
+        "pre_self_attention_layer_norm",
+        lambda h: self_attention(
+            h,
+            h,
+            self_bias,
+            enable_dropout=enable_dropout,
+            decode=decode,
+            decode_position=decode_position,
+        ),
+        logit_mask,
+        enable_dropout,
+    )
+    y = _sublayer(
+        cfg,
+        y,
+        "pre_cross_attention_layer_norm",
+        lambda h: cross_attention(h, encoded, cross_bias, enable_dropout=enable_dropout),
+        logit_mask,
+        enable_dropout,
+    )
+    y = _sublayer(
+        cfg, y, "pre_mlp_layer_norm", lambda h: mlp(h, enable_dropout), logit_mask, enable_dropout
+    )
     return _constrain(y * logit_mask, ("batch", "length", "embed"))
 
 
@@ -347,6 +467,7 @@ class DecoderLayer(nn.Module):
 
 class Encoder(nn.Module):
   """Embeds tokens, lets the optional prompt module prepend its positions, runs the layers."""
+
   config: T5Config
   token_embedder: nn.Module
   prompt_factory: Optional[prompts.PromptFactory] = None  # None: the plain model.
@@ -355,8 +476,12 @@ class Encoder(nn.Module):
     cfg = self.config
     self.prompt = self.prompt_factory() if self.prompt_factory else None
     self.relpos_bias = RelativePositionBias(
-        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=True, dtype=cfg.dtype)
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        bidirectional=True,
+        dtype=cfg.dtype,
+    )
     self.layers = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
     self.encoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
@@ -385,8 +510,9 @@ class Encoder(nn.Module):
     x = _constrain(x, ("batch", "length", "embed"))
     valid_BxL = self.valid_positions(tokens_BxL)
     length = valid_BxL.shape[1]
-    bias = (mask_to_bias(attention_mask(valid_BxL, valid_BxL), cfg.dtype)
-            + self.relpos_bias(length, length))
+    bias = mask_to_bias(attention_mask(valid_BxL, valid_BxL), cfg.dtype) + self.relpos_bias(
+        length, length
+    )
     logit_mask = valid_BxL[..., None].astype(cfg.dtype)
     for layer in self.layers:
       x = layer(x, bias, logit_mask, enable_dropout)
@@ -405,23 +531,36 @@ def decoder_logit_mask(decoder_input_tokens_BxT: Array) -> Array:
 
 class Decoder(nn.Module):
   """Embeds the decoder inputs, runs the layers, projects to the vocabulary (its own head)."""
+
   config: T5Config
   token_embedder: nn.Module
 
   def setup(self):
     cfg = self.config
     self.relpos_bias = RelativePositionBias(
-        cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=False, dtype=cfg.dtype)
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        bidirectional=False,
+        dtype=cfg.dtype,
+    )
     self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
     self.decoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.logits_dense = Dense(cfg.vocab_size, ("embed", "vocab"), dtype="float32")
 
-  def __call__(self, encoded_BxLxD, encoder_valid_BxL, decoder_input_tokens_BxT,
-               decoder_target_tokens_BxT=None, enable_dropout=False, decode=False,
-               decode_position=None, max_decode_length=None) -> Array:
+  def __call__(
+      self,
+      encoded_BxLxD,
+      encoder_valid_BxL,
+      decoder_input_tokens_BxT,
+      decoder_target_tokens_BxT=None,
+      enable_dropout=False,
+      decode=False,
+      decode_position=None,
+      max_decode_length=None,
+  ) -> Array:
     """encoded [B, P + L, D], encoder_valid [B, P + L], decoder tokens [B, T] -> float32 logits
     [B, T, V].
 
@@ -438,12 +577,16 @@ class Decoder(nn.Module):
       query_valid = jnp.ones((batch, length), bool)
       self_bias = None
       if decode_position is not None:
-        self_bias = self.relpos_bias(max_decode_length, max_decode_length,
-                                     decode_position=decode_position)
+        self_bias = self.relpos_bias(
+            max_decode_length, max_decode_length, decode_position=decode_position
+        )
       logit_mask = jnp.ones((batch, length, 1), cfg.dtype)
     else:
-      targets = (decoder_input_tokens_BxT if decoder_target_tokens_BxT is None
-                 else decoder_target_tokens_BxT)
+      targets = (
+          decoder_input_tokens_BxT
+          if decoder_target_tokens_BxT is None
+          else decoder_target_tokens_BxT
+      )
       query_valid = targets > 0
       causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
       self_mask = attention_mask(query_valid, query_valid) * causal
@@ -451,8 +594,16 @@ class Decoder(nn.Module):
       logit_mask = decoder_logit_mask(decoder_input_tokens_BxT)[..., None].astype(cfg.dtype)
     cross_bias = mask_to_bias(attention_mask(query_valid, encoder_valid_BxL), cfg.dtype)
     for layer in self.layers:
-      y = layer(y, encoded_BxLxD, self_bias, cross_bias, logit_mask, enable_dropout, decode,
-                decode_position)
+      y = layer(
+          y,
+          encoded_BxLxD,
+          self_bias,
+          cross_bias,
+          logit_mask,
+          enable_dropout,
+          decode,
+          decode_position,
+      )
     y = self.decoder_norm(y)
     y = self.output_dropout(y, deterministic=not enable_dropout)
     y = y * logit_mask
@@ -462,6 +613,7 @@ class Decoder(nn.Module):
 
 class EncoderDecoder(nn.Module):
   """T5 1.1: shared token embedder, encoder (optionally prompted), decoder with its own head."""
+
   config: T5Config
   prompt_factory: Optional[prompts.PromptFactory] = None  # Builds the `prompts.PromptModule`.
 
@@ -475,18 +627,39 @@ class EncoderDecoder(nn.Module):
     """Token ids [B, L] -> encoded [B, P + L, D]."""
     return self.encoder(encoder_input_tokens, enable_dropout)
 
-  def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-             decoder_target_tokens: Optional[Array] = None, enable_dropout: bool = False,
-             decode: bool = False, decode_position: Optional[Array] = None,
-             max_decode_length: Optional[int] = None) -> Array:
+  def decode(
+      self,
+      encoded: Array,
+      encoder_input_tokens: Array,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Optional[Array] = None,
+      enable_dropout: bool = False,
+      decode: bool = False,
+      decode_position: Optional[Array] = None,
+      max_decode_length: Optional[int] = None,
+  ) -> Array:
     """encoded [B, P + L, D], encoder tokens [B, L], decoder tokens [B, T] -> logits [B, T, V]."""
     encoder_valid = self.encoder.valid_positions(encoder_input_tokens)
-    return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
-                        enable_dropout, decode, decode_position, max_decode_length)
+    return self.decoder(
+        encoded,
+        encoder_valid,
+        decoder_input_tokens,
+        decoder_target_tokens,
+        enable_dropout,
+        decode,
+        decode_position,
+        max_decode_length,
+    )
 
-  def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
-               decoder_target_tokens: Array, enable_dropout: bool = False) -> Array:
+  def __call__(
+      self,
+      encoder_input_tokens: Array,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Array,
+      enable_dropout: bool = False,
+  ) -> Array:
     """Teacher forcing: encoder tokens [B, L], decoder tokens [B, T] -> logits [B, T, V]."""
     encoded = self.encode(encoder_input_tokens, enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       decoder_target_tokens, enable_dropout)
+    return self.decode(
+        encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, enable_dropout
+    )
