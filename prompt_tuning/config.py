@@ -74,6 +74,8 @@ def setup_logging():
   for handler in logging.getLogger().handlers:
     handler.addFilter(lambda r: f"{os.sep}gin{os.sep}" not in r.pathname)
   logging.getLogger("absl").setLevel(logging.WARNING)
+  # JAX reports at INFO each accelerator backend it could not find (e.g. "Failed to open libtpu").
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
 
 
 def search_paths(extra: str = "") -> list[str]:
