@@ -195,7 +195,9 @@ def forward() -> None:
   """Moves every value bound to an alias onto the project's configurables (see `ALIASES`)."""
   config = gin.config._CONFIG  # pylint: disable=protected-access
   aliases = {c for c, _ in ALIASES}
+  # Configurables the configuration binds or refers to (`@name`): the possible targets.
   present = {selector for _, selector in config}
+  present |= {r.configurable.selector for params in config.values() for r in _refs(params)}
   for scope, selector in list(config):
     alias = next((a for a in aliases if _matches(selector, a)), None)
     if alias is None:
@@ -222,7 +224,34 @@ def forward() -> None:
         )
       for target, registered in targets:
         converted = target.convert(value) if target.convert else value
-        gin.bind_parameter(f"{registered}.{target.param}", converted)
+        gin.bind_parameter(_binding_key(config, registered, target.param), converted)
+
+
+def _refs(value):
+  """The `@configurable` references in a binding's value, however deeply nested."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    if value.selector != "gin.macro":
+      yield value
+  elif isinstance(value, dict):
+    for v in value.values():
+      yield from _refs(v)
+  elif isinstance(value, (list, tuple)):
+    for v in value:
+      yield from _refs(v)
+
+
+def _binding_key(config, selector: str, param: str) -> str:
+  """Where a value for `selector.param` goes: the macro it reads (`%NAME`), else itself.
+
+  Setting the macro keeps it read, and reaches every binding that shares it, as setting the
+  macro on the command line would.
+  """
+  current = config.get(("", selector), {}).get(param)
+  while isinstance(current, gin.config.ConfigurableReference) and current.selector == "gin.macro":
+    macro = current.scoped_selector.split("/")[0]
+    selector, param = f"{macro}/gin.macro", "value"
+    current = config.get((macro, "gin.macro"), {}).get("value")
+  return f"{selector}.{param}"
 
 
 def hint(message: str) -> Optional[str]:
