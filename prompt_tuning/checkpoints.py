@@ -589,6 +589,7 @@ def save_t5x_checkpoint(
     *,
     step: int,
     state: Mapping[str, Any] | None = None,
+    extra_state: Mapping[str, Any] | None = None,
     inline_threshold_bytes: int = 2**14,
     overwrite: bool = False,
 ) -> str:
@@ -599,7 +600,9 @@ def save_t5x_checkpoint(
       (local filesystem only).
     target: nested dict of numpy / jax arrays (the model parameters).
     step: the training step, stored as `state/step`.
-    state: optional nested dict of arrays stored as `state/param_states`.
+    state: optional nested dict of arrays stored as `state/param_states`
+      (None leaves are kept: T5X's state of a parameter without optimizer slots).
+    extra_state: optional arrays stored beside it, as `state/<key>`.
     inline_threshold_bytes: arrays up to this size go inline in the msgpack
       file; larger ones become gzip zarr arrays.
     overwrite: replace an existing `directory` instead of raising.
@@ -636,6 +639,10 @@ def save_t5x_checkpoint(
             "param_states": _encode_tree(
                 state or {}, "state.param_states", tmp, inline_threshold_bytes, names
             ),
+            **{
+                k: _encode_tree(v, f"state.{k}", tmp, inline_threshold_bytes, names)
+                for k, v in (extra_state or {}).items()
+            },
         },
     }
     # The msgpack file goes last: a dir without it is never a checkpoint.

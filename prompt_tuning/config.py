@@ -15,10 +15,13 @@ import importlib.util  # pylint: disable=unused-import
 import logging
 import os
 import pathlib
+import re
 import sys
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import gin
+
+from prompt_tuning import compat
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 if not CONFIGS_DIR.is_dir():  # Editable install or source checkout: configs/ is at the top.
@@ -113,10 +116,37 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[str], extra_search_pa
   paths = search_paths(extra_search_paths)
   for p in paths:
     gin.add_config_file_search_path(p)
+  gin_files = _with_prompt_file(gin_files, bindings)
   # Absolute paths, so gin opens exactly the file found here; includes inside the files still
   # use gin's search (the paths above).
   files = [resolve_gin_file(f, paths) for f in gin_files]
-  gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  try:
+    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+  except ValueError as e:
+    hint = compat.hint(str(e))
+    if hint is None:
+      raise
+    raise ConfigError(f"{e}\n{hint}") from None
+  try:
+    compat.forward()
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _with_prompt_file(gin_files: Sequence[str], bindings: Sequence[str]) -> list[str]:
+  """The files, plus prompts/from_file.gin for eval or infer given a PROMPT_FILE.
+
+  The original's runs/prompt_eval.gin and prompt_infer.gin include prompts/from_file.gin, so its
+  users pass only --gin.PROMPT_FILE; here those run files also evaluate trained checkpoints
+  without one, so the prompt file's config is added only when PROMPT_FILE is set.
+  """
+  names = [os.path.basename(f) for f in gin_files]
+  sets_prompt_file = any(re.match(r"\s*PROMPT_FILE\s*=", b) for b in bindings)
+  inference_run = any(n in ("prompt_eval.gin", "prompt_infer.gin") for n in names)
+  if sets_prompt_file and inference_run and "from_file.gin" not in names:
+    logging.info("PROMPT_FILE is set: reading the prompt with prompts/from_file.gin.")
+    return list(gin_files) + ["prompts/from_file.gin"]
+  return list(gin_files)
 
 
 def require_macros(names: Sequence[str], run_file: str) -> None:
@@ -166,6 +196,7 @@ _MACRO_FILES = {
     "PROMPT_FILE": "prompts/from_file.gin",
     "CLASS_LABELS": "prompts/class_labels.gin",
     "PROMPT_TEXT": "prompts/from_string.gin",
+    "EMBEDDING_FILE": "prompts/from_sampled_vocab_numpy.gin or prompts/from_class_labels_numpy.gin",
     "TEMPERATURE": "models/decoding/temperature_sample.gin",
     "TOPK": "models/decoding/temperature_sample.gin",
     "TOPP": "models/decoding/temperature_sample.gin",

@@ -23,6 +23,7 @@ def make_evaluator(
     split: str = "validation",
     module=None,
     log_dir: Optional[str] = None,
+    use_cached: bool = False,
 ) -> seqio.Evaluator:
   """A SeqIO evaluator; with `log_dir`, it also writes `<task>-metrics.jsonl` there."""
   pipeline.get_task(task_name, module)
@@ -33,6 +34,7 @@ def make_evaluator(
       task_name,
       feature_converter=pipeline.feature_converter(),
       eval_split=split,
+      use_cached=use_cached,
       sequence_length=dict(feature_lengths),
       logger_cls=loggers,
       log_dir=log_dir,
@@ -100,6 +102,7 @@ def run(
     batch_size: int = 32,
     output_dir: Optional[str] = None,
     mixture_or_task_module=None,
+    use_cached: bool = False,
 ) -> dict[str, Any]:
   """Evaluates the parameters `restore_cfg` names (see `restore.py`) and prints the metrics.
 
@@ -110,7 +113,12 @@ def run(
   if output_dir is None and restore_cfg.model_dir:
     output_dir = os.path.join(restore_cfg.model_dir, "eval")
   evaluator = make_evaluator(
-      mixture_or_task_name, task_feature_lengths, split, mixture_or_task_module, output_dir
+      mixture_or_task_name,
+      task_feature_lengths,
+      split,
+      mixture_or_task_module,
+      output_dir,
+      use_cached,
   )
   metrics = evaluate(evaluator, ModelFns(model, batch_size, partitioner), params, step)
   if jax.process_index() == 0:

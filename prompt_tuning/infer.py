@@ -8,7 +8,7 @@ The work is `prompt_tuning.inference.run`.
 
 from prompt_tuning import config
 
-REQUIRED = ("TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH", "INFER_OUTPUT_FILE")
+REQUIRED = ("TASK_FEATURE_LENGTHS", "INITIAL_CHECKPOINT_PATH")
 
 main = config.entry_point("prompt_tuning.inference", REQUIRED, __doc__)
 

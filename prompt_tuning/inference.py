@@ -74,19 +74,28 @@ def run(
     partitioner: partitioning.Partitioner,
     restore_cfg: restore.RestoreConfig,
     task_feature_lengths: Mapping[str, int],
-    output_file: str,
+    output_file: Optional[str] = None,
     input_file: Optional[str] = None,
     mixture_or_task_name: Optional[str] = None,
     split: str = "validation",
     mixture_or_task_module=None,
     batch_size: int = 32,
+    output_dir: Optional[str] = None,
+    use_cached: bool = False,
 ) -> int:
   """Writes one JSON line per example to `output_file`; returns the number written.
 
-  The parameters are those `restore_cfg` names (see `restore.py`).
+  The parameters are those `restore_cfg` names (see `restore.py`). Instead of `output_file`,
+  `output_dir` (T5X's INFER_OUTPUT_DIR) receives `<task or input file>-predict.jsonl-00000-of-00001`,
+  the name T5X's infer gives its single shard.
   """
   if bool(input_file) == bool(mixture_or_task_name):
     raise ValueError("Give exactly one of INFER_INPUT_FILE or MIXTURE_OR_TASK_NAME.")
+  if bool(output_file) == bool(output_dir):
+    raise ValueError("Give exactly one of INFER_OUTPUT_FILE or INFER_OUTPUT_DIR.")
+  if output_dir:
+    name = mixture_or_task_name or os.path.splitext(os.path.basename(input_file))[0]
+    output_file = os.path.join(output_dir, f"{name}-predict.jsonl-00000-of-00001")
   spec = restore.ParamSpec.of(model, partitioner, task_feature_lengths)
   params, _ = restore.load_params(restore_cfg, model, spec, jax.random.PRNGKey(0))
   if input_file:
@@ -99,7 +108,9 @@ def run(
   else:
     task = pipeline.get_task(mixture_or_task_name, mixture_or_task_module)
     vocab = task.output_features["targets"].vocabulary
-    raw = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1)
+    raw = task.get_dataset(
+        dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=use_cached
+    )
     examples = list(raw.as_numpy_iterator())
     texts = [vocab.decode(list(e["inputs"])) for e in examples]
     targets = [vocab.decode(list(e["targets"])) for e in examples]

@@ -241,6 +241,14 @@ def from_file(path: str) -> Initializer:
   return checked
 
 
+def _is_npy(path: str) -> bool:
+  """A file in numpy's format, whatever its name (the original writes them without `.npy`)."""
+  if not os.path.isfile(path):
+    return False
+  with open(path, "rb") as f:
+    return f.read(6) == b"\x93NUMPY"
+
+
 @functools.lru_cache(maxsize=4)
 def load_embeddings(path: str) -> np.ndarray:
   """The token embedding table [V, D] from a `.npy` file or a T5X checkpoint.
@@ -248,7 +256,7 @@ def load_embeddings(path: str) -> np.ndarray:
   From a checkpoint only `token_embedder/embedding` is read, not the whole model.
   """
   path = os.fspath(path)
-  if path.endswith(".npy"):
+  if path.endswith(".npy") or _is_npy(path):
     return load_npy(path)
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
 

@@ -7,9 +7,11 @@ to prompt tuning's cases), read in this order:
      or any other) - every parameter except those matching `scratch_patterns`;
   2. the parameters matching `scratch_patterns` (the prompt) from their initialisers, e.g. a saved
      prompt `.npy` with `prompts/from_file.gin`, or class labels with `prompts/class_labels.gin`;
-  3. a training checkpoint written by this project (`checkpoint_path`, else the latest one in
-     `model_dir`, if any): its parameters - the trainable ones, or all of a full checkpoint -
-     replace those of 1 and 2.
+  3. a training checkpoint (`checkpoint_path`, else the latest one in `model_dir`, if any): its
+     parameters - the trainable ones, or all of a full checkpoint - replace those of 1 and 2,
+     except those matching `checkpoint_skip_patterns`. A full checkpoint (every backbone
+     parameter: `save_mode='full'`, or one the original implementation wrote) stands in for 1,
+     which is then not read: the original's users pass the backbone as CHECKPOINT_PATH.
 
 Training reads 1 and 2 here and resumes its whole train state (optimizer, step, input position)
 with `train_state.restore`; eval and infer read 1-3 here and never build an optimizer.
@@ -27,7 +29,6 @@ import jax.numpy as jnp
 from prompt_tuning import checkpoints
 from prompt_tuning import optim
 from prompt_tuning import partitioning
-from prompt_tuning import train_state
 
 Params = Mapping[str, Any]
 
@@ -40,14 +41,21 @@ class RestoreConfig:
   scratch_patterns: Sequence[str] = optim.PROMPT_PATTERNS
   checkpoint_path: Optional[str] = None
   model_dir: Optional[str] = None
+  # Never read from step 3's checkpoint (T5X's assignment map to None): prompts/from_file.gin
+  # sets the prompt's, so a given PROMPT_FILE wins, as in the original's prompt_eval.gin.
+  checkpoint_skip_patterns: Sequence[str] = ()
 
   def __post_init__(self):
-    object.__setattr__(self, "scratch_patterns", tuple(self.scratch_patterns))
-    for pattern in self.scratch_patterns:
-      try:
-        re.compile(pattern)
-      except re.error as e:
-        raise ValueError(f"INIT_FROM_SCRATCH_PATTERNS: {pattern!r} is not a regex ({e}).") from None
+    for name, setting in (
+        ("scratch_patterns", "INIT_FROM_SCRATCH_PATTERNS"),
+        ("checkpoint_skip_patterns", "RestoreConfig.checkpoint_skip_patterns"),
+    ):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+      for pattern in getattr(self, name):
+        try:
+          re.compile(pattern)
+        except re.error as e:
+          raise ValueError(f"{setting}: {pattern!r} is not a regex ({e}).") from None
 
   def training_checkpoint(self) -> Optional[str]:
     """Step 3's checkpoint: `checkpoint_path`, else the latest in `model_dir`, else None."""
@@ -130,7 +138,6 @@ def initial_params(cfg: RestoreConfig, model, spec: ParamSpec, rng) -> tuple[dic
 
 def load_params(cfg: RestoreConfig, model, spec: ParamSpec, rng) -> tuple[dict, int]:
   """(every parameter, step) after all three steps: what eval and infer run."""
-  params, step = initial_params(cfg, model, spec, rng)
   path = cfg.training_checkpoint()
   if not path:
     logging.info(
@@ -138,13 +145,31 @@ def load_params(cfg: RestoreConfig, model, spec: ParamSpec, rng) -> tuple[dict, 
         "using the initial parameters.",
         cfg.model_dir,
     )
-    return params, step
-  saved = train_state.read_params(path, spec.shardings)
-  flat = optim.flatten(params)
-  unknown = sorted(set(saved) - set(flat))
+    return initial_params(cfg, model, spec, rng)
+  names = set(optim.flatten(spec.shapes))
+  wanted = {
+      k
+      for k in checkpoints.list_parameters(path)
+      if not optim.is_trainable(k, cfg.checkpoint_skip_patterns)
+  }
+  unknown = sorted(wanted - names)
   if unknown:
     raise checkpoints.CheckpointError(f"{path}: parameters the model does not have: {unknown}.")
-  params = optim.unflatten({**flat, **saved})
+  backbone = {k for k in names if not optim.is_trainable(k, cfg.scratch_patterns)}
+  if backbone <= wanted:  # A full checkpoint: step 1 would read what it replaces.
+    logging.info("%s holds every backbone parameter: INITIAL_CHECKPOINT_PATH is not read.", path)
+    params = init_params(model, spec, rng, cfg.scratch_patterns)
+  else:
+    params, _ = initial_params(cfg, model, spec, rng)
+  saved = {}
+  if wanted:
+    regex = "|".join(re.escape(k) for k in sorted(wanted))
+    saved = optim.flatten(
+        checkpoints.load_t5x_checkpoint(
+            path, regex=regex, shardings=spec.shardings, dtype=jnp.float32
+        )
+    )
+  params = optim.unflatten({**optim.flatten(params), **saved})
   checkpoints.check_against(spec.shapes, params)
   logging.info("Loaded %d parameters from %s.", len(saved), path)
   return params, checkpoints.read_step(path)

@@ -2,13 +2,21 @@
 
 A training checkpoint is a T5X checkpoint (see `checkpoints.py`) whose `target` holds the
 trainable parameters (or, with `save_mode='full'`, every parameter) and whose `state` holds the
-optimizer state and the input position (batches consumed). The frozen backbone is not saved in
-prompt tuning: it is re-read from `INITIAL_CHECKPOINT_PATH` (see `restore.py`). Beside it,
+step, the optimizer state and the input position (batches consumed). The frozen backbone is not
+saved in prompt tuning: it is re-read from `INITIAL_CHECKPOINT_PATH` (see `restore.py`).
+
+The layout is T5X's, so either implementation resumes the other's checkpoints: Adafactor's slots
+are `state/param_states/<param path>/{v, v_row, v_col, m}`, unused ones a (1,) placeholder, and a
+full checkpoint gives each frozen parameter a None state (the original's MultiOptimizer). The
+input position is `state/input_position`; T5X does not read it, and a checkpoint without one (the
+original's) resumes from the start of the data stream. Any other optax optimizer's state is
+`state/param_states` as flax serialises it, which only this project reads. Beside it,
 `MODEL_DIR/numpy_checkpoints/checkpoint_<step>/<param path with dots>.npy` holds each trainable
 parameter as a plain `.npy` (the prompt: `encoder.prompt.prompt.prompt.npy`).
 """
 
 import dataclasses
+import logging
 import os
 import shutil
 from typing import Any, Mapping, Optional, Sequence
@@ -86,14 +94,16 @@ def save(
   target = (
       state.params if cfg.save_mode == "trainable" else optim.merge_params(state.params, frozen)
   )
-  extra = {
-      "opt_state": flax.serialization.to_state_dict(state.opt_state),
-      "input_position": np.asarray(input_position, np.int64),
-  }
+  param_states = _param_states(state.opt_state)
+  if cfg.save_mode == "full" and isinstance(state.opt_state, optim.AdafactorState):
+    param_states = optim.unflatten(
+        {**{k: None for k in optim.flatten(frozen)}, **optim.flatten(param_states, _is_slots)}
+    )
+  extra = {"input_position": np.asarray(input_position, np.int64)}
   path = os.path.join(model_dir, f"checkpoint_{step}")
   # Process 0's view decides, so all processes take part in the gathers or none does.
   if not partitioning.broadcast_from_process_0(os.path.exists(path)):
-    checkpoints.save_t5x_checkpoint(path, target, step=step, state=extra)
+    checkpoints.save_t5x_checkpoint(path, target, step=step, state=param_states, extra_state=extra)
   if cfg.export_numpy:
     host_params = {k: partitioning.to_host(v) for k, v in optim.flatten(state.params).items()}
     if jax.process_index() == 0:
@@ -111,6 +121,62 @@ def save(
   if jax.process_count() > 1:  # Nobody reads it (restore, evaluation) before process 0 is done.
     multihost_utils.sync_global_devices(f"save_checkpoint {path}")
   return path
+
+
+_PLACEHOLDER = (1,)  # T5X's shape for an Adafactor slot a parameter does not use.
+_SLOTS = ("v", "v_row", "v_col", "m")
+
+
+def _is_slots(x) -> bool:
+  return isinstance(x, Mapping) and set(x) == set(_SLOTS)
+
+
+def _param_states(opt_state) -> Any:
+  """The optimizer state as T5X's `state/param_states` (see the module docstring)."""
+  if not isinstance(opt_state, optim.AdafactorState):
+    return flax.serialization.to_state_dict(opt_state)
+  placeholder = np.zeros(_PLACEHOLDER, np.float32)
+  m = optim.flatten(opt_state.m) if opt_state.m is not None else {}
+  slots = {}
+  for name, v in optim.flatten(opt_state.v).items():
+    factored = isinstance(v, optim.FactoredState)
+    slots[name] = {
+        "v": placeholder if factored else v,
+        "v_row": v.v_row if factored else placeholder,
+        "v_col": v.v_col if factored else placeholder,
+        "m": m.get(name, placeholder),
+    }
+  return optim.unflatten(slots)
+
+
+def _opt_state_from(param_states, template, path: str) -> Any:
+  """The optimizer state shaped like `template`, from a checkpoint's `state/param_states`."""
+  if not isinstance(template, optim.AdafactorState):
+    return flax.serialization.from_state_dict(template, param_states)
+  slots = optim.flatten(param_states, _is_slots)
+
+  def slot(name, key, like):
+    value = slots.get(name, {}).get(key) if isinstance(slots.get(name), Mapping) else None
+    if value is None or np.shape(value) != np.shape(like):
+      raise checkpoints.CheckpointError(
+          f"{path}: Adafactor slot state/param_states/{name}/{key} has shape "
+          f"{None if value is None else np.shape(value)}, the optimizer needs "
+          f"{np.shape(like)} (factored differently, or another optimizer?)."
+      )
+    return value
+
+  v = {}
+  for name, like in optim.flatten(template.v).items():
+    if isinstance(like, optim.FactoredState):
+      v[name] = optim.FactoredState(
+          slot(name, "v_row", like.v_row), slot(name, "v_col", like.v_col)
+      )
+    else:
+      v[name] = slot(name, "v", like)
+  m = None
+  if template.m is not None:
+    m = optim.unflatten({k: slot(k, "m", t) for k, t in optim.flatten(template.m).items()})
+  return optim.AdafactorState(v=optim.unflatten(v), m=m)
 
 
 def read_params(path: str, shardings: Any = None) -> dict[str, Any]:
@@ -140,12 +206,15 @@ def restore(
   if any(k in frozen_flat for k in saved):  # A full-model checkpoint.
     frozen = optim.unflatten({k: saved.get(k, v) for k, v in frozen_flat.items()})
   extra = checkpoints.load_state(path)
-  opt_state = flax.serialization.from_state_dict(
-      state.opt_state, extra["param_states"]["opt_state"]
-  )
+  opt_state = _opt_state_from(extra.get("param_states") or {}, state.opt_state, path)
   opt_state = jax.tree.map(
       lambda t, v: jax.device_put(np.asarray(v, t.dtype), t.sharding), state.opt_state, opt_state
   )
   step = jax.device_put(np.asarray(int(extra["step"]), np.int32), replicated)
   state = TrainState(step=step, params=params, opt_state=opt_state)
-  return state, frozen, int(extra["param_states"]["input_position"])
+  if "input_position" not in extra:
+    logging.warning(
+        "%s has no input position (a T5X checkpoint): the data stream restarts from its start.",
+        path,
+    )
+  return state, frozen, int(extra.get("input_position", 0))
