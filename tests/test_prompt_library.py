@@ -1,5 +1,7 @@
 """Mixed-prompt batches against the ordinary single-prompt model, prompt by prompt."""
 
+import os
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -9,6 +11,7 @@ from prompt_tuning import decoding
 from prompt_tuning import model as model_lib
 from prompt_tuning import prompt_library as lib
 from prompt_tuning import prompts
+from prompt_tuning import rank_classification as rank
 from prompt_tuning.models import t5
 
 VOCAB = 50
@@ -122,3 +125,109 @@ def test_mixed_batch_equals_each_prompt_alone(frozen):
     ]
     assert np.all(np.abs(runner.score(swapped) - scores) > 1e-4)
   assert dict(runner.compilations) == {"score": 1, "predict": 1}
+
+
+def test_library_files_errors_and_reload(tmp_path):
+  good = np.ones((3, CFG.emb_dim), np.float32)
+  np.save(tmp_path / "a.npy", good)
+  np.save(tmp_path / "wide.npy", np.ones((3, CFG.emb_dim + 1), np.float32))
+  np.save(tmp_path / "pickled.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+  library = lib.PromptLibrary(CFG.emb_dim)
+  loaded, errors = library.load_directory(str(tmp_path))
+  assert loaded == ["a"]
+  assert "width 5 does not match" in errors[str(tmp_path / "wide.npy")]
+  assert "wide.npy" in errors[str(tmp_path / "wide.npy")]
+  assert "pickled.npy" in errors[str(tmp_path / "pickled.npy")]
+  with pytest.raises(lib.PromptLibraryError, match="pickled.npy"):
+    library.load_file(str(tmp_path / "pickled.npy"))
+  # Unchanged files are not reloaded; a replaced one is, under the same name and row.
+  assert library.load_directory(str(tmp_path))[0] == []
+  np.save(tmp_path / "b.npy", 2 * good[:2])
+  os.utime(tmp_path / "a.npy", (1, 1))
+  np.save(tmp_path / "a.npy", 3 * np.ones((6, CFG.emb_dim), np.float32))
+  assert library.load_directory(str(tmp_path))[0] == ["a", "b"]
+  table, lengths, rows = library.snapshot()
+  assert table.shape == (2, 8, CFG.emb_dim) and rows == {"a": 0, "b": 1}
+  assert lengths.tolist() == [6, 2]
+  np.testing.assert_array_equal(table[0, :6], 3.0)
+  np.testing.assert_array_equal(table[0, 6:], 0.0)
+  with pytest.raises(lib.PromptLibraryError, match="Unknown prompt 'zz'"):
+    library.remove("zz")
+
+
+def test_bad_requests_name_the_problem(frozen):
+  library = lib.PromptLibrary(CFG.emb_dim)
+  library.add("p", np.ones((2, CFG.emb_dim), np.float32))
+  runner = lib.MixedPromptRunner(CFG, frozen, library, max_input_length=16)
+  for example, message in [
+      (lib.Example("nope", [3]), "Unknown prompt 'nope'"),
+      (lib.Example("p", list(range(2, 20))), "max_input_length=16"),
+      (lib.Example("p", []), "Empty input"),
+      (lib.Example("p", [3, VOCAB]), "Input token ids"),
+  ]:
+    with pytest.raises(lib.PromptLibraryError, match=message):
+      runner.check(example)
+
+
+def test_rank_classification_against_score_batch_row_by_row(frozen):
+  table = random_prompts(2, [4, 2, 6])
+  labels = [[5, 1], [7, 8, 1], [9, 1]]
+  rng = np.random.default_rng(3)
+  inputs = [rng.integers(2, VOCAB, n).tolist() for n in (3, 9, 5)]
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in table.items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+
+  # By hand: one call of the ordinary model's score_batch per (example, label).
+  ref = Reference(frozen, table["p0"])
+  by_hand = np.asarray([[ref.score([x], [t])[0] for t in labels] for x in inputs])
+  predicted, scores = rank.rank_classify(ref.model.score_batch, ref.params, pad(inputs), labels)
+  np.testing.assert_allclose(scores, by_hand, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(predicted, by_hand.argmax(-1))
+
+  # Mixed prompts, each example with its own label set.
+  examples = [lib.Example(p, x) for p, x in zip(["p0", "p1", "p2"], inputs)]
+  label_sets = [labels, labels[:2], labels[1:]]
+  for e, ls, (best, s) in zip(
+      examples, label_sets, rank.mixed_rank_classify(runner, examples, label_sets)
+  ):
+    want = Reference(frozen, table[e.prompt]).score([e.inputs] * len(ls), ls)
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-5)
+    assert best == int(np.argmax(want))
+
+  # Ensemble: each member is its prompt alone; the ensemble sums their log-likelihoods.
+  names = ["p0", "p1", "p2"]
+  ensemble, member = rank.ensemble_rank_classify(runner, names, inputs, labels)
+  for k, name in enumerate(names):
+    want = rank.rank_classify(
+        Reference(frozen, table[name]).model.score_batch,
+        Reference(frozen, table[name]).params,
+        pad(inputs),
+        labels,
+    )[1]
+    np.testing.assert_allclose(member[k], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(ensemble, member.sum(0).argmax(-1))
+  with pytest.raises(rank.RankClassificationError, match="empty"):
+    rank.mixed_rank_classify(runner, examples[:1], [[]])
+
+
+def test_ensemble_generation_votes_over_single_prompt_decodes(frozen):
+  table = random_prompts(4, [2, 5, 3])
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in table.items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+  rng = np.random.default_rng(5)
+  inputs = [rng.integers(2, VOCAB, n).tolist() for n in (4, 7)]
+  votes, members = rank.ensemble_generate(runner, list(table), inputs, 5)
+  for k, name in enumerate(table):
+    assert members[k] == Reference(frozen, table[name]).generate(inputs, 5)
+  for b, vote in enumerate(votes):
+    assert vote == rank.majority_vote([m[b] for m in members])
+
+
+def test_majority_vote():
+  assert rank.majority_vote([[1], [2, 1], [2, 1]]) == [2, 1]
+  assert rank.majority_vote([[3], [2], [4]]) == [3]  # A tie goes to the first prompt.
+  assert rank.majority_vote([[3], [2], [2], [3]]) == [3]
