@@ -19,7 +19,8 @@ PACKAGE_DIRS = {
 EMBEDDED = "prompt_tuning.embedded"
 # The embedded default's task registrations live with the other tasks; they may use its world,
 # but only inside functions, so that importing the task modules never imports it.
-LAZY_USERS_OF_EMBEDDED = ("prompt_tuning.tasks.synthetic",)
+# The serving command serves the embedded default when no checkpoint is given.
+LAZY_USERS_OF_EMBEDDED = ("prompt_tuning.tasks.synthetic", "prompt_tuning.serve")
 
 
 def _modules() -> dict[str, pathlib.Path]:

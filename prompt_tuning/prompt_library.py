@@ -1,0 +1,499 @@
+"""One frozen model, many prompts: a prompt table and mixed-prompt batches (paper section 6).
+
+Every example of a batch names its own prompt. The prompts live in one table [N, P, D] (N prompts
+padded to the longest, P, with their true lengths) that is an input of the compiled call, so
+adding or replacing a prompt never recompiles unless the table outgrows its bucket.
+
+Layout. A single-prompt model sees `[prompt (P_i), tokens (L)]`. Here each example is packed the
+same way, contiguously, and padded at the end: `[prompt_i (P_i), tokens (L), pad (P - P_i)]`, with
+the padding masked out. T5's relative attention only sees distances between visible positions,
+and those are the single-prompt model's, so every example's output equals what its prompt alone
+gives (up to float summation order), with nothing leaking between examples.
+
+`MixedPromptEncoderDecoder` has `t5.EncoderDecoder`'s parameter tree (plus `prompt_table`) and its
+`encode`/`decode`/`__call__` signatures, so `model.EncoderDecoderModel` scores and decodes with it
+unchanged. Its `encoder_input_tokens` are packed [B, 1 + L]: column 0 is the example's row in the
+prompt table, the rest its tokens.
+
+`PromptLibrary` loads named prompts (`.npy`, never unpickled) and builds the table;
+`MixedPromptRunner` runs scoring, greedy generation, rank classification and ensembles with shapes
+bucketed to powers of two, and counts its compilations.
+"""
+
+import collections
+import dataclasses
+import os
+import threading
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning import decoding
+from prompt_tuning import model as model_lib
+from prompt_tuning import prompts
+from prompt_tuning.models import t5
+
+Array = jax.Array
+
+
+class PromptLibraryError(ValueError):
+  """A prompt file or request the library cannot use; the message names it."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The model: T5 whose encoder takes each example's prompt from a table.
+
+
+class PromptTable(nn.Module):
+  """The table [N, P, D] and lengths [N] as (frozen) parameters; given at apply time, any shape."""
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array]:
+    # Read, not declared: `self.param` would fix the shape, and the table grows with the library.
+    table = self.get_variable("params", "table")
+    lengths = self.get_variable("params", "lengths")
+    if table is None or lengths is None:
+      raise PromptLibraryError(
+          "No prompt table in the parameters: pass params['prompt_table'] = "
+          "{'table': [N, P, D], 'lengths': [N]} (MixedPromptRunner does)."
+      )
+    return table, lengths
+
+
+def mixed_layout(packed_Bx1L: Array, lengths_N: Array, prompt_len: int):
+  """Where each example's prompt and tokens go in the encoder sequence of length P + L.
+
+  Returns (prompt ids [B], in_prompt [B, S], token ids at each position [B, S], in_tokens [B, S],
+  valid [B, S]) with S = P + L: position j is prompt row j if j < P_i, else token j - P_i.
+  """
+  ids_B = packed_Bx1L[:, 0]
+  tokens_BxL = packed_Bx1L[:, 1:]
+  length = tokens_BxL.shape[1]
+  plen_Bx1 = lengths_N[ids_B][:, None]
+  pos_1xS = jnp.arange(prompt_len + length)[None, :]
+  in_prompt = pos_1xS < plen_Bx1
+  tok_idx = pos_1xS - plen_Bx1
+  in_tokens = (tok_idx >= 0) & (tok_idx < length)
+  tok_at = jnp.take_along_axis(tokens_BxL, jnp.clip(tok_idx, 0, length - 1), axis=1)
+  tok_at = jnp.where(in_tokens, tok_at, 0)
+  valid = in_prompt | (tok_at > 0)
+  return ids_B, in_prompt, tok_at, valid
+
+
+class MixedPromptEncoder(nn.Module):
+  """`t5.Encoder` (same parameter names) with a per-example prompt from the table."""
+
+  config: t5.T5Config
+  token_embedder: nn.Module
+  prompt_table: nn.Module
+
+  def setup(self):
+    cfg = self.config
+    self.relpos_bias = t5.RelativePositionBias(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        bidirectional=True,
+        dtype=cfg.dtype,
+    )
+    self.layers = [t5.EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
+    self.encoder_norm = t5.LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
+
+  def valid_positions(self, packed_Bx1L: Array) -> Array:
+    table, lengths = self.prompt_table()
+    return mixed_layout(packed_Bx1L, lengths, table.shape[1])[-1]
+
+  def __call__(self, packed_Bx1L: Array, enable_dropout: bool = False) -> Array:
+    """Packed [B, 1 + L] -> encoded [B, P + L, D]; masked positions are exactly 0."""
+    if enable_dropout:
+      raise ValueError("MixedPromptEncoder serves a frozen model: enable_dropout must be False.")
+    cfg = self.config
+    table, lengths = self.prompt_table()
+    prompt_len = table.shape[1]
+    ids_B, in_prompt, tok_at, valid = mixed_layout(packed_Bx1L, lengths, prompt_len)
+    x_tok = self.token_embedder(tok_at)
+    # As `PrefixPrompt`: the prompt is cast to the embeddings' dtype.
+    pos = jnp.clip(jnp.arange(in_prompt.shape[1]), 0, prompt_len - 1)
+    x_prompt = table[ids_B][:, pos].astype(x_tok.dtype)
+    x = jnp.where(in_prompt[..., None], x_prompt, x_tok).astype(cfg.dtype)
+    length = x.shape[1]
+    bias = t5.mask_to_bias(t5.attention_mask(valid, valid), cfg.dtype) + self.relpos_bias(
+        length, length
+    )
+    logit_mask = valid[..., None].astype(cfg.dtype)
+    for layer in self.layers:
+      x = layer(x, bias, logit_mask)
+    return self.encoder_norm(x) * logit_mask
+
+
+class MixedPromptEncoderDecoder(nn.Module):
+  """`t5.EncoderDecoder` whose encoder inputs are packed [prompt id, tokens...] (see module doc)."""
+
+  config: t5.T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = t5.Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype)
+    self.prompt_table = PromptTable()
+    self.encoder = MixedPromptEncoder(cfg, self.token_embedder, self.prompt_table)
+    self.decoder = t5.Decoder(cfg, self.token_embedder)
+
+  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
+    return self.encoder(encoder_input_tokens, enable_dropout)
+
+  def decode(
+      self,
+      encoded: Array,
+      encoder_input_tokens: Array,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Optional[Array] = None,
+      enable_dropout: bool = False,
+      decode: bool = False,
+      decode_position: Optional[Array] = None,
+      max_decode_length: Optional[int] = None,
+  ) -> Array:
+    return self.decoder(
+        encoded,
+        self.encoder.valid_positions(encoder_input_tokens),
+        decoder_input_tokens,
+        decoder_target_tokens,
+        enable_dropout,
+        decode,
+        decode_position,
+        max_decode_length,
+    )
+
+  def __call__(
+      self,
+      encoder_input_tokens: Array,
+      decoder_input_tokens: Array,
+      decoder_target_tokens: Array,
+      enable_dropout: bool = False,
+  ) -> Array:
+    encoded = self.encode(encoder_input_tokens, enable_dropout)
+    return self.decode(
+        encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, enable_dropout
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The library of named prompts.
+
+
+def next_power_of_two(n: int, minimum: int = 1) -> int:
+  n = max(int(n), minimum)
+  return 1 << (n - 1).bit_length()
+
+
+def check_prompt(array: Any, width: int, source: str) -> np.ndarray:
+  """A [length, width] finite float array, or a `PromptLibraryError` naming `source`."""
+  array = np.asarray(array)
+  if array.ndim != 2:
+    raise PromptLibraryError(
+        f"{source}: a prompt must be 2-D [length, {width}]; got shape {array.shape}."
+    )
+  if array.shape[1] != width:
+    raise PromptLibraryError(
+        f"{source}: prompt width {array.shape[1]} does not match the model's embedding width "
+        f"{width} (shape {array.shape})."
+    )
+  if array.shape[0] == 0:
+    raise PromptLibraryError(f"{source}: the prompt has no positions (shape {array.shape}).")
+  if not np.issubdtype(array.dtype, np.floating):
+    raise PromptLibraryError(f"{source}: a prompt must be floating point; got {array.dtype}.")
+  if not np.all(np.isfinite(array)):
+    raise PromptLibraryError(f"{source}: the prompt holds NaN or infinite values.")
+  return array.astype(np.float32)
+
+
+def load_prompt_file(path: str, width: int) -> np.ndarray:
+  """Reads a `.npy` prompt without unpickling; every failure names the file."""
+  try:
+    array = prompts.load_npy(path)
+  except (OSError, ValueError) as e:  # Missing, pickled, truncated or not an .npy at all.
+    raise PromptLibraryError(f"{path}: cannot load the prompt: {e}") from None
+  return check_prompt(array, width, os.fspath(path))
+
+
+class PromptLibrary:
+  """Named prompts of one embedding width, kept as a bucketed table [N, P, D] plus lengths.
+
+  Thread-safe: prompts may be added, replaced or removed while a server runs. The table's
+  N and P are powers of two (at least `min_prompts` / `min_prompt_length`) so the compiled calls
+  only change shape when the library outgrows a bucket.
+  """
+
+  def __init__(self, width: int, min_prompts: int = 1, min_prompt_length: int = 1):
+    self.width = int(width)
+    self.min_prompts = min_prompts
+    self.min_prompt_length = min_prompt_length
+    self._prompts: dict[str, np.ndarray] = {}
+    self._files: dict[str, tuple[str, float]] = {}  # name -> (path, mtime) for reloading.
+    self._lock = threading.Lock()
+    self._table = None
+
+  def add(self, name: str, array: Any, source: Optional[str] = None) -> None:
+    """Adds or replaces prompt `name`."""
+    if not name or not isinstance(name, str):
+      raise PromptLibraryError(f"A prompt name must be a non-empty string; got {name!r}.")
+    array = check_prompt(array, self.width, source or f"prompt {name!r}")
+    with self._lock:
+      self._prompts[name] = array
+      self._table = None
+
+  def load_file(self, path: str, name: Optional[str] = None) -> str:
+    """Adds (or replaces) the prompt in `path` under `name` (default: the file's stem)."""
+    path = os.fspath(path)
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    mtime = os.path.getmtime(path) if os.path.exists(path) else 0.0
+    self.add(name, load_prompt_file(path, self.width), source=path)
+    with self._lock:
+      self._files[name] = (path, mtime)
+    return name
+
+  def load_directory(self, directory: str) -> tuple[list[str], dict[str, str]]:
+    """Loads every `*.npy` in `directory` that is new or changed since it was last loaded.
+
+    Returns (names loaded, {file: error} for files that could not be used); the good files are
+    loaded whatever the bad ones hold.
+    """
+    if not os.path.isdir(directory):
+      raise PromptLibraryError(f"Prompt directory not found: {directory}")
+    loaded, errors = [], {}
+    for entry in sorted(os.listdir(directory)):
+      if not entry.endswith(".npy"):
+        continue
+      path = os.path.join(directory, entry)
+      name = os.path.splitext(entry)[0]
+      known = self._files.get(name)
+      if known and known == (path, os.path.getmtime(path)):
+        continue
+      try:
+        loaded.append(self.load_file(path, name))
+      except PromptLibraryError as e:
+        errors[path] = str(e)
+    return loaded, errors
+
+  def remove(self, name: str) -> None:
+    with self._lock:
+      self._check_name(name)
+      del self._prompts[name]
+      self._files.pop(name, None)
+      self._table = None
+
+  def _check_name(self, name: str) -> None:
+    if name not in self._prompts:
+      raise PromptLibraryError(
+          f"Unknown prompt {name!r}; loaded prompts: {sorted(self._prompts) or 'none'}."
+      )
+
+  @property
+  def names(self) -> list[str]:
+    with self._lock:
+      return sorted(self._prompts)
+
+  def lengths(self) -> dict[str, int]:
+    with self._lock:
+      return {k: int(v.shape[0]) for k, v in sorted(self._prompts.items())}
+
+  def __len__(self) -> int:
+    return len(self._prompts)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._prompts
+
+  def snapshot(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(table [N, P, D] float32, lengths [N] int32, {name: row}) as of now; rows past the
+    prompts (bucket padding) have length 1 and zeros."""
+    with self._lock:
+      if self._table is None:
+        if not self._prompts:
+          raise PromptLibraryError("The prompt library is empty: load a prompt first.")
+        names = sorted(self._prompts)
+        rows = next_power_of_two(len(names), self.min_prompts)
+        max_len = max(p.shape[0] for p in self._prompts.values())
+        plen = next_power_of_two(max_len, self.min_prompt_length)
+        table = np.zeros((rows, plen, self.width), np.float32)
+        lengths = np.ones((rows,), np.int32)
+        for i, name in enumerate(names):
+          p = self._prompts[name]
+          table[i, : p.shape[0]] = p
+          lengths[i] = p.shape[0]
+        self._table = (table, lengths, {n: i for i, n in enumerate(names)})
+      return self._table
+
+
+# ------------------------------------------------------------------------------------------------
+# Running mixed batches.
+
+
+def frozen_params(params: Mapping[str, Any]) -> dict[str, Any]:
+  """The frozen model's parameters without any single prompt (`encoder/prompt`)."""
+  params = dict(params)
+  params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
+  params.pop("prompt_table", None)
+  return params
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, r in enumerate(rows):
+    out[i, : len(r)] = r
+  return out
+
+
+def _shift_right(targets: np.ndarray) -> np.ndarray:
+  return np.pad(targets[:, :-1], ((0, 0), (1, 0)))
+
+
+def trim_decode(tokens: Sequence[int], eos_id: int) -> list[int]:
+  """Tokens up to and including the first EOS, without trailing padding."""
+  out = []
+  for t in tokens:
+    t = int(t)
+    if t == 0:
+      break
+    out.append(t)
+    if t == eos_id:
+      break
+  return out
+
+
+@dataclasses.dataclass
+class Example:
+  """One request row: a prompt name and encoder token ids (and, to score, target ids)."""
+
+  prompt: str
+  inputs: Sequence[int]
+  targets: Sequence[int] = ()
+
+
+class MixedPromptRunner:
+  """Scores and greedily decodes batches whose examples name their prompts, in one call each.
+
+  Shapes are bucketed: batch size, input length and target length to powers of two (inputs and
+  targets at least `min_length`), the table as `PromptLibrary` does. `compilations` counts the
+  traces of each compiled function (one per new bucket, never one per prompt mix).
+  """
+
+  def __init__(
+      self,
+      config: t5.T5Config,
+      params: Mapping[str, Any],
+      library: PromptLibrary,
+      max_input_length: int = 512,
+      max_target_length: int = 128,
+      min_length: int = 8,
+      eos_id: int = 1,
+  ):
+    if library.width != config.emb_dim:
+      raise PromptLibraryError(
+          f"The library's prompt width {library.width} is not the model's emb_dim "
+          f"{config.emb_dim}."
+      )
+    self.config = config
+    self.params = frozen_params(params)
+    self.library = library
+    self.max_input_length = max_input_length
+    self.max_target_length = max_target_length
+    self.min_length = min_length
+    self.eos_id = eos_id
+    self.model = model_lib.EncoderDecoderModel(
+        MixedPromptEncoderDecoder(config), decode_fn=decoding.greedy, eos_id=eos_id
+    )
+    self.compilations = collections.Counter()
+    self._score = jax.jit(self._counted("score", self.model.score_batch))
+    self._predict = jax.jit(self._counted("predict", self.model.predict_batch))
+
+  def _counted(self, name, fn):
+    def traced(*args):
+      self.compilations[name] += 1  # Runs once per trace, i.e. per compiled shape.
+      return fn(*args)
+
+    return traced
+
+  def _with_table(self):
+    table, lengths, rows = self.library.snapshot()
+    params = dict(self.params, prompt_table={"table": table, "lengths": lengths})
+    return params, rows
+
+  def check(self, example: Example, need_targets: bool = False) -> None:
+    """Raises `PromptLibraryError` for a request that cannot be run (naming the problem)."""
+    if example.prompt not in self.library:
+      raise PromptLibraryError(
+          f"Unknown prompt {example.prompt!r}; loaded prompts: {self.library.names or 'none'}."
+      )
+    n = len(example.inputs)
+    if n == 0:
+      raise PromptLibraryError("Empty input: nothing to encode.")
+    if n > self.max_input_length:
+      raise PromptLibraryError(
+          f"Input has {n} tokens, more than max_input_length={self.max_input_length}."
+      )
+    ids = np.asarray(example.inputs)
+    if (
+        not np.issubdtype(ids.dtype, np.integer)
+        or ids.min() < 1
+        or ids.max() >= self.config.vocab_size
+    ):
+      raise PromptLibraryError(
+          f"Input token ids must be integers in [1, {self.config.vocab_size}); got {list(ids)[:8]}."
+      )
+    if need_targets:
+      t = np.asarray(example.targets)
+      if t.size == 0:
+        raise PromptLibraryError("Empty target: nothing to score.")
+      if t.size > self.max_target_length:
+        raise PromptLibraryError(
+            f"Target has {t.size} tokens, more than max_target_length={self.max_target_length}."
+        )
+      if not np.issubdtype(t.dtype, np.integer) or t.min() < 1 or t.max() >= self.config.vocab_size:
+        raise PromptLibraryError(
+            f"Target token ids must be integers in [1, {self.config.vocab_size})."
+        )
+
+  def _encoder_inputs(self, examples: Sequence[Example], rows: Mapping[str, int], batch: int):
+    length = next_power_of_two(max(len(e.inputs) for e in examples), self.min_length)
+    packed = np.zeros((batch, 1 + length), np.int32)
+    packed[: len(examples)] = _pad_rows(
+        [[rows[e.prompt]] + list(e.inputs) for e in examples], 1 + length
+    )
+    return packed
+
+  def score(self, examples: Sequence[Example]) -> np.ndarray:
+    """Log-likelihood of each example's targets given its prompt and inputs [len(examples)]."""
+    for e in examples:
+      self.check(e, need_targets=True)
+    params, rows = self._with_table()
+    batch = next_power_of_two(len(examples))
+    tlen = next_power_of_two(max(len(e.targets) for e in examples), self.min_length)
+    targets = np.zeros((batch, tlen), np.int32)
+    targets[: len(examples)] = _pad_rows([e.targets for e in examples], tlen)
+    data = {
+        "encoder_input_tokens": self._encoder_inputs(examples, rows, batch),
+        "decoder_input_tokens": _shift_right(targets),
+        "decoder_target_tokens": targets,
+        "decoder_loss_weights": (targets > 0).astype(np.float32),
+    }
+    return np.asarray(self._score(params, data))[: len(examples)]
+
+  def generate(self, examples: Sequence[Example], max_decode_length: int) -> list[list[int]]:
+    """Greedy decodes, each cut after its first EOS (or at `max_decode_length` tokens)."""
+    if not 1 <= max_decode_length <= self.max_target_length:
+      raise PromptLibraryError(
+          f"max_decode_length={max_decode_length} must be in [1, {self.max_target_length}]."
+      )
+    for e in examples:
+      self.check(e)
+    params, rows = self._with_table()
+    batch = next_power_of_two(len(examples))
+    dlen = next_power_of_two(max_decode_length, self.min_length)
+    data = {
+        "encoder_input_tokens": self._encoder_inputs(examples, rows, batch),
+        "decoder_input_tokens": np.zeros((batch, dlen), np.int32),
+    }
+    decodes = np.asarray(self._predict(params, data))[: len(examples)]
+    return [trim_decode(d[:max_decode_length], self.eos_id) for d in decodes]

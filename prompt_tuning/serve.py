@@ -1,0 +1,379 @@
+"""Serves one frozen model with many prompts over HTTP/JSON, batching requests across prompts.
+
+  python -m prompt_tuning.serve --prompt_dir=PROMPTS/ [--port=8080] \
+    [--checkpoint=T5X_CHECKPOINT --size=base --vocab=spiece.model]
+
+Without `--checkpoint` it serves the embedded default (its checkpoint, size and vocabulary).
+Built on the standard library's `ThreadingHTTPServer` (no server library is a dependency of the
+project). Endpoints:
+
+  POST /generate       {"prompt", "inputs": [ids] | "text", "max_decode_length"}
+  POST /rank_classify  {"prompt", "inputs" | "text", "labels": [str] | "label_ids": [[ids]]}
+  POST /ensemble       {"prompts": [...], "inputs" | "text", and "labels"/"label_ids" (summed
+                       log-likelihood) or "max_decode_length" (majority vote)}
+  POST /neighbours     {"prompt", "top_k", "labels"}
+  GET  /prompts        names and lengths;  POST /prompts {"path", "name"} or {"directory"}
+  GET  /health, GET /metrics (requests, errors, batch sizes, latency percentiles, compilations)
+
+Concurrent requests are queued; a batcher thread takes whatever arrived within `window_s` (up to
+`max_batch` rows), checks each row (a bad one gets its own error, naming the problem) and runs
+the good rows of each kind in one mixed-prompt call.
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import http.server
+import json
+import queue
+import threading
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from prompt_tuning import neighbours
+from prompt_tuning import prompt_library as lib
+from prompt_tuning import rank_classification as rank
+
+
+class RequestError(ValueError):
+  """A request the server answers with HTTP 400 and this message."""
+
+
+class Batcher:
+  """Collects rows from concurrent requests and runs them as mixed-prompt batches."""
+
+  def __init__(self, runner: lib.MixedPromptRunner, max_batch: int = 64, window_s: float = 0.005):
+    self.runner = runner
+    self.max_batch = max_batch
+    self.window_s = window_s
+    self.batch_sizes = collections.deque(maxlen=10000)
+    self._queue = queue.Queue()
+    self._thread = threading.Thread(target=self._loop, daemon=True)
+    self._thread.start()
+
+  def submit(self, kind: tuple, example: lib.Example) -> concurrent.futures.Future:
+    """`kind` is ("score",) or ("generate", max_decode_length)."""
+    future = concurrent.futures.Future()
+    self._queue.put((kind, example, future))
+    return future
+
+  def _loop(self):
+    while True:
+      jobs = [self._queue.get()]
+      deadline = time.monotonic() + self.window_s
+      while len(jobs) < self.max_batch:
+        try:
+          jobs.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+        except queue.Empty:
+          break
+      groups = collections.defaultdict(list)
+      for kind, example, future in jobs:
+        try:
+          self.runner.check(example, need_targets=kind[0] == "score")
+        except lib.PromptLibraryError as e:
+          future.set_exception(RequestError(str(e)))
+          continue
+        groups[kind].append((example, future))
+      for kind, group in groups.items():
+        self._run(kind, group)
+
+  def _run(self, kind, group):
+    examples = [e for e, _ in group]
+    self.batch_sizes.append(len(examples))
+    try:
+      if kind[0] == "score":
+        outputs = list(self.runner.score(examples))
+      else:
+        outputs = self.runner.generate(examples, kind[1])
+    except Exception as e:  # pylint: disable=broad-except  (answered, never kills the batcher)
+      for _, future in group:
+        future.set_exception(e)
+      return
+    for (_, future), out in zip(group, outputs):
+      future.set_result(out)
+
+
+class Service:
+  """The endpoints as plain methods over parsed JSON (the HTTP layer only routes)."""
+
+  def __init__(
+      self,
+      runner: lib.MixedPromptRunner,
+      vocab=None,
+      max_batch: int = 64,
+      window_s: float = 0.005,
+      timeout_s: float = 120.0,
+  ):
+    self.runner = runner
+    self.vocab = vocab
+    self.timeout_s = timeout_s
+    self.batcher = Batcher(runner, max_batch, window_s)
+    self.requests = collections.Counter()
+    self.errors = collections.Counter()
+    self.latencies = collections.deque(maxlen=10000)
+    self._lock = threading.Lock()
+
+  # Parsing.
+
+  def _inputs(self, body) -> list[int]:
+    if "inputs" in body:
+      ids = body["inputs"]
+      if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+        raise RequestError("'inputs' must be a list of integer token ids.")
+      return ids
+    if "text" in body:
+      if self.vocab is None:
+        raise RequestError("This server has no vocabulary: send 'inputs' (token ids).")
+      if not isinstance(body["text"], str):
+        raise RequestError("'text' must be a string.")
+      return list(self.vocab.encode(body["text"])) + [self.runner.eos_id]
+    raise RequestError("Give the input as 'inputs' (token ids) or 'text'.")
+
+  def _labels(self, body) -> tuple[list[list[int]], list[str]]:
+    if "label_ids" in body:
+      ids = body["label_ids"]
+      if not isinstance(ids, list) or not all(
+          isinstance(t, list) and all(isinstance(i, int) for i in t) for t in ids
+      ):
+        raise RequestError("'label_ids' must be a list of lists of token ids.")
+      if not ids or not all(ids):
+        raise RequestError("'label_ids' is empty or holds an empty label.")
+      return ids, [str(t) for t in ids]
+    labels = body.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(l, str) for l in labels):
+      raise RequestError("'labels' must be a list of label strings (or give 'label_ids').")
+    if self.vocab is None:
+      raise RequestError("This server has no vocabulary: send 'label_ids'.")
+    try:
+      return rank.label_targets(self.vocab, labels, self.runner.eos_id), labels
+    except rank.RankClassificationError as e:
+      raise RequestError(str(e)) from None
+
+  def _max_decode_length(self, body) -> int:
+    n = body.get("max_decode_length", 32)
+    if not isinstance(n, int) or not 1 <= n <= self.runner.max_target_length:
+      raise RequestError(
+          f"'max_decode_length' must be an integer in [1, {self.runner.max_target_length}]."
+      )
+    return n
+
+  def _prompt(self, value) -> str:
+    if not isinstance(value, str):
+      raise RequestError(f"A prompt name must be a string; got {value!r}.")
+    return value
+
+  def _wait(self, futures):
+    return [f.result(timeout=self.timeout_s) for f in futures]
+
+  def _decoded(self, tokens):
+    if self.vocab is None:
+      return None
+    return self.vocab.decode([t for t in tokens if t != self.runner.eos_id])
+
+  # Endpoints.
+
+  def generate(self, body):
+    example = lib.Example(self._prompt(body.get("prompt")), self._inputs(body))
+    (tokens,) = self._wait(
+        [self.batcher.submit(("generate", self._max_decode_length(body)), example)]
+    )
+    return {"tokens": tokens, "text": self._decoded(tokens)}
+
+  def _rank(self, prompt, inputs, label_ids):
+    futures = [self.batcher.submit(("score",), lib.Example(prompt, inputs, t)) for t in label_ids]
+    return np.asarray(self._wait(futures))
+
+  def rank_classify(self, body):
+    prompt, inputs = self._prompt(body.get("prompt")), self._inputs(body)
+    label_ids, names = self._labels(body)
+    scores = self._rank(prompt, inputs, label_ids)
+    best = int(scores.argmax())
+    return {"label": names[best], "index": best, "scores": scores.tolist()}
+
+  def ensemble(self, body):
+    names = body.get("prompts")
+    if not isinstance(names, list) or not names:
+      raise RequestError("'prompts' must be a non-empty list of prompt names.")
+    names = [self._prompt(n) for n in names]
+    inputs = self._inputs(body)
+    if "labels" in body or "label_ids" in body:
+      label_ids, label_names = self._labels(body)
+      member = np.stack([self._rank(n, inputs, label_ids) for n in names])
+      best = int(member.sum(0).argmax())
+      return {
+          "label": label_names[best],
+          "index": best,
+          "members": {n: label_names[int(s.argmax())] for n, s in zip(names, member)},
+          "summed_scores": member.sum(0).tolist(),
+      }
+    n = self._max_decode_length(body)
+    futures = [self.batcher.submit(("generate", n), lib.Example(p, inputs)) for p in names]
+    members = self._wait(futures)
+    vote = rank.majority_vote(members)
+    return {
+        "tokens": vote,
+        "text": self._decoded(vote),
+        "members": {p: m for p, m in zip(names, members)},
+    }
+
+  def neighbours(self, body):
+    name = self._prompt(body.get("prompt"))
+    table, lengths, rows = self.runner.library.snapshot()
+    if name not in rows:
+      raise RequestError(f"Unknown prompt {name!r}; loaded prompts: {sorted(rows)}.")
+    prompt = table[rows[name], : lengths[rows[name]]]
+    embeddings = np.asarray(self.runner.params["token_embedder"]["embedding"])
+    decode = self.vocab.decode if self.vocab is not None else lambda ids: str(ids[0])
+    top_k = body.get("top_k", 5)
+    labels = body.get("labels", [])
+    try:
+      return neighbours.report(prompt, embeddings, decode, labels, int(top_k))
+    except (neighbours.NeighboursError, TypeError, ValueError) as e:
+      raise RequestError(str(e)) from None
+
+  def prompts(self, body=None):
+    library = self.runner.library
+    if body is None:
+      return {"prompts": library.lengths()}
+    try:
+      if "directory" in body:
+        loaded, errors = library.load_directory(body["directory"])
+        return {"loaded": loaded, "errors": errors}
+      if "path" in body:
+        return {"loaded": [library.load_file(body["path"], body.get("name"))], "errors": {}}
+    except lib.PromptLibraryError as e:
+      raise RequestError(str(e)) from None
+    raise RequestError("POST /prompts takes {'path': FILE, 'name': optional} or {'directory'}.")
+
+  def metrics(self):
+    with self._lock:
+      lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
+      sizes = np.asarray(self.batcher.batch_sizes) if self.batcher.batch_sizes else np.zeros(1)
+      return {
+          "requests": dict(self.requests),
+          "errors": dict(self.errors),
+          "latency_ms": {
+              f"p{q}": round(float(np.percentile(lat, q)) * 1000, 3) for q in (50, 90, 99)
+          },
+          "batches": len(self.batcher.batch_sizes),
+          "batch_size": {"mean": float(sizes.mean()), "max": int(sizes.max())},
+          "compilations": dict(self.runner.compilations),
+          "prompts": len(self.runner.library),
+      }
+
+  def handle(self, method: str, path: str, raw: Optional[bytes]) -> tuple[int, Any]:
+    """(HTTP status, JSON answer) for one request; errors are answers, never exceptions."""
+    start = time.monotonic()
+    routes = {
+        ("POST", "/generate"): self.generate,
+        ("POST", "/rank_classify"): self.rank_classify,
+        ("POST", "/ensemble"): self.ensemble,
+        ("POST", "/neighbours"): self.neighbours,
+        ("POST", "/prompts"): self.prompts,
+        ("GET", "/prompts"): lambda: self.prompts(),
+        ("GET", "/health"): lambda: {"status": "ok", "prompts": len(self.runner.library)},
+        ("GET", "/metrics"): self.metrics,
+    }
+    route = routes.get((method, path))
+    status = 200
+    try:
+      if route is None:
+        status, answer = 404, {"error": f"No endpoint {method} {path}."}
+      elif method == "GET":
+        answer = route()
+      else:
+        try:
+          body = json.loads(raw or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+          raise RequestError(f"Malformed JSON: {e}") from None
+        if not isinstance(body, dict):
+          raise RequestError("The request body must be a JSON object.")
+        answer = route(body)
+    except RequestError as e:
+      status, answer = 400, {"error": str(e)}
+    except Exception as e:  # pylint: disable=broad-except  (fails one request)
+      status, answer = 500, {"error": f"{type(e).__name__}: {e}"}
+    with self._lock:
+      self.requests[path] += 1
+      if status != 200:
+        self.errors[path] += 1
+      self.latencies.append(time.monotonic() - start)
+    return status, answer
+
+
+def make_server(service: Service, host: str = "127.0.0.1", port: int = 0):
+  """A `ThreadingHTTPServer` for `service` (port 0: any free port, see `server_address`)."""
+
+  class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, method):
+      raw = None
+      if method == "POST":
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+      status, answer = service.handle(method, self.path, raw)
+      data = json.dumps(answer).encode()
+      self.send_response(status)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(data)))
+      self.end_headers()
+      self.wfile.write(data)
+
+    def do_GET(self):  # pylint: disable=invalid-name
+      self._answer("GET")
+
+    def do_POST(self):  # pylint: disable=invalid-name
+      self._answer("POST")
+
+    def log_message(self, *args):  # Metrics count requests; no line per request.
+      del args
+
+  class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # The default listen backlog (5) resets bursts of connections.
+
+  return Server((host, port), Handler)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--prompt_dir", required=True, help="folder of .npy prompts")
+  parser.add_argument("--checkpoint", default=None, help="T5X checkpoint (default: embedded)")
+  parser.add_argument("--size", default=None, help="T5 1.1 size of --checkpoint")
+  parser.add_argument("--vocab", default=None, help="SentencePiece model (default: embedded)")
+  parser.add_argument("--host", default="127.0.0.1")
+  parser.add_argument("--port", type=int, default=8080)
+  parser.add_argument("--max_batch", type=int, default=64)
+  parser.add_argument("--max_input_length", type=int, default=512)
+  args = parser.parse_args(argv)
+
+  import seqio  # pylint: disable=g-import-not-at-top  (slow imports, only for the command)
+  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
+
+  if args.checkpoint is None:
+    from prompt_tuning import embedded  # pylint: disable=g-import-not-at-top
+
+    cfg = embedded.load_config()
+    checkpoint, vocab_file = embedded.checkpoint_path(), args.vocab or embedded.vocab_path()
+  else:
+    if args.size is None:
+      parser.error("--size is required with --checkpoint (e.g. --size=base).")
+    cfg = t5.config_for_size(args.size, dtype="float32")
+    checkpoint, vocab_file = args.checkpoint, args.vocab
+  params = checkpoints.load_t5x_checkpoint(checkpoint)
+  library = lib.PromptLibrary(cfg.emb_dim)
+  loaded, errors = library.load_directory(args.prompt_dir)
+  for path, error in errors.items():
+    print(f"Skipped {path}: {error}")
+  runner = lib.MixedPromptRunner(cfg, params, library, max_input_length=args.max_input_length)
+  vocab = seqio.SentencePieceVocabulary(vocab_file) if vocab_file else None
+  server = make_server(Service(runner, vocab, args.max_batch), args.host, args.port)
+  print(f"Serving {len(loaded)} prompts on http://{args.host}:{server.server_address[1]}")
+  server.serve_forever()
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,233 @@
+"""Mixed-prompt batches against the ordinary single-prompt model, prompt by prompt."""
+
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import decoding
+from prompt_tuning import model as model_lib
+from prompt_tuning import prompt_library as lib
+from prompt_tuning import prompts
+from prompt_tuning import rank_classification as rank
+from prompt_tuning.models import t5
+
+VOCAB = 50
+# Enough buckets that a prompt placed at the wrong offset changes the relative-position biases.
+CFG = t5.config_for_size(
+    "tiny",
+    dtype="float32",
+    vocab_size=VOCAB,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=64,
+)
+
+
+@pytest.fixture(scope="module")
+def frozen():
+  model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(CFG))
+  variables = model.get_initial_variables(jax.random.PRNGKey(0))
+  return jax.tree.map(np.asarray, nn.unbox(variables)["params"])
+
+
+def random_prompts(seed, lengths):
+  rng = np.random.default_rng(seed)
+  return {
+      f"p{i}": rng.uniform(-2, 2, (n, CFG.emb_dim)).astype(np.float32)
+      for i, n in enumerate(lengths)
+  }
+
+
+def random_examples(rng, names, n):
+  out = []
+  # Every prompt appears (cyclically, then shuffled) so each mix holds all of them.
+  chosen = rng.permutation([names[i % len(names)] for i in range(n)])
+  for name in chosen:
+    inputs = rng.integers(2, VOCAB, rng.integers(1, 12)).tolist()
+    targets = rng.integers(2, VOCAB, rng.integers(1, 6)).tolist() + [1]
+    out.append(lib.Example(str(name), inputs, targets))
+  return out
+
+
+def pad(rows):
+  out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+  for i, r in enumerate(rows):
+    out[i, : len(r)] = r
+  return out
+
+
+class Reference:
+  """The ordinary prefix-prompt model, one per prompt (its own batch, its own padding)."""
+
+  def __init__(self, params, prompt):
+    factory = prompts.prefix_prompt_factory(prompt.shape[0], prompts.from_array(prompt))
+    self.model = model_lib.EncoderDecoderModel(
+        t5.EncoderDecoder(CFG, prompt_factory=factory), decode_fn=decoding.greedy
+    )
+    self.params = dict(
+        params, encoder=dict(params["encoder"], prompt={"prompt": {"prompt": prompt}})
+    )
+
+  def score(self, inputs, targets):
+    t = pad(targets)
+    batch = {
+        "encoder_input_tokens": pad(inputs),
+        "decoder_input_tokens": np.pad(t[:, :-1], ((0, 0), (1, 0))),
+        "decoder_target_tokens": t,
+        "decoder_loss_weights": (t > 0).astype(np.float32),
+    }
+    return np.asarray(jax.jit(self.model.score_batch)(self.params, batch))
+
+  def generate(self, inputs, max_len):
+    batch = {
+        "encoder_input_tokens": pad(inputs),
+        "decoder_input_tokens": np.zeros((len(inputs), max_len), np.int32),
+    }
+    decodes = jax.jit(self.model.predict_batch)(self.params, batch)
+    return [lib.trim_decode(d, 1) for d in np.asarray(decodes)]
+
+
+def reference_outputs(params, table, examples, max_len):
+  """Scores and greedy decodes of every example from its own prompt's ordinary model."""
+  scores, decodes = [None] * len(examples), [None] * len(examples)
+  for name, prompt in table.items():
+    idx = [i for i, e in enumerate(examples) if e.prompt == name]
+    if not idx:
+      continue
+    ref = Reference(params, prompt)
+    inputs = [examples[i].inputs for i in idx]
+    s = ref.score(inputs, [examples[i].targets for i in idx])
+    d = ref.generate(inputs, max_len)
+    for j, i in enumerate(idx):
+      scores[i], decodes[i] = s[j], d[j]
+  return np.asarray(scores), decodes
+
+
+def test_mixed_batch_equals_each_prompt_alone(frozen):
+  table = random_prompts(1, [3, 7, 1, 5])
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in table.items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+  rng = np.random.default_rng(0)
+  for _ in range(3):  # Different mixes, same buckets.
+    examples = random_examples(rng, list(table), 7)
+    scores = runner.score(examples)
+    decodes = runner.generate(examples, max_decode_length=6)
+    want_scores, want_decodes = reference_outputs(frozen, table, examples, 6)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+    assert decodes == want_decodes
+    # The prompts matter here: naming another prompt changes the scores.
+    swapped = [
+        lib.Example("p1" if e.prompt != "p1" else "p0", e.inputs, e.targets) for e in examples
+    ]
+    assert np.all(np.abs(runner.score(swapped) - scores) > 1e-4)
+  assert dict(runner.compilations) == {"score": 1, "predict": 1}
+
+
+def test_library_files_errors_and_reload(tmp_path):
+  good = np.ones((3, CFG.emb_dim), np.float32)
+  np.save(tmp_path / "a.npy", good)
+  np.save(tmp_path / "wide.npy", np.ones((3, CFG.emb_dim + 1), np.float32))
+  np.save(tmp_path / "pickled.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+  library = lib.PromptLibrary(CFG.emb_dim)
+  loaded, errors = library.load_directory(str(tmp_path))
+  assert loaded == ["a"]
+  assert "width 5 does not match" in errors[str(tmp_path / "wide.npy")]
+  assert "wide.npy" in errors[str(tmp_path / "wide.npy")]
+  assert "pickled.npy" in errors[str(tmp_path / "pickled.npy")]
+  with pytest.raises(lib.PromptLibraryError, match="pickled.npy"):
+    library.load_file(str(tmp_path / "pickled.npy"))
+  # Unchanged files are not reloaded; a replaced one is, under the same name and row.
+  assert library.load_directory(str(tmp_path))[0] == []
+  np.save(tmp_path / "b.npy", 2 * good[:2])
+  os.utime(tmp_path / "a.npy", (1, 1))
+  np.save(tmp_path / "a.npy", 3 * np.ones((6, CFG.emb_dim), np.float32))
+  assert library.load_directory(str(tmp_path))[0] == ["a", "b"]
+  table, lengths, rows = library.snapshot()
+  assert table.shape == (2, 8, CFG.emb_dim) and rows == {"a": 0, "b": 1}
+  assert lengths.tolist() == [6, 2]
+  np.testing.assert_array_equal(table[0, :6], 3.0)
+  np.testing.assert_array_equal(table[0, 6:], 0.0)
+  with pytest.raises(lib.PromptLibraryError, match="Unknown prompt 'zz'"):
+    library.remove("zz")
+
+
+def test_bad_requests_name_the_problem(frozen):
+  library = lib.PromptLibrary(CFG.emb_dim)
+  library.add("p", np.ones((2, CFG.emb_dim), np.float32))
+  runner = lib.MixedPromptRunner(CFG, frozen, library, max_input_length=16)
+  for example, message in [
+      (lib.Example("nope", [3]), "Unknown prompt 'nope'"),
+      (lib.Example("p", list(range(2, 20))), "max_input_length=16"),
+      (lib.Example("p", []), "Empty input"),
+      (lib.Example("p", [3, VOCAB]), "Input token ids"),
+  ]:
+    with pytest.raises(lib.PromptLibraryError, match=message):
+      runner.check(example)
+
+
+def test_rank_classification_against_score_batch_row_by_row(frozen):
+  table = random_prompts(2, [4, 2, 6])
+  labels = [[5, 1], [7, 8, 1], [9, 1]]
+  rng = np.random.default_rng(3)
+  inputs = [rng.integers(2, VOCAB, n).tolist() for n in (3, 9, 5)]
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in table.items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+
+  # By hand: one call of the ordinary model's score_batch per (example, label).
+  ref = Reference(frozen, table["p0"])
+  by_hand = np.asarray([[ref.score([x], [t])[0] for t in labels] for x in inputs])
+  predicted, scores = rank.rank_classify(ref.model.score_batch, ref.params, pad(inputs), labels)
+  np.testing.assert_allclose(scores, by_hand, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(predicted, by_hand.argmax(-1))
+
+  # Mixed prompts, each example with its own label set.
+  examples = [lib.Example(p, x) for p, x in zip(["p0", "p1", "p2"], inputs)]
+  label_sets = [labels, labels[:2], labels[1:]]
+  for e, ls, (best, s) in zip(
+      examples, label_sets, rank.mixed_rank_classify(runner, examples, label_sets)
+  ):
+    want = Reference(frozen, table[e.prompt]).score([e.inputs] * len(ls), ls)
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-5)
+    assert best == int(np.argmax(want))
+
+  # Ensemble: each member is its prompt alone; the ensemble sums their log-likelihoods.
+  names = ["p0", "p1", "p2"]
+  ensemble, member = rank.ensemble_rank_classify(runner, names, inputs, labels)
+  for k, name in enumerate(names):
+    want = rank.rank_classify(
+        Reference(frozen, table[name]).model.score_batch,
+        Reference(frozen, table[name]).params,
+        pad(inputs),
+        labels,
+    )[1]
+    np.testing.assert_allclose(member[k], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(ensemble, member.sum(0).argmax(-1))
+  with pytest.raises(rank.RankClassificationError, match="empty"):
+    rank.mixed_rank_classify(runner, examples[:1], [[]])
+
+
+def test_ensemble_generation_votes_over_single_prompt_decodes(frozen):
+  table = random_prompts(4, [2, 5, 3])
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in table.items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+  rng = np.random.default_rng(5)
+  inputs = [rng.integers(2, VOCAB, n).tolist() for n in (4, 7)]
+  votes, members = rank.ensemble_generate(runner, list(table), inputs, 5)
+  for k, name in enumerate(table):
+    assert members[k] == Reference(frozen, table[name]).generate(inputs, 5)
+  for b, vote in enumerate(votes):
+    assert vote == rank.majority_vote([m[b] for m in members])
+
+
+def test_majority_vote():
+  assert rank.majority_vote([[1], [2, 1], [2, 1]]) == [2, 1]
+  assert rank.majority_vote([[3], [2], [4]]) == [3]  # A tie goes to the first prompt.
+  assert rank.majority_vote([[3], [2], [2], [3]]) == [3]

@@ -1,0 +1,120 @@
+"""The real HTTP server on a loopback port under concurrent mixed good and bad requests."""
+
+import concurrent.futures
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from prompt_tuning import prompt_library as lib
+from prompt_tuning import serve
+from test_prompt_library import CFG, VOCAB, frozen, random_prompts  # pylint: disable=unused-import
+
+
+def post(url, body, raw=None):
+  data = raw if raw is not None else json.dumps(body).encode()
+  request = urllib.request.Request(url, data=data, method="POST")
+  try:
+    with urllib.request.urlopen(request, timeout=300) as r:
+      return r.status, json.loads(r.read())
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read())
+
+
+def get(url):
+  with urllib.request.urlopen(url, timeout=60) as r:
+    return json.loads(r.read())
+
+
+@pytest.fixture
+def server(frozen, tmp_path):
+  table = random_prompts(7, [2, 6, 3])
+  for name, p in table.items():
+    np.save(tmp_path / f"{name}.npy", p)
+  library = lib.PromptLibrary(CFG.emb_dim)
+  assert library.load_directory(str(tmp_path))[1] == {}
+  runner = lib.MixedPromptRunner(CFG, frozen, library, max_input_length=16)
+  httpd = serve.make_server(serve.Service(runner, max_batch=32))
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}", runner, tmp_path
+  httpd.shutdown()
+
+
+def test_concurrent_mixed_requests(server):
+  url, runner, tmp_path = server
+  rng = np.random.default_rng(0)
+  inputs = [rng.integers(2, VOCAB, n).tolist() for n in (3, 8, 5, 11)]
+  labels = [[5, 1], [7, 8, 1], [9, 1]]
+  good = []
+  for p in ("p0", "p1", "p2"):
+    for x in inputs:
+      good.append(("/generate", {"prompt": p, "inputs": x, "max_decode_length": 5}))
+      good.append(("/rank_classify", {"prompt": p, "inputs": x, "label_ids": labels}))
+  bad = [
+      ("/generate", {"prompt": "nope", "inputs": [3]}, "Unknown prompt 'nope'"),
+      ("/generate", {"prompt": "p0", "inputs": list(range(2, 30))}, "max_input_length=16"),
+      ("/rank_classify", {"prompt": "p1", "inputs": [3], "label_ids": []}, "empty"),
+      ("/generate", None, "Malformed JSON"),
+      ("/generate", {"prompt": "p0", "text": "hi"}, "no vocabulary"),
+  ]
+  # References: each request alone (a batch of one), which equals the single-prompt model
+  # (test_prompt_library.test_mixed_batch_equals_each_prompt_alone).
+  want = {}
+  for path, body in good:
+    example = lib.Example(body["prompt"], body["inputs"])
+    if path == "/generate":
+      want[path, json.dumps(body)] = runner.generate([example], 5)[0]
+    else:
+      scores = runner.score([lib.Example(body["prompt"], body["inputs"], t) for t in labels])
+      want[path, json.dumps(body)] = scores
+
+  jobs = [(p, b, None) for p, b in good] * 12 + bad * 12
+  order = rng.permutation(len(jobs))
+  jobs = [jobs[i] for i in order]
+
+  def send(job):
+    path, body, error = job
+    if body is None:
+      return job, post(url + path, None, raw=b"{not json")
+    return job, post(url + path, body)
+
+  with concurrent.futures.ThreadPoolExecutor(64) as pool:
+    results = list(pool.map(send, jobs))
+  assert len(results) == len(jobs) > 300
+  for (path, body, error), (status, answer) in results:
+    if error is not None:
+      assert status == 400 and error in answer["error"], answer
+    elif path == "/generate":
+      assert status == 200 and answer["tokens"] == want[path, json.dumps(body)], answer
+    else:
+      expected = want[path, json.dumps(body)]
+      assert status == 200, answer
+      np.testing.assert_allclose(answer["scores"], expected, rtol=1e-5, atol=1e-5)
+      assert answer["index"] == int(np.argmax(expected))
+
+  metrics = get(url + "/metrics")
+  assert metrics["batch_size"]["max"] > 1  # Requests were batched together.
+  assert sum(metrics["errors"].values()) == len(bad) * 12
+  # Compilations stay bounded: batch buckets x {score, predict}, not one per mix.
+  assert sum(metrics["compilations"].values()) <= 2 * 7
+
+  # Still serving; a prompt added while running is usable at once; a bad file gets its error.
+  assert get(url + "/health")["status"] == "ok"
+  np.save(tmp_path / "late.npy", np.ones((4, CFG.emb_dim), np.float32))
+  np.save(tmp_path / "wide.npy", np.ones((4, CFG.emb_dim + 2), np.float32))
+  status, answer = post(url + "/prompts", {"directory": str(tmp_path)})
+  assert status == 200 and answer["loaded"] == ["late"]
+  assert "wide.npy" in answer["errors"][str(tmp_path / "wide.npy")]
+  status, answer = post(url + "/generate", {"prompt": "late", "inputs": [4, 5]})
+  assert status == 200 and answer["tokens"]
+  status, answer = post(
+      url + "/ensemble", {"prompts": ["p0", "p1", "late"], "inputs": [4, 5], "label_ids": labels}
+  )
+  assert status == 200 and len(answer["members"]) == 3
+  status, answer = post(url + "/neighbours", {"prompt": "p1", "top_k": 2})
+  assert status == 200 and len(answer["prompt"]["positions"]) == 6
+  assert get(url + "/prompts")["prompts"]["late"] == 4
