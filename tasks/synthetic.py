@@ -121,9 +121,6 @@ def _synthetic_task(t: super_glue.SuperGlueTask) -> super_glue.SuperGlueTask:
   )
 
 
-REGISTERED = super_glue.register_super_glue(
-    "jsonl",
-    generated_data_dir,
-    prefix=PREFIX,
-    tasks=[_synthetic_task(t) for t in super_glue.SUPER_GLUE_TASKS],
-)
+# SuperGLUE's tasks with RTE and CB in their claim format: register_super_glue(tasks=...).
+TASKS = tuple(_synthetic_task(t) for t in super_glue.SUPER_GLUE_TASKS)
+REGISTERED = super_glue.register_super_glue("jsonl", generated_data_dir, prefix=PREFIX, tasks=TASKS)
