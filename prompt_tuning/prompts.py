@@ -131,13 +131,8 @@ def sampled_vocab(
   return init
 
 
-def _fill_rows(rows: np.ndarray, fallback: Initializer, rng, shape, dtype, what: str):
-  """Puts `rows` first and takes the remaining positions from `fallback(rng, shape)`."""
-  if len(rows) > shape[0]:
-    raise PromptInitError(
-        f"{len(rows)} {what} do not fit in a prompt of length {shape[0]}: use a longer prompt "
-        f"(PROMPT_LENGTH) or fewer {what}."
-    )
+def _fill_rows(rows: np.ndarray, fallback: Initializer, rng, shape, dtype):
+  """Puts `rows` (at most `shape[0]`) first and the rest of `fallback(rng, shape)` after."""
   base = fallback(rng, shape, dtype)
   if len(rows) == 0:
     return base
@@ -150,7 +145,9 @@ def class_labels(
   """One prompt position per class label: the mean embedding of the label's sub-tokens.
 
   Remaining positions come from `fallback` (default: `sampled_vocab(embeddings, vocab=vocab)`,
-  the paper's setting).
+  the paper's setting). A prompt shorter than the label list keeps the first labels, with a
+  warning, as the original's `from_embedded_list` does (e.g. length 1 with BoolQ's two labels:
+  the prompt is `False` alone).
   """
   fallback = fallback or sampled_vocab(embeddings, vocab=vocab)
 
@@ -158,8 +155,19 @@ def class_labels(
     # Host-side numpy: the labels are static, and jnp ops here would be traced under
     # `jax.jit(module.init)`, where converting their result to numpy fails.
     table = np.asarray(_check_embeddings(embeddings, shape))
+    kept = list(labels)
+    if len(kept) > shape[0]:
+      logging.warning(
+          "Prompt length %d is shorter than the %d class labels: initialising from %s and "
+          "skipping %s.",
+          shape[0],
+          len(kept),
+          kept[: shape[0]],
+          kept[shape[0] :],
+      )
+      kept = kept[: shape[0]]
     rows = []
-    for label in labels:
+    for label in kept:
       ids = list(vocab.encode(label))
       if not ids:
         raise PromptInitError(f"Class label {label!r} tokenises to no tokens; cannot embed it.")
@@ -170,7 +178,6 @@ def class_labels(
         rng,
         shape,
         dtype,
-        "class labels",
     )
 
   return init
@@ -195,7 +202,7 @@ def from_string(
           "Prompt text %r has %d tokens; keeping the first %d.", text, len(ids), shape[0]
       )
       ids = ids[: shape[0]]
-    return _fill_rows(table[np.asarray(ids)], fallback, rng, shape, dtype, "tokens")
+    return _fill_rows(table[np.asarray(ids)], fallback, rng, shape, dtype)
 
   return init
 

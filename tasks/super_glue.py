@@ -230,7 +230,10 @@ def _register_mixture(prefix: str, taskless: bool) -> str:
 
 
 def register_super_glue(
-    source: str = "tfds", data_dir: Optional[str | Callable[[], str]] = None, prefix: str = ""
+    source: str = "tfds",
+    data_dir: Optional[str | Callable[[], str]] = None,
+    prefix: str = "",
+    tasks: Sequence[SuperGlueTask] = SUPER_GLUE_TASKS,
 ) -> list[str]:
   """Registers every SuperGLUE task and mixture; returns their names.
 
@@ -239,10 +242,12 @@ def register_super_glue(
     data_dir: for "jsonl", the folder holding `BoolQ/`, `CB/`, ..., or a function returning it,
       called when a task's data is read; for "tfds", an optional TFDS data directory.
     prefix: put before every name, to register a second copy beside the default one.
+    tasks: how each config becomes text; a copy of `SUPER_GLUE_TASKS` with some replaced gives
+      other formats under the same names (the synthetic tasks' RTE and CB).
   """
   names = []
   for taskless in (False, True):
-    for t in SUPER_GLUE_TASKS:
+    for t in tasks:
       name = task_name(t.name, taskless, prefix)
       _add_task(
           name,

@@ -61,7 +61,8 @@ def test_paper_grid_is_45_runs_seeds_outermost_then_axes_in_order():
   assert run.gin_files == ["runs/embedded_base.gin", "prompts/class_labels.gin"]
   bindings = dict(run.bindings)
   assert bindings["PROMPT_LENGTH"] == "100"
-  assert bindings["CLASS_LABELS"] == "['False', 'True']"
+  assert bindings["CLASS_LABELS"] == "['Yes', 'No', 'Nobody']"
+  assert bindings["MIXTURE_OR_TASK_NAME"] == "'synthetic_taskless_super_glue_cb_v102'"
   assert bindings["trainer.Trainer.seed"] == bindings["SHUFFLE_SEED"] == "2"
   assert "MODEL_DIR" not in bindings and "TRAIN_STEPS" not in bindings
 

@@ -327,13 +327,25 @@ def test_class_labels_first_then_fallback():
   np.testing.assert_array_equal(default[1:], sampled[1:])
 
 
+def test_class_labels_truncated_to_prompt_length(caplog):
+  # The original's from_embedded_list keeps the labels that fit and warns about the rest.
+  table = _synthetic_table(100)
+  vocab = _FakeVocab({"a": [10], "bc": [20, 31], "": []})
+  fill = lambda rng, shape, dtype: jnp.full(shape, -1.0, dtype)
+  with caplog.at_level(logging.WARNING):
+    one, two = _run_many(
+        # The empty label is past the prompt: skipped before it is tokenised, as upstream.
+        (prompts.class_labels(table, vocab, ["bc", "a", ""], fallback=fill), (1, 3)),
+        (prompts.class_labels(table, vocab, ["a", "bc", ""], fallback=fill), (2, 3)),
+    )
+  np.testing.assert_array_equal(one, [[25.5] * 3])
+  np.testing.assert_array_equal(two, [[10] * 3, [25.5] * 3])
+  assert "initialising from ['bc'] and skipping ['a', '']" in caplog.text
+
+
 def test_class_labels_errors(emb, vocab):
   with pytest.raises(prompts.PromptInitError, match="Class label '' tokenises to no tokens"):
     _run(prompts.class_labels(emb, vocab, ["positive", ""]))
-  with pytest.raises(
-      prompts.PromptInitError, match="3 class labels do not fit in a prompt of " "length 2"
-  ):
-    _run(prompts.class_labels(emb, vocab, LABELS + ["Classify"]), (2, 4))
   with pytest.raises(prompts.PromptInitError, match="Prompt text '' tokenises to no tokens"):
     _run(prompts.from_string(emb, vocab, ""))
 

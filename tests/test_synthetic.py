@@ -3,6 +3,7 @@ and the pretraining recipe."""
 
 import collections
 import itertools
+import json
 import math
 import os
 import re
@@ -219,23 +220,41 @@ def test_tasks_register_and_yield_examples(small_vocab):
   import seqio  # pylint: disable=g-import-not-at-top
   from prompt_tuning.tasks import super_glue  # pylint: disable=g-import-not-at-top
 
-  names = super_glue.register_super_glue("jsonl", small_vocab, prefix="test_synthetic_")
-  expected = {
-      "boolq": ("boolq passage: ", {"True", "False"}),
-      "rte": ("rte hypothesis: ", {"entailment", "not_entailment"}),
-      "cb": ("cb hypothesis: ", {"entailment", "contradiction", "neutral"}),
+  from prompt_tuning.tasks import synthetic  # pylint: disable=g-import-not-at-top
+
+  names = super_glue.register_super_glue(
+      "jsonl", small_vocab, prefix="test_synthetic_", tasks=synthetic.TASKS
+  )
+  words = {
+      "boolq": {False: "False", True: "True"},
+      "rte": {"entailment": "Yes", "not_entailment": "No"},
+      "cb": {"entailment": "Yes", "contradiction": "No", "neutral": "Nobody"},
   }
-  for config, (start, targets) in expected.items():
-    name = f"test_synthetic_super_glue_{config}_v102"
-    assert name in names
-    ds = seqio.get_mixture_or_task(name).get_dataset(
-        {"inputs": 128, "targets": 8}, split="validation", shuffle=False
-    )
-    examples = list(ds.as_numpy_iterator())
-    assert len(examples) == 30
-    assert all(e["inputs_pretokenized"].decode().startswith(start) for e in examples)
-    assert {e["targets_pretokenized"].decode() for e in examples} == targets
-    assert all(e["inputs"][-1] == 1 for e in examples)  # EOS appended, nothing truncated.
+  for config, folder in world_lib.SUPER_GLUE_FOLDERS.items():
+    records = [json.loads(l) for l in open(os.path.join(small_vocab, folder, "val.jsonl"))]
+    if config == "boolq":  # T5's format.
+      expected = [f"boolq passage: {r['passage']} question: {r['question']}" for r in records]
+    else:  # The claim asked as the corpus asks it (tasks/synthetic.py).
+      expected = [
+          f"{config} premise: {r['premise']} question: does it follow that "
+          f"{r['hypothesis'][:-1]}?"
+          for r in records
+      ]
+    for taskless in (False, True):
+      name = super_glue.task_name(config, taskless, "test_synthetic_")
+      assert name in names
+      task = seqio.get_mixture_or_task(name)
+      ds = task.get_dataset({"inputs": 128, "targets": 8}, split="validation", shuffle=False)
+      examples = list(ds.as_numpy_iterator())
+      assert [e["inputs_pretokenized"].decode() for e in examples] == [
+          x.split(" ", 1)[1] if taskless else x for x in expected
+      ]
+      targets = [e["targets_pretokenized"].decode() for e in examples]
+      assert targets == [words[config][r["label"]] for r in records]
+      assert all(e["inputs"][-1] == 1 for e in examples)  # EOS appended, nothing truncated.
+      # The metric sees the official label index.
+      label_ids = {w: i for i, w in enumerate(synthetic.CLASS_LABELS[config])}
+      assert [task.postprocess_fn(t) for t in targets] == [label_ids[t] for t in targets]
 
 
 # --------------------------------------------------------------------------------- objectives
@@ -370,7 +389,8 @@ def test_vocab_covers_the_task_formats(small_vocab):
   for text in (
       "boolq passage: Tom lives in Oslo. question: does Tom live in Oslo",
       "cb hypothesis: Tom lives in Oslo. premise: Tom lives in Oslo.",
-      "True False",
+      "cb premise: Tom lives in Oslo. question: does it follow that Tom can swim?",
+      "True False Yes No Nobody",
   ):
     assert sp.unk_id() not in sp.encode(text), text
 
