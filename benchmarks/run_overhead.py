@@ -35,6 +35,9 @@ def main():
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--evals", type=int, default=2)
   parser.add_argument("--gin", action="append", default=[], help="Extra --gin.X=Y overrides.")
+  parser.add_argument(
+      "--log", action="store_true", help="Echo the run's output on stderr, with elapsed seconds."
+  )
   args = parser.parse_args()
   if args.steps < 1 or args.evals < 1 or args.steps % args.evals:
     parser.error("--steps and --evals must be >= 1 and --evals must divide --steps.")
@@ -57,6 +60,8 @@ def main():
     first_step_s, evals, lines = None, [], []
     for line in proc.stdout:
       lines.append(line)
+      if args.log:
+        sys.stderr.write(f"[{time.perf_counter() - start:6.2f}] {line}")
       if first_step_s is None and FIRST_RE.search(line):
         first_step_s = time.perf_counter() - start
       m = EVAL_RE.search(line)
