@@ -49,6 +49,17 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
+  # Activation rematerialisation of each layer in training (REMAT_POLICIES): "none" keeps every
+  # activation the backward pass needs; "full" keeps only each layer's input and recomputes the
+  # rest; "dots" keeps the matmul outputs and recomputes the elementwise work (norms, GELU,
+  # softmax). Parameters and results are the same; memory and time change.
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}."
+      )
 
 
 # Sizes of the T5 1.1 LM-adapted ("lm100k") checkpoints, plus the tiny test checkpoint's. Every
@@ -121,6 +132,20 @@ SIZES = {
         relative_attention_max_distance=64,
     ),
 }
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _maybe_remat(layer_cls, cfg: T5Config, static_argnums: tuple[int, ...]):
+  """`layer_cls`, wrapped in `nn.remat` with the config's policy (same parameter names)."""
+  if cfg.remat_policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=static_argnums)
 
 
 def config_for_size(size: str, **overrides) -> T5Config:
@@ -482,7 +507,9 @@ class Encoder(nn.Module):
         bidirectional=True,
         dtype=cfg.dtype,
     )
-    self.layers = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
+    # static_argnums count `self` as 0: enable_dropout.
+    layer_cls = _maybe_remat(EncoderLayer, cfg, static_argnums=(4,))
+    self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
     self.encoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
@@ -544,7 +571,9 @@ class Decoder(nn.Module):
         bidirectional=False,
         dtype=cfg.dtype,
     )
-    self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
+    # static_argnums count `self` as 0: enable_dropout, decode.
+    layer_cls = _maybe_remat(DecoderLayer, cfg, static_argnums=(6, 7))
+    self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
     self.decoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
