@@ -308,6 +308,9 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dropout_rate: float = 0.0
   dtype: str = "float32"
+  # Keys/values come from an input that is the same at every decode step (the encoder output):
+  # in decode mode they are projected once, when the cache is created, and read from it after.
+  static_kv: bool = False
 
   @nn.compact
   def __call__(
@@ -324,22 +327,32 @@ class MultiHeadAttention(nn.Module):
 
     `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
     creates the cache; each later one takes one position (Q == 1) and attends over the whole
-    cache (S = the maximum decode length), causally masked.
+    cache (S = the maximum decode length), causally masked. With `static_kv` (cross-attention)
+    the cache holds the projected x_kv instead, and later calls ignore x_kv.
     """
     hk = self.num_heads * self.head_dim
     emb_dim = x_q.shape[-1]
     # T5 folds 1/sqrt(head_dim) into the query initialisation rather than the attention.
     dense = functools.partial(Dense, hk, ("embed", "joined_kv"), dtype=self.dtype)
-    q = dense(name="query", init_scale=1.0 / self.head_dim)(x_q)
-    k = dense(name="key")(x_kv)
-    v = dense(name="value")(x_kv)
-    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
-    q, k, v = split(q), split(k), split(v)
-    q = _constrain(q, ("batch", "length", "heads", "kv"))
-    k = _constrain(k, ("batch", "length", "heads", "kv"))
-    v = _constrain(v, ("batch", "length", "heads", "kv"))
+    split = lambda t: _constrain(
+        t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim)),
+        ("batch", "length", "heads", "kv"),
+    )
+    q = split(dense(name="query", init_scale=1.0 / self.head_dim)(x_q))
+    project_kv = lambda: (split(dense(name="key")(x_kv)), split(dense(name="value")(x_kv)))
 
-    if decode:
+    if decode and self.static_kv:
+      if self.has_variable("cache", "cached_key"):
+        k = self.get_variable("cache", "cached_key")
+        v = self.get_variable("cache", "cached_value")
+      else:
+        k, v = project_kv()
+        self.put_variable("cache", "cached_key", k)
+        self.put_variable("cache", "cached_value", v)
+    else:
+      k, v = project_kv()
+
+    if decode and not self.static_kv:
       # The cache holds keys/values [B, T_max, H, K] for every decoder position; one new position
       # is written per step and attention runs over the whole (causally masked) cache.
       is_init = not self.has_variable("cache", "cached_key")
@@ -455,7 +468,7 @@ class DecoderLayer(nn.Module):
         MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype
     )
     self_attention = attention(name="self_attention")
-    cross_attention = attention(name="encoder_decoder_attention")
+    cross_attention = attention(name="encoder_decoder_attention", static_kv=True)
     mlp = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")
     y = _sublayer(
         cfg,
@@ -476,7 +489,9 @@ class DecoderLayer(nn.Module):
         cfg,
         y,
         "pre_cross_attention_layer_norm",
-        lambda h: cross_attention(h, encoded, cross_bias, enable_dropout=enable_dropout),
+        lambda h: cross_attention(
+            h, encoded, cross_bias, enable_dropout=enable_dropout, decode=decode
+        ),
         logit_mask,
         enable_dropout,
     )
