@@ -71,6 +71,11 @@ class Partitioner:
       with self.activation_rules():
         return jitted(*args, **kwargs)
 
+    def lower(*args, **kwargs):
+      with self.activation_rules():
+        return jitted.lower(*args, **kwargs)
+
+    call.lower = lower  # For XLA's cost analysis and memory statistics (benchmarks).
     return call
 
   def sharding(self, logical_spec) -> NamedSharding:

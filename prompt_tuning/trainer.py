@@ -81,6 +81,13 @@ class Trainer:
       self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]
   ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step; only the trainable parameters are differentiated and updated."""
+    return self._step_fn(state)(state, frozen, batch, self.rng)
+
+  def lower_train_step(self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]):
+    """The train step lowered for these arguments (`.compile().cost_analysis()` gives its FLOPs)."""
+    return self._step_fn(state).lower(state, frozen, batch, self.rng)
+
+  def _step_fn(self, state: TrainState):
     if self._train_step is None:
 
       def step_fn(state, frozen, batch, rng):
@@ -104,4 +111,4 @@ class Trainer:
           donate_argnums=(0,),
           out_shardings=(state_shardings, self.partitioner.replicated()),
       )
-    return self._train_step(state, frozen, batch, self.rng)
+    return self._train_step

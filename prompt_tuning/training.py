@@ -92,9 +92,11 @@ def run(
     train_state.save(model_dir, state, frozen, input_position, checkpoint_cfg, protected)
 
   def run_eval():
+    start = time.perf_counter()
     metrics = evaluation.evaluate(
         evaluator, eval_fns, optim.merge_params(state.params, frozen), step
     )
+    logging.info("Evaluation at step %d took %.2f s.", step, time.perf_counter() - start)
     eval_writer.write(step, metrics)
     bar.write(f"step {step} eval: {json.dumps(metrics, default=float)}")
     if best:
@@ -116,6 +118,7 @@ def run(
     shard = trainer.partitioner.data_shard_info()
     batches = pipeline.train_batches(cfg, skip_batches=input_position, shard=shard)
     pending, t0, examples, tokens = [], time.time(), 0, 0
+    first_step = step
     while step < total_steps:
       host_batch = next(batches)
       examples += host_batch["encoder_input_tokens"].shape[0] * shard[1]
@@ -129,6 +132,10 @@ def run(
       state, metrics = trainer.train_step(
           state, frozen, trainer.partitioner.shard_batch(host_batch)
       )
+      if step == first_step:
+        # Waits once, so the log tells when compilation and the first step are done.
+        jax.block_until_ready(metrics)
+        logging.info("First train step (step %d) done.", step + 1)
       pending.append(metrics)
       input_position += 1
       step += 1

@@ -1,5 +1,6 @@
 """T5 1.1 module: parity with the original implementation, and the model's own invariants."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -213,3 +214,47 @@ def test_logical_axes_on_every_parameter():
   assert len(flat) == 52
   for path, spec in flat:
     assert spec is not None and all(a is not None for a in spec), path
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_keeps_parameters_loss_and_gradients(params, policy):
+  """Rematerialisation trades memory for recomputation only: the same parameter tree, loss and
+  gradients as without it (the gradient is taken through the prompt and the backbone)."""
+  batch = golden_batch()
+  factory = prompts.prefix_prompt_factory(3, prompts.random_uniform())
+
+  def loss_and_grads(module):
+    variables = module.init(
+        jax.random.PRNGKey(0),
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"],
+    )
+    prompt = nn.unbox(variables["params"])["encoder"]["prompt"]
+    prompted = {**params, "encoder": {**params["encoder"], "prompt": prompt}}
+
+    def loss(p):
+      logits = module.apply(
+          {"params": p},
+          batch["encoder_input_tokens"],
+          batch["decoder_input_tokens"],
+          batch["decoder_target_tokens"],
+      )
+      return jnp.sum(jax.nn.log_softmax(logits)[..., 0] * (batch["decoder_target_tokens"] > 0))
+
+    return jax.tree.map(np.asarray, jax.jit(jax.value_and_grad(loss))(prompted))
+
+  cfg = t5.config_for_size("tiny", dtype="float32")
+  plain = t5.EncoderDecoder(cfg, prompt_factory=factory)
+  remat = t5.EncoderDecoder(dataclasses.replace(cfg, remat_policy=policy), prompt_factory=factory)
+  (loss, grads), (remat_loss, remat_grads) = loss_and_grads(plain), loss_and_grads(remat)
+  assert jax.tree.map(np.shape, grads) == jax.tree.map(np.shape, remat_grads)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads
+  )
+
+
+def test_unknown_remat_policy_is_named():
+  with pytest.raises(ValueError, match="remat_policy='scan'"):
+    t5.config_for_size("tiny", remat_policy="scan")

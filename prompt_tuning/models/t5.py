@@ -49,6 +49,17 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
+  # Activation rematerialisation of each layer in training (REMAT_POLICIES): "none" keeps every
+  # activation the backward pass needs; "full" keeps only each layer's input and recomputes the
+  # rest; "dots" keeps the matmul outputs and recomputes the elementwise work (norms, GELU,
+  # softmax). Parameters and results are the same; memory and time change.
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(
+          f"remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}."
+      )
 
 
 # Sizes of the T5 1.1 LM-adapted ("lm100k") checkpoints, plus the tiny test checkpoint's. Every
@@ -121,6 +132,20 @@ SIZES = {
         relative_attention_max_distance=64,
     ),
 }
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _maybe_remat(layer_cls, cfg: T5Config, static_argnums: tuple[int, ...]):
+  """`layer_cls`, wrapped in `nn.remat` with the config's policy (same parameter names)."""
+  if cfg.remat_policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy], static_argnums=static_argnums)
 
 
 def config_for_size(size: str, **overrides) -> T5Config:
@@ -283,6 +308,9 @@ class MultiHeadAttention(nn.Module):
   head_dim: int
   dropout_rate: float = 0.0
   dtype: str = "float32"
+  # Keys/values come from an input that is the same at every decode step (the encoder output):
+  # in decode mode they are projected once, when the cache is created, and read from it after.
+  static_kv: bool = False
 
   @nn.compact
   def __call__(
@@ -299,22 +327,32 @@ class MultiHeadAttention(nn.Module):
 
     `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
     creates the cache; each later one takes one position (Q == 1) and attends over the whole
-    cache (S = the maximum decode length), causally masked.
+    cache (S = the maximum decode length), causally masked. With `static_kv` (cross-attention)
+    the cache holds the projected x_kv instead, and later calls ignore x_kv.
     """
     hk = self.num_heads * self.head_dim
     emb_dim = x_q.shape[-1]
     # T5 folds 1/sqrt(head_dim) into the query initialisation rather than the attention.
     dense = functools.partial(Dense, hk, ("embed", "joined_kv"), dtype=self.dtype)
-    q = dense(name="query", init_scale=1.0 / self.head_dim)(x_q)
-    k = dense(name="key")(x_kv)
-    v = dense(name="value")(x_kv)
-    split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim))
-    q, k, v = split(q), split(k), split(v)
-    q = _constrain(q, ("batch", "length", "heads", "kv"))
-    k = _constrain(k, ("batch", "length", "heads", "kv"))
-    v = _constrain(v, ("batch", "length", "heads", "kv"))
+    split = lambda t: _constrain(
+        t.reshape(t.shape[:-1] + (self.num_heads, self.head_dim)),
+        ("batch", "length", "heads", "kv"),
+    )
+    q = split(dense(name="query", init_scale=1.0 / self.head_dim)(x_q))
+    project_kv = lambda: (split(dense(name="key")(x_kv)), split(dense(name="value")(x_kv)))
 
-    if decode:
+    if decode and self.static_kv:
+      if self.has_variable("cache", "cached_key"):
+        k = self.get_variable("cache", "cached_key")
+        v = self.get_variable("cache", "cached_value")
+      else:
+        k, v = project_kv()
+        self.put_variable("cache", "cached_key", k)
+        self.put_variable("cache", "cached_value", v)
+    else:
+      k, v = project_kv()
+
+    if decode and not self.static_kv:
       # The cache holds keys/values [B, T_max, H, K] for every decoder position; one new position
       # is written per step and attention runs over the whole (causally masked) cache.
       is_init = not self.has_variable("cache", "cached_key")
@@ -430,7 +468,7 @@ class DecoderLayer(nn.Module):
         MultiHeadAttention, cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype
     )
     self_attention = attention(name="self_attention")
-    cross_attention = attention(name="encoder_decoder_attention")
+    cross_attention = attention(name="encoder_decoder_attention", static_kv=True)
     mlp = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype, name="mlp")
     y = _sublayer(
         cfg,
@@ -451,7 +489,9 @@ class DecoderLayer(nn.Module):
         cfg,
         y,
         "pre_cross_attention_layer_norm",
-        lambda h: cross_attention(h, encoded, cross_bias, enable_dropout=enable_dropout),
+        lambda h: cross_attention(
+            h, encoded, cross_bias, enable_dropout=enable_dropout, decode=decode
+        ),
         logit_mask,
         enable_dropout,
     )
@@ -482,7 +522,9 @@ class Encoder(nn.Module):
         bidirectional=True,
         dtype=cfg.dtype,
     )
-    self.layers = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
+    # static_argnums count `self` as 0: enable_dropout.
+    layer_cls = _maybe_remat(EncoderLayer, cfg, static_argnums=(4,))
+    self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
     self.encoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
@@ -544,7 +586,9 @@ class Decoder(nn.Module):
         bidirectional=False,
         dtype=cfg.dtype,
     )
-    self.layers = [DecoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
+    # static_argnums count `self` as 0: enable_dropout, decode.
+    layer_cls = _maybe_remat(DecoderLayer, cfg, static_argnums=(6, 7))
+    self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_decoder_layers)]
     self.decoder_norm = LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
