@@ -341,12 +341,18 @@ class MultiHeadAttention(nn.Module):
     q = split(dense(name="query", init_scale=1.0 / self.head_dim)(x_q))
     project_kv = lambda: (split(dense(name="key")(x_kv)), split(dense(name="value")(x_kv)))
 
+    # Einsum layouts of keys and values: [B, S, H, K] as projected; the static cache holds them
+    # as [B, H, K, S] and [B, H, S, K], the layouts the matmuls read, so that decode steps do not
+    # transpose the whole cache again each time.
+    qk, wv = "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd"
     if decode and self.static_kv:
+      qk, wv = "bqhd,bhdk->bhqk", "bhqk,bhkd->bqhd"
       if self.has_variable("cache", "cached_key"):
         k = self.get_variable("cache", "cached_key")
         v = self.get_variable("cache", "cached_value")
       else:
         k, v = project_kv()
+        k, v = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
         self.put_variable("cache", "cached_key", k)
         self.put_variable("cache", "cached_value", v)
     else:
@@ -372,13 +378,13 @@ class MultiHeadAttention(nn.Module):
         causal_bias = mask_to_bias(causal, self.dtype)
         bias = causal_bias if bias is None else bias + causal_bias
 
-    logits_BxHxQxK = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    logits_BxHxQxK = jnp.einsum(qk, q, k)
     if bias is not None:
       logits_BxHxQxK = logits_BxHxQxK + bias.astype(logits_BxHxQxK.dtype)
     weights = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32)).astype(self.dtype)
     if enable_dropout and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = jnp.einsum(wv, weights, v)
     out = out.reshape(out.shape[:-2] + (hk,))
     return Dense(emb_dim, ("joined_kv", "embed"), dtype=self.dtype, name="out")(out)
 
