@@ -129,10 +129,11 @@ class MixedPromptEncoder(nn.Module):
     return self.encoder_norm(x) * logit_mask
 
 
-class MixedPromptEncoderDecoder(nn.Module):
-  """`t5.EncoderDecoder` whose encoder inputs are packed [prompt id, tokens...] (see module doc)."""
+class MixedPromptEncoderDecoder(t5.EncoderDecoder):
+  """`t5.EncoderDecoder` whose encoder inputs are packed [prompt id, tokens...] (see module doc).
 
-  config: t5.T5Config
+  Same parameter tree plus `prompt_table`; `encode`, `decode` and `__call__` are inherited.
+  """
 
   def setup(self):
     cfg = self.config
@@ -140,43 +141,6 @@ class MixedPromptEncoderDecoder(nn.Module):
     self.prompt_table = PromptTable()
     self.encoder = MixedPromptEncoder(cfg, self.token_embedder, self.prompt_table)
     self.decoder = t5.Decoder(cfg, self.token_embedder)
-
-  def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
-    return self.encoder(encoder_input_tokens, enable_dropout)
-
-  def decode(
-      self,
-      encoded: Array,
-      encoder_input_tokens: Array,
-      decoder_input_tokens: Array,
-      decoder_target_tokens: Optional[Array] = None,
-      enable_dropout: bool = False,
-      decode: bool = False,
-      decode_position: Optional[Array] = None,
-      max_decode_length: Optional[int] = None,
-  ) -> Array:
-    return self.decoder(
-        encoded,
-        self.encoder.valid_positions(encoder_input_tokens),
-        decoder_input_tokens,
-        decoder_target_tokens,
-        enable_dropout,
-        decode,
-        decode_position,
-        max_decode_length,
-    )
-
-  def __call__(
-      self,
-      encoder_input_tokens: Array,
-      decoder_input_tokens: Array,
-      decoder_target_tokens: Array,
-      enable_dropout: bool = False,
-  ) -> Array:
-    encoded = self.encode(encoder_input_tokens, enable_dropout)
-    return self.decode(
-        encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, enable_dropout
-    )
 
 
 # ------------------------------------------------------------------------------------------------
