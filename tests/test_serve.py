@@ -99,8 +99,12 @@ def test_concurrent_mixed_requests(server):
   metrics = get(url + "/metrics")
   assert metrics["batch_size"]["max"] > 1  # Requests were batched together.
   assert sum(metrics["errors"].values()) == len(bad) * 12
-  # Compilations stay bounded: batch buckets x {score, predict}, not one per mix.
-  assert sum(metrics["compilations"].values()) <= 2 * 7
+  # Compilations stay bounded by the shape buckets, not one per prompt mix: per function, the
+  # batch buckets (1, 2, ..., 32 = max_batch) times the input-length buckets (lengths 3-11 pad
+  # to 8 or 16); targets and decode lengths all pad to 8. Which batch sizes occur depends on timing.
+  batch_buckets, input_buckets = 6, 2
+  for name, count in metrics["compilations"].items():
+    assert count <= batch_buckets * input_buckets, (name, metrics["compilations"])
 
   # Still serving; a prompt added while running is usable at once; a bad file gets its error.
   assert get(url + "/health")["status"] == "ok"
