@@ -297,7 +297,8 @@ def resolve_steps(runs: Sequence[Run], search_paths: str) -> None:
         continue
       except config.ConfigError as e:
         raise config.ConfigError(f"Run {run.name}: {e}") from None
-      except Exception as e:  # pylint: disable=broad-except
+      except (ValueError, TypeError, KeyError, AttributeError, ImportError, SyntaxError) as e:
+        # What gin raises for a bad binding, value or configurable; re-raised naming the run.
         raise config.ConfigError(
             f"Run {run.name}: its gin configuration does not parse: " f"{type(e).__name__}: {e}"
         ) from None

@@ -25,6 +25,7 @@ import collections
 import concurrent.futures
 import http.server
 import json
+import logging
 import queue
 import threading
 import time
@@ -87,7 +88,9 @@ class Batcher:
         outputs = list(self.runner.score(examples))
       else:
         outputs = self.runner.generate(examples, kind[1])
-    except Exception as e:  # pylint: disable=broad-except  (answered, never kills the batcher)
+    except Exception as e:  # pylint: disable=broad-except
+      # Not swallowed: each request of the batch re-raises it in its handler, which logs it and
+      # answers 500; the batcher thread itself must survive for the other prompts' requests.
       for _, future in group:
         future.set_exception(e)
       return
@@ -293,8 +296,11 @@ class Service:
         answer = route(body)
     except RequestError as e:
       status, answer = 400, {"error": str(e)}
-    except Exception as e:  # pylint: disable=broad-except  (fails one request)
-      status, answer = 500, {"error": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # pylint: disable=broad-except
+      # A bug or a failed computation fails this request only, loudly: logged with its traceback
+      # for the operator and named in the answer; the server goes on serving the others.
+      logging.exception("%s %s failed", method, path)
+      status, answer = 500, {"error": f"{method} {path} failed: {type(e).__name__}: {e}"}
     with self._lock:
       self.requests[path] += 1
       if status != 200:
