@@ -36,7 +36,7 @@ from prompt_tuning import prompts
 from prompt_tuning import restore
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.data import vocab as vocab_lib
-from prompt_tuning.embedded import objectives
+from prompt_tuning.data import batches
 from prompt_tuning.models import t5
 
 TASKS = ("boolq", "cb", "rte")
@@ -162,7 +162,7 @@ def run(
   accuracy = dev_accuracy(
       trainer,
       [
-          objectives.encoder_decoder_batch(dev[i : i + 100], input_length, target_length)
+          batches.encoder_decoder_batch(dev[i : i + 100], input_length, target_length)
           for i in range(0, len(dev), 100)
       ],
   )
@@ -172,7 +172,7 @@ def run(
   while spent < seconds and steps < (max_steps or float("inf")):
     start = time.time()
     idx = rng.integers(0, len(train), batch_size)
-    batch = objectives.encoder_decoder_batch([train[i] for i in idx], input_length, target_length)
+    batch = batches.encoder_decoder_batch([train[i] for i in idx], input_length, target_length)
     state, m = trainer.train_step(state, frozen, trainer.partitioner.shard_batch(batch))
     jax.block_until_ready(m["loss"])
     spent += time.time() - start

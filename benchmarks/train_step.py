@@ -152,7 +152,7 @@ def random_batch(vocab_size: int, batch: int, inputs: int, targets: int):
   return {
       "encoder_input_tokens": rng.randint(2, vocab_size, (batch, inputs)).astype(np.int32),
       "decoder_target_tokens": target_tokens,
-      "decoder_input_tokens": np.pad(target_tokens[:, :-1], ((0, 0), (1, 0))),
+      "decoder_input_tokens": batches.shift_right(target_tokens),
       "decoder_loss_weights": np.ones_like(target_tokens, np.float32),
   }
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from prompt_tuning import decoding
 from prompt_tuning import model as model_lib
+from prompt_tuning.data import batches
 from prompt_tuning import prompts
 from prompt_tuning.models import t5
 
@@ -302,17 +303,6 @@ def frozen_params(params: Mapping[str, Any]) -> dict[str, Any]:
   return params
 
 
-def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
-  out = np.zeros((len(rows), length), np.int32)
-  for i, r in enumerate(rows):
-    out[i, : len(r)] = r
-  return out
-
-
-def _shift_right(targets: np.ndarray) -> np.ndarray:
-  return np.pad(targets[:, :-1], ((0, 0), (1, 0)))
-
-
 def trim_decode(tokens: Sequence[int], eos_id: int) -> list[int]:
   """Tokens up to and including the first EOS, without trailing padding."""
   out = []
@@ -422,7 +412,7 @@ class MixedPromptRunner:
   def _encoder_inputs(self, examples: Sequence[Example], rows: Mapping[str, int], batch: int):
     length = next_power_of_two(max(len(e.inputs) for e in examples), self.min_length)
     packed = np.zeros((batch, 1 + length), np.int32)
-    packed[: len(examples)] = _pad_rows(
+    packed[: len(examples)] = batches.pad_rows(
         [[rows[e.prompt]] + list(e.inputs) for e in examples], 1 + length
     )
     return packed
@@ -435,10 +425,10 @@ class MixedPromptRunner:
     batch = next_power_of_two(len(examples))
     tlen = next_power_of_two(max(len(e.targets) for e in examples), self.min_length)
     targets = np.zeros((batch, tlen), np.int32)
-    targets[: len(examples)] = _pad_rows([e.targets for e in examples], tlen)
+    targets[: len(examples)] = batches.pad_rows([e.targets for e in examples], tlen)
     data = {
         "encoder_input_tokens": self._encoder_inputs(examples, rows, batch),
-        "decoder_input_tokens": _shift_right(targets),
+        "decoder_input_tokens": batches.shift_right(targets),
         "decoder_target_tokens": targets,
         "decoder_loss_weights": (targets > 0).astype(np.float32),
     }

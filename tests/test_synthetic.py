@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from prompt_tuning.data import batches
 from prompt_tuning.data import super_glue_format
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.embedded import objectives
@@ -323,7 +324,7 @@ def test_prefix_lm_can_split_only_after_given_tokens():
 
 
 def test_encoder_decoder_batch():
-  batch = objectives.encoder_decoder_batch([([5, 6, 7], [8, 9]), ([5] * 10, [9] * 10)], 6, 4)
+  batch = batches.encoder_decoder_batch([([5, 6, 7], [8, 9]), ([5] * 10, [9] * 10)], 6, 4)
   np.testing.assert_array_equal(
       batch["encoder_input_tokens"], [[5, 6, 7, 1, 0, 0], [5, 5, 5, 5, 5, 1]]
   )

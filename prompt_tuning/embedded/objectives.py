@@ -7,7 +7,7 @@
 * Prefix LM (T5 1.1 "LM adaptation"): the text is split at a random point (optionally only
   at sentence or clause ends); the inputs are the prefix, the targets the rest.
 
-Inputs and targets carry no EOS; `encoder_decoder_batch` appends it and pads, giving the
+Inputs and targets carry no EOS; `data.batches.encoder_decoder_batch` appends it and pads, giving the
 batch the model's `loss_fn` takes (what seqio's EncDecFeatureConverter would produce).
 """
 
@@ -15,7 +15,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-EOS_ID = 1
+from prompt_tuning.data import batches
+
+EOS_ID = batches.EOS_ID
 
 
 def _random_segmentation(rng: np.random.Generator, num_items: int, num_segments: int) -> np.ndarray:
@@ -115,26 +117,3 @@ def prefix_lm(
     points = at_boundary if len(at_boundary) else points
   split = int(rng.choice(points))
   return tokens[:split], tokens[split:]
-
-
-def encoder_decoder_batch(
-    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
-    input_length: int,
-    target_length: int,
-    eos_id: int = EOS_ID,
-) -> dict[str, np.ndarray]:
-  """(inputs, targets) pairs -> a padded model batch; EOS appended, overlong ones truncated."""
-  n = len(pairs)
-  enc = np.zeros((n, input_length), np.int32)
-  dec = np.zeros((n, target_length), np.int32)
-  for i, (inputs, targets) in enumerate(pairs):
-    x = list(inputs)[: input_length - 1] + [eos_id]
-    y = list(targets)[: target_length - 1] + [eos_id]
-    enc[i, : len(x)] = x
-    dec[i, : len(y)] = y
-  return {
-      "encoder_input_tokens": enc,
-      "decoder_target_tokens": dec,
-      "decoder_input_tokens": np.pad(dec[:, :-1], ((0, 0), (1, 0))),  # Shifted right, BOS 0.
-      "decoder_loss_weights": (dec > 0).astype(np.float32),
-  }

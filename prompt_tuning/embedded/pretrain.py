@@ -37,6 +37,7 @@ from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import restore
 from prompt_tuning import trainer as trainer_lib
+from prompt_tuning.data import batches
 from prompt_tuning.embedded import objectives
 from prompt_tuning.embedded import world
 from prompt_tuning.models import t5
@@ -157,7 +158,7 @@ def _batches(
         pairs.append(objectives.span_corruption(tokens, rng, vocab_size))
       else:
         pairs.append(objectives.prefix_lm(tokens, rng, split_after))
-    yield objectives.encoder_decoder_batch(pairs, input_length, target_length)
+    yield batches.encoder_decoder_batch(pairs, input_length, target_length)
 
 
 def probe_batch(sp, examples, input_length: int) -> dict[str, np.ndarray]:
@@ -167,7 +168,7 @@ def probe_batch(sp, examples, input_length: int) -> dict[str, np.ndarray]:
   for ex in examples:
     inputs = sp.encode(f"{ex['passage']} Question: {ex['question']}? Answer:")
     pairs += [(inputs, sp.encode("False")), (inputs, sp.encode("True"))]
-  return objectives.encoder_decoder_batch(pairs, input_length, 4)
+  return batches.encoder_decoder_batch(pairs, input_length, 4)
 
 
 def probe_accuracy(pt: Pretrainer, batch, labels: np.ndarray) -> float:
