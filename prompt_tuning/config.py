@@ -201,8 +201,9 @@ _MACRO_FILES = {
     "TOPK": "models/decoding/temperature_sample.gin",
     "TOPP": "models/decoding/temperature_sample.gin",
 }
-# Macros the code reads itself (with `macro()`), not through a binding.
-_READ_BY_CODE = ("VOCAB_PATH",)
+# Macros the code reads itself (with `macro()`), not through a binding: the vocabulary and the
+# local data folders of the transfer tasks (tasks/qa.py, tasks/glue_transfer.py).
+_READ_BY_CODE = ("VOCAB_PATH", "SQUAD_DATA_DIR", "MRQA_DATA_DIR", "GLUE_DATA_DIR")
 
 
 def _macro_refs(value) -> Iterator[str]:

@@ -9,6 +9,7 @@ as "data not prepared yet".
 
 import csv
 import dataclasses
+import gzip
 import io
 import json
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ class DataNotFoundError(DataError):
 
 
 def _open_lines(path: str) -> Iterator[tuple[int, str]]:
-  """(1-based line number, decoded line) for each line of `path`."""
+  """(1-based line number, decoded line) for each line of `path` (gunzipped if it ends in .gz)."""
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       data = f.read()
@@ -33,6 +34,11 @@ def _open_lines(path: str) -> Iterator[tuple[int, str]]:
     raise DataNotFoundError(f"{path}: cannot read file: {e}") from e
   except (tf.errors.OpError, OSError) as e:
     raise DataError(f"{path}: cannot read file: {e}") from e
+  if path.endswith(".gz"):
+    try:
+      data = gzip.decompress(data)
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; truncated: EOFError.
+      raise DataError(f"{path}: not a valid gzip file: {e}") from e
   for number, raw in enumerate(io.BytesIO(data), start=1):
     try:
       yield number, raw.decode("utf-8")
@@ -147,3 +153,12 @@ class Fields:
     if not isinstance(name, str) or name not in label_names:
       raise self.error(field, f"label {value!r} is not one of {list(label_names)}.")
     return list(label_names).index(name)
+
+
+def read_json(path: str) -> Any:
+  """The one JSON document in `path` (SQuAD's files are one object, not JSONL)."""
+  text = "".join(line for _, line in _open_lines(path))
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataError(f"{path}:{e.lineno}: invalid JSON: {e.msg}.") from e

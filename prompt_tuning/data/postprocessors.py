@@ -150,3 +150,32 @@ def strip_text(
   """Free text -> str with runs of whitespace collapsed (for user-registered tasks)."""
   del example, is_target
   return _WHITESPACE.sub(" ", as_text(output)).strip()
+
+
+def qa(output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False) -> Any:
+  """Prediction -> its text; target -> every gold answer of the example (SQuAD F1/EM)."""
+  if is_target:
+    return [as_text(a) for a in example["answers"]]
+  return as_text(output)
+
+
+def translated_label(
+    output: Any,
+    example: Optional[Mapping[str, Any]] = None,
+    is_target: bool = False,
+    *,
+    replacements: Sequence[tuple[str, str]],
+    label_names: Sequence[str]
+) -> int:
+  """Class id of the text after replacing words (zero-shot transfer between label sets).
+
+  A prompt trained on QQP answers `duplicate` / `not_duplicate`; on MRPC those mean
+  `equivalent` / `not_equivalent`. As in the original, the words are replaced as substrings,
+  so `("duplicate", "equivalent")` also turns `not_duplicate` into `not_equivalent`. Targets are
+  already in the evaluated task's words and pass through unchanged.
+  """
+  del example, is_target
+  text = as_text(output)
+  for old, new in replacements:
+    text = text.replace(old, new)
+  return string_label_to_class_id(text, label_names=label_names)

@@ -225,3 +225,39 @@ def wsc_simple(
     }
 
   return dataset.map(to_text, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def pad_punctuation(text: tf.Tensor) -> tf.Tensor:
+  """T5's SQuAD spacing: a space either side of each ASCII punctuation mark, whitespace squashed."""
+  text = tf.strings.regex_replace(text, r"([[:punct:]])", r" \1 ")
+  return tf.strings.regex_replace(text, r"\s+", " ")
+
+
+@seqio.map_over_dataset
+def squad(x: Mapping[str, tf.Tensor], task_name: Optional[str] = None) -> dict[str, tf.Tensor]:
+  """T5's SQuAD format (also the original's for MRQA): `question: <q> context: <c>` -> answer.
+
+  Question, context and answers get `pad_punctuation`; `answers` (every gold answer) is kept for
+  the metric, `id` for reading predictions back. `task_name` goes first if given.
+  """
+  question, context = pad_punctuation(x["question"]), pad_punctuation(x["context"])
+  parts = ([task_name] if task_name else []) + ["question:", question, "context:", context]
+  inputs = tf.strings.regex_replace(join_words(parts), r"\s+", " ")
+  return {
+      "inputs": inputs,
+      "targets": pad_punctuation(x["target"]),
+      "answers": pad_punctuation(x["answers"]),
+      "id": x["id"],
+  }
+
+
+def squad_from_tfds(x: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """A TFDS `squad` example in the fields of `qa_format.QA_SIGNATURE`."""
+  answers = x["answers"]["text"]
+  return {
+      "id": x["id"],
+      "context": x["context"],
+      "question": x["question"],
+      "answers": answers,
+      "target": answers[0],
+  }

@@ -1,7 +1,8 @@
 """Registering seqio tasks and mixtures: the shared steps, replacement, and mixing rates.
 
 `add_task` / `add_mixture` register under a name, replacing whatever was registered under it
-before (registering again, e.g. from another data directory, is deliberate here).
+before (registering again, e.g. from another data directory, is deliberate here). `add_alias`
+registers a copy of a task or mixture under a second name (the original's names for our tasks).
 `rate_num_examples` is the proportional mixing rate; a rate that cannot be computed is an error,
 never a silent 0.
 """
@@ -35,14 +36,36 @@ def _replace(registry, name: str, *args, **kwargs):
   return registry.add(name, *args, **kwargs)
 
 
+# What each name was registered with, so `add_alias` can register the same under another name.
+_TASK_KWARGS: dict[str, dict[str, Any]] = {}
+_MIXTURE_ARGS: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
 def add_task(name: str, **task_kwargs: Any) -> seqio.Task:
   """Registers `seqio.Task(name, **task_kwargs)`, replacing a task of that name."""
+  _TASK_KWARGS[name] = dict(task_kwargs)
   return _replace(seqio.TaskRegistry, name, **task_kwargs)
 
 
 def add_mixture(name: str, tasks: Any, **mixture_kwargs: Any) -> seqio.Mixture:
   """Registers `seqio.Mixture(name, tasks, ...)`, replacing a mixture of that name."""
+  _MIXTURE_ARGS[name] = (tasks, dict(mixture_kwargs))
   return _replace(seqio.MixtureRegistry, name, tasks, **mixture_kwargs)
+
+
+def add_alias(alias: str, name: str) -> None:
+  """Registers the task or mixture `name` (registered by this module) again as `alias`.
+
+  The alias is a copy made now: the same source, preprocessors, postprocessor and metrics (or
+  mixture members and rates); metrics are reported under the alias.
+  """
+  if name in _TASK_KWARGS:
+    add_task(alias, **_TASK_KWARGS[name])
+  elif name in _MIXTURE_ARGS:
+    tasks, kwargs = _MIXTURE_ARGS[name]
+    add_mixture(alias, tasks, **kwargs)
+  else:
+    raise ValueError(f"Cannot alias {alias!r} to {name!r}: no task or mixture of that name.")
 
 
 def _count_train_examples(task: seqio.Task) -> tuple[Optional[int], str]:

@@ -4,15 +4,19 @@
 exactly the examples TFDS `super_glue/<config>:1.0.2` yields (see `super_glue_format.py`), so the
 same preprocessors serve both. `CheckedFileDataSource` is the seqio source over any files read
 and checked by a Python function; `register_text_task` (`text_tasks.py`) uses it too.
+`LocalOrTfdsSource` reads local files when a directory is configured (a gin macro or an
+environment variable, looked up when the data is read: `configured_dir`), TFDS otherwise.
 """
 
 import functools
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import config
 from prompt_tuning.data import files as files_lib
 from prompt_tuning.data import super_glue_format
 
@@ -146,3 +150,48 @@ def glue_source(
   return seqio.TfdsDataSource(
       tfds_name=f"glue/{config}:{GLUE_TFDS_VERSION}", tfds_data_dir=data_dir, splits=list(splits)
   )
+
+
+def configured_dir(macro: str, env_var: str) -> Optional[str]:
+  """The gin macro `macro` of the configuration parsed now, else `$env_var`, else None."""
+  return config.macro(macro) or os.environ.get(env_var) or None
+
+
+class LocalOrTfdsSource(seqio.FunctionDataSource):
+  """Local files when `local_dir()` names a folder at read time, TFDS `tfds_name` otherwise.
+
+  `local_files(dir)` maps each split to its file there; `read_fn(path, split)` reads and checks
+  one (see `CheckedFileDataSource`) into examples of `signature`. `from_tfds`, if given, maps a
+  TFDS example to that signature, so the preprocessors see the same fields from either source.
+  """
+
+  def __init__(
+      self,
+      tfds_name: str,
+      splits: Sequence[str],
+      local_dir: Callable[[], Optional[str]],
+      local_files: Callable[[str], Mapping[str, str]],
+      read_fn: Callable[[str, str], list[dict[str, Any]]],
+      signature: Mapping[str, Any],
+      from_tfds: Optional[Callable[[Mapping[str, tf.Tensor]], Mapping[str, tf.Tensor]]] = None,
+  ):
+    self._tfds = seqio.TfdsDataSource(tfds_name=tfds_name, splits=list(splits))
+    self._local_dir = local_dir
+    self._local_files = local_files
+    self._read_fn = read_fn
+    self._signature = signature
+    self._from_tfds = from_tfds
+    super().__init__(dataset_fn=self._dataset_fn, splits=list(splits))
+
+  def _dataset_fn(
+      self, split: str, shuffle_files: bool, seed: Optional[int] = None
+  ) -> tf.data.Dataset:
+    directory = self._local_dir()
+    if directory:
+      path = self._local_files(directory)[split]
+      return dataset_from_examples(self._read_fn(path, split), self._signature)
+    ds = self._tfds.get_dataset(split, shuffle=shuffle_files, seed=seed)
+    return ds.map(self._from_tfds, num_parallel_calls=tf.data.AUTOTUNE) if self._from_tfds else ds
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({self._tfds.tfds_dataset.name}, local: {self._local_dir()})"
