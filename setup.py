@@ -73,6 +73,7 @@ setuptools.setup(
             "pt-train=prompt_tuning.train:console_main",
             "pt-eval=prompt_tuning.eval:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
+            "pt-transfer=prompt_tuning.transfer:console_main",
             "pt-pretrain=prompt_tuning.embedded.pretrain:console_main",
             "pt-ablate=prompt_tuning.ablate:console_main",
         ]

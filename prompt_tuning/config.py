@@ -142,7 +142,9 @@ def _with_prompt_file(gin_files: Sequence[str], bindings: Sequence[str]) -> list
   """
   names = [os.path.basename(f) for f in gin_files]
   sets_prompt_file = any(re.match(r"\s*PROMPT_FILE\s*=", b) for b in bindings)
-  inference_run = any(n in ("prompt_eval.gin", "prompt_infer.gin") for n in names)
+  inference_run = any(
+      n in ("prompt_eval.gin", "prompt_infer.gin", "prompt_transfer.gin") for n in names
+  )
   if sets_prompt_file and inference_run and "from_file.gin" not in names:
     logging.info("PROMPT_FILE is set: reading the prompt with prompts/from_file.gin.")
     return list(gin_files) + ["prompts/from_file.gin"]

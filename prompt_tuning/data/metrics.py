@@ -123,11 +123,14 @@ def _token_f1(prediction: str, gold: str) -> float:
 
 
 def squad_em_f1(
-    gold_answers: Sequence[Sequence[str]], predictions: Sequence[str]
+    targets: Sequence[Sequence[str]], predictions: Sequence[str]
 ) -> dict[str, float]:
-  """Mean over examples of the best EM / token F1 against any gold answer."""
+  """Mean over examples of the best EM / token F1 against any gold answer.
+
+  `targets` holds each example's gold answers (seqio matches metrics by the argument names).
+  """
   em, f1 = [], []
-  for golds, prediction in zip(gold_answers, predictions):
+  for golds, prediction in zip(targets, predictions):
     golds = [golds] if isinstance(golds, str) else list(golds)
     # An example without gold answers (an unlabelled split) scores 0, not an error.
     em.append(
