@@ -127,10 +127,11 @@ def squad_em_f1(
 ) -> dict[str, float]:
   """Mean over examples of the best EM / token F1 against any gold answer.
 
-  `targets` holds each example's gold answers (seqio matches metrics by the argument names).
+  `targets` holds each example's gold answers, bare or as `{"value": answers}` (seqio matches
+  metrics by the argument names, and needs the dict to keep lists of different lengths).
   """
   em, f1 = [], []
-  for golds, prediction in zip(targets, predictions):
+  for golds, prediction in zip(_values(targets), _values(predictions)):
     golds = [golds] if isinstance(golds, str) else list(golds)
     # An example without gold answers (an unlabelled split) scores 0, not an error.
     em.append(

@@ -153,9 +153,12 @@ def strip_text(
 
 
 def qa(output: Any, example: Optional[Mapping[str, Any]] = None, is_target: bool = False) -> Any:
-  """Prediction -> its text; target -> every gold answer of the example (SQuAD F1/EM)."""
+  """Prediction -> its text; target -> `{"value": every gold answer}` (SQuAD F1/EM).
+
+  The dict keeps seqio from stacking the answer lists, which differ in length, into an array.
+  """
   if is_target:
-    return [as_text(a) for a in example["answers"]]
+    return {"value": [as_text(a) for a in example["answers"]]}
   return as_text(output)
 
 
