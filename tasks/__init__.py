@@ -2,6 +2,5 @@
 
 from prompt_tuning.tasks import glue  # pylint: disable=unused-import
 from prompt_tuning.tasks import glue_transfer  # pylint: disable=unused-import
-from prompt_tuning.tasks import original_names  # pylint: disable=unused-import
 from prompt_tuning.tasks import qa  # pylint: disable=unused-import
 from prompt_tuning.tasks import super_glue  # pylint: disable=unused-import

@@ -4,6 +4,13 @@ Registered on import:
   glue_{cola,sst2,mrpc,qqp,stsb,mnli,mnli_matched,mnli_mismatched,qnli,rte,wnli,ax}_v002
   taskless_<each of the above>            same text without the task name
   glue_v002_proportional, taskless_glue_v002_proportional
+and the original's names for them (google-research/prompt-tuning `data/glue.py`; its demo
+scripts train `taskless_glue_sst2_v200_examples`), as copies of the tasks above: `_v200` (TFDS
+glue 2.0.0, which every task here reads) and `_examples` (the original's also logged text
+examples to TensorBoard):
+  glue_<c>_{v002,v200}_examples                          -> glue_<c>_v002
+  taskless_glue_<c>_{v002_examples,v200,v200_examples}   -> taskless_glue_<c>_v002
+  [taskless_]glue_mnli_and_dev_{v002,v200}_examples      mixture: MNLI train, matched, mismatched
 Formats, targets and metrics: docs/tasks.md.
 """
 
@@ -11,6 +18,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
 
+from prompt_tuning.data import glue_format
 from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
@@ -18,17 +26,6 @@ from prompt_tuning.data import registration
 from prompt_tuning.data import sources
 from prompt_tuning.data import vocab
 
-# TFDS glue 2.0.0 label classes, in class-index order.
-GLUE_LABELS = {
-    "cola": ("unacceptable", "acceptable"),
-    "sst2": ("negative", "positive"),
-    "mrpc": ("not_equivalent", "equivalent"),
-    "qqp": ("not_duplicate", "duplicate"),
-    "mnli": ("entailment", "neutral", "contradiction"),
-    "qnli": ("entailment", "not_entailment"),
-    "rte": ("entailment", "not_entailment"),
-    "wnli": ("not_entailment", "entailment"),
-}
 # Published train-split sizes, the mixing rates used when the data is not there.
 TRAIN_SIZES = {
     "cola": 8_551,
@@ -71,7 +68,7 @@ def _classification(
     metric_fns: Sequence[Callable[..., Any]],
     splits: Sequence[str] = _SPLITS,
 ) -> GlueTask:
-  label_names = GLUE_LABELS[labels]
+  label_names = glue_format.GLUE_LABELS[labels]
   return GlueTask(
       config,
       task_name,
@@ -171,4 +168,26 @@ def register_glue(data_dir: Optional[str] = None, prefix: str = "") -> list[str]
   return names
 
 
-REGISTERED = register_glue()
+def register_original_names() -> list[str]:
+  """Registers the original's names listed above; returns them."""
+  names = []
+  for t in GLUE_TASKS:
+    for taskless in (False, True):
+      canonical = task_name(t.config, taskless)
+      variants = [("v002", "_examples"), ("v200", "_examples")]
+      if taskless:  # The original leaves `glue_<c>_v200` to T5, which does not define it.
+        variants.append(("v200", ""))
+      for version, suffix in variants:
+        alias = canonical.replace("_v002", f"_{version}") + suffix
+        registration.add_alias(alias, canonical)
+        names.append(alias)
+  for taskless in (False, True):
+    mnli = [task_name(c, taskless) for c in ("mnli", "mnli_matched", "mnli_mismatched")]
+    for version in ("v002", "v200"):
+      mixture = f"{'taskless_' if taskless else ''}glue_mnli_and_dev_{version}_examples"
+      registration.add_mixture(mixture, mnli, default_rate=1.0)
+      names.append(mixture)
+  return names
+
+
+REGISTERED = register_glue() + register_original_names()

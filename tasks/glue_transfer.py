@@ -17,12 +17,12 @@ under `GLUE_DATA_DIR` (gin macro) or `$PROMPT_TUNING_GLUE_DIR` when set when the
 import functools
 
 from prompt_tuning.data import glue_format
+from prompt_tuning.data import metrics
 from prompt_tuning.data import postprocessors
 from prompt_tuning.data import preprocessors
 from prompt_tuning.data import registration
 from prompt_tuning.data import sources
 from prompt_tuning.data import vocab
-from prompt_tuning.tasks import glue
 
 GLUE_DIR_MACRO, GLUE_DIR_ENV_VAR = "GLUE_DATA_DIR", "PROMPT_TUNING_GLUE_DIR"
 PAIRS = (("qqp", "mrpc"), ("mrpc", "qqp"))  # (trained on, evaluated on)
@@ -37,15 +37,15 @@ def transfer_task_name(source: str, target: str, taskless: bool = False) -> str:
   return f"{'taskless_' if taskless else ''}glue_{target}_from_{source}_v002"
 
 
-def _glue_task(config: str) -> glue.GlueTask:
-  return next(t for t in glue.GLUE_TASKS if t.task_name == config and t.config == config)
+def _glue_task_name(config: str, taskless: bool) -> str:
+  """The GLUE task that trains the source (tasks/glue.py's name)."""
+  return f"{'taskless_' if taskless else ''}glue_{config}_v002"
 
 
 def register_glue_transfer() -> list[str]:
   """Registers the transfer tasks and zero-shot mixtures of both directions; returns the names."""
   names = []
   for source, target in PAIRS:
-    t = _glue_task(target)
     data = sources.LocalOrTfdsSource(
         f"glue/{target}:{sources.GLUE_TFDS_VERSION}",
         ["validation"],
@@ -57,7 +57,7 @@ def register_glue_transfer() -> list[str]:
     postprocess_fn = functools.partial(
         postprocessors.translated_label,
         replacements=[(_POSITIVE[source], _POSITIVE[target])],
-        label_names=glue.GLUE_LABELS[target],
+        label_names=glue_format.GLUE_LABELS[target],
     )
     for taskless in (False, True):
       name = transfer_task_name(source, target, taskless)
@@ -65,15 +65,21 @@ def register_glue_transfer() -> list[str]:
           name,
           source=data,
           preprocessors=[
-              functools.partial(t.text_preprocessor, task_name=None if taskless else target),
+              functools.partial(
+                  preprocessors.classification,
+                  task_name=None if taskless else target,
+                  field_names=glue_format.field_names(target),
+                  label_names=glue_format.GLUE_LABELS[target],
+              ),
               *registration.tokenize_and_append_eos(),
           ],
           output_features=vocab.get_output_features(),
           postprocess_fn=postprocess_fn,
-          metric_fns=list(t.metric_fns),
+          # GLUE's metrics for both (as tasks/glue.py): F1 of the positive class, accuracy.
+          metric_fns=[metrics.f1_with_invalid, metrics.accuracy],
       )
       registration.add_alias(f"{name}_examples", name)
-      train = glue.task_name(source, taskless)
+      train = _glue_task_name(source, taskless)
       for suffix in ("", "_examples"):
         mixture = name.replace("_v002", "_zeroshot_v002") + suffix
         registration.add_mixture(mixture, [train, name + suffix], default_rate=1.0)

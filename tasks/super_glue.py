@@ -6,6 +6,11 @@ Registered on import (source: TFDS, or the official JSONL files in
   super_glue_wsc_v102_simple_{train,eval}   T5's short-answer WSC
   taskless_<each of the above>              same text without the task name
   super_glue_v102_proportional, taskless_super_glue_v102_proportional
+and the original's names for them (google-research/prompt-tuning `data/super_glue.py`), as
+copies; `_examples` is the same task (the original's also logged text examples to TensorBoard):
+  [taskless_]super_glue_<c>_v102_examples   (every config above but wsc_fixed, as the original)
+  [taskless_]super_glue_wsc_v102_simple_{train,eval}_examples
+  [taskless_]super_glue_wsc_and_dev_v102_simple[_examples]   mixture: WSC-simple train + eval
 `register_super_glue(source, data_dir, prefix)` registers another copy, e.g. from
 local files under different names. Formats, targets and metrics: docs/tasks.md.
 """
@@ -262,9 +267,30 @@ def register_super_glue(
   return names
 
 
+def register_original_names() -> list[str]:
+  """Registers the original's names listed above; returns them."""
+  names = []
+  for taskless in (False, True):
+    canonical = [task_name(t.name, taskless) for t in SUPER_GLUE_TASKS if t.name != "wsc_fixed"]
+    wsc = task_name("wsc", taskless)
+    canonical += [wsc + "_simple_train", wsc + "_simple_eval"]
+    for name in canonical:
+      registration.add_alias(name + "_examples", name)
+      names.append(name + "_examples")
+    for suffix in ("", "_examples"):
+      mixture = f"{'taskless_' if taskless else ''}super_glue_wsc_and_dev_v102_simple{suffix}"
+      registration.add_mixture(
+          mixture, [wsc + "_simple_train", wsc + "_simple_eval"], default_rate=1.0
+      )
+      names.append(mixture)
+  return names
+
+
 def _register_default() -> list[str]:
+  """The default names (and the original's copies of them) from TFDS or the JSONL folder."""
   data_dir = os.environ.get(SUPER_GLUE_DIR_ENV_VAR)
-  return register_super_glue("jsonl" if data_dir else "tfds", data_dir or None)
+  names = register_super_glue("jsonl" if data_dir else "tfds", data_dir or None)
+  return names + register_original_names()
 
 
 REGISTERED = _register_default()

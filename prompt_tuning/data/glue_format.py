@@ -1,4 +1,6 @@
-"""The official GLUE TSV files of QQP and MRPC as TFDS `glue/<config>:2.0.0` examples.
+"""GLUE's label names, and the official TSV files of QQP and MRPC as TFDS `glue` examples.
+
+`GLUE_LABELS`: each config's label names in class-index order (TFDS `glue/<config>:2.0.0`).
 
 `<dir>/QQP/{train,dev}.tsv` (columns `id qid1 qid2 question1 question2 is_duplicate`) and
 `<dir>/MRPC/{train,dev}.tsv` (columns `Quality #1 ID #2 ID #1 String #2 String`), as GLUE's
@@ -14,6 +16,17 @@ import tensorflow as tf
 
 from prompt_tuning.data import files
 
+# TFDS glue 2.0.0 label classes, in class-index order.
+GLUE_LABELS = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+    "wnli": ("not_entailment", "entailment"),
+}
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
 # config -> (folder, {TFDS field: TSV column}, label column)
 _LAYOUT = {
@@ -21,6 +34,11 @@ _LAYOUT = {
     "mrpc": ("MRPC", {"sentence1": "#1 String", "sentence2": "#2 String"}, "Quality"),
 }
 CONFIGS = tuple(_LAYOUT)
+
+
+def field_names(config: str) -> tuple[str, ...]:
+  """The text fields of QQP or MRPC, in T5's (alphabetical) order."""
+  return tuple(_LAYOUT[config][1])
 
 
 def glue_signature(config: str) -> dict[str, tf.TensorSpec]:

@@ -122,9 +122,7 @@ def _token_f1(prediction: str, gold: str) -> float:
   return 2 * precision * recall / (precision + recall)
 
 
-def squad_em_f1(
-    targets: Sequence[Sequence[str]], predictions: Sequence[str]
-) -> dict[str, float]:
+def squad_em_f1(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
   """Mean over examples of the best EM / token F1 against any gold answer.
 
   `targets` holds each example's gold answers, bare or as `{"value": answers}` (seqio matches
