@@ -159,6 +159,17 @@ HINTS = {
 }
 
 
+# The original's task modules (MIXTURE_OR_TASK_MODULE in its scripts) -> the modules here that
+# register the same task names (docs/tasks.md, "The original's task names").
+TASK_MODULES = {
+    "prompt_tuning.data.tasks": "prompt_tuning.tasks",
+    "prompt_tuning.data.glue": "prompt_tuning.tasks.glue",
+    "prompt_tuning.data.super_glue": "prompt_tuning.tasks.super_glue",
+    "prompt_tuning.data.qa": "prompt_tuning.tasks.qa",
+    "prompt_tuning.data.glue_transfer": "prompt_tuning.tasks.glue_transfer",
+}
+
+
 def _alias(module: str, name: str, params: tuple[str, ...]):
   """Registers `module.name` with exactly `params`; it is never called, only forwarded."""
 

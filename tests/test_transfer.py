@@ -20,6 +20,7 @@ from prompt_tuning import domain_transfer
 from prompt_tuning import transfer
 from prompt_tuning.data import files
 from prompt_tuning.data import glue_format
+from prompt_tuning.data import pipeline
 from prompt_tuning.data import qa_format
 from prompt_tuning.data import vocab
 from prompt_tuning.tasks import glue_transfer
@@ -236,6 +237,14 @@ def test_original_names_are_copies_of_the_tasks(alias, canonical):
       c.postprocessor,
   )
   assert a.metric_fns == c.metric_fns
+
+
+def test_sst2_demo_task_and_module_resolve():
+  # sst2-demo.sh: MIXTURE_OR_TASK_NAME / MIXTURE_OR_TASK_MODULE as the original's script sets them.
+  task = pipeline.get_task("taskless_glue_sst2_v200_examples", "prompt_tuning.data.glue")
+  assert task.name == "taskless_glue_sst2_v200_examples"
+  with pytest.raises(ImportError, match="prompt_tuning.data.c4"):
+    pipeline.import_task_modules("prompt_tuning.data.c4")  # Not one of the mapped modules.
 
 
 def test_original_mixtures():

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning import compat
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
@@ -34,6 +36,7 @@ def import_task_modules(modules: Union[None, str, Sequence[str]]) -> None:
   if not modules:
     return
   for name in [modules] if isinstance(modules, str) else modules:
+    name = compat.TASK_MODULES.get(name, name)  # The original's module names.
     try:
       importlib.import_module(name)
     except ImportError as e:
