@@ -203,6 +203,7 @@ def test_wheel_installs_configs_assets_and_commands(tmp_path):
       ("pt-train", "--gin_file"),
       ("pt-eval", "--gin_file"),
       ("pt-infer", "--gin_file"),
+      ("pt-transfer", "--suite"),
       ("pt-pretrain", "--gin_file"),
       ("pt-ablate", "--grid"),
   ]:
