@@ -8,7 +8,8 @@ path is relative to the checkpoint directory.
 
 Two layouts exist: version-3 files written through flax's `Optimizer` keep
 `optimizer/target` and `optimizer/state`; newer ones keep `target` and `state`
-at the top. Both are read; the newer one is written.
+at the top. Both are read; the newer one is written. T5X's orbax format
+(`checkpoint_<step>/state/` with OCDBT) is read too, through `orbax_checkpoints.py`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from prompt_tuning import orbax_checkpoints
 from prompt_tuning import partitioning
 
 __all__ = [
@@ -115,8 +117,21 @@ def _read_bytes(file: str) -> bytes:
   return bytes(result.value)
 
 
+def _read_orbax(state: str) -> dict[str, Any]:
+  try:
+    return orbax_checkpoints.read_tree(state)
+  except (orbax_checkpoints.OrbaxError, OSError, ValueError) as e:
+    raise CheckpointError(f"Cannot read the orbax checkpoint {state!r}: {e}") from e
+
+
 def _read_raw(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-  """Returns (checkpoint dir, msgpack tree with ExtTypes left undecoded)."""
+  """Returns (checkpoint dir, msgpack tree with ExtTypes left undecoded).
+
+  An orbax checkpoint gives its whole tree, already decoded (numpy leaves).
+  """
+  state = orbax_checkpoints.state_dir(path)
+  if state is not None:
+    return state, _read_orbax(state)
   directory, file = _resolve(path)
   data = _read_bytes(file)
   try:
@@ -407,20 +422,29 @@ def read_step(path: str | os.PathLike) -> int:
 
 def list_parameters(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
   """'/'-path -> (shape, dtype name) of every parameter, reading no arrays."""
+  state = orbax_checkpoints.state_dir(path)
+  if state is not None:
+    try:
+      shapes = orbax_checkpoints.read_shapes(state)
+    except (orbax_checkpoints.OrbaxError, OSError, ValueError) as e:
+      raise CheckpointError(f"Cannot read the orbax checkpoint {state!r}: {e}") from e
+    return {_path_str(p): v for p, v in shapes.items()}
   directory, raw = _read_raw(path)
   target = _section(raw, "target", os.fspath(path))
   return {_path_str(p): _leaf_shape_dtype(v, directory) for p, v in _flatten(target)}
 
 
 def all_checkpoint_steps(model_dir: str | os.PathLike) -> list[int]:
-  """Sorted steps of the complete `checkpoint_<N>` dirs in a local model_dir."""
+  """Sorted steps of the complete `checkpoint_<N>` dirs (msgpack or orbax) in a local model_dir."""
   model_dir = os.fspath(model_dir)
   if not os.path.isdir(model_dir):
     return []
   steps = []
   for name in os.listdir(model_dir):
     match = _CHECKPOINT_DIR_RE.fullmatch(name)  # skips `.tmp-` dirs too
-    if match and os.path.isfile(os.path.join(model_dir, name, CHECKPOINT_FILE)):
+    step_dir = os.path.join(model_dir, name)
+    complete = os.path.isfile(os.path.join(step_dir, CHECKPOINT_FILE))
+    if match and (complete or orbax_checkpoints.is_complete(step_dir)):
       steps.append(int(match.group(1)))
   return sorted(steps)
 
