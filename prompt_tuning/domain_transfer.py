@@ -115,7 +115,8 @@ def run(
 ) -> dict[str, Any]:
   """Evaluates the parameters `restore_cfg` names on each task of `suite` (validation split).
 
-  Prints the table, then `{"suite", "step", "rows"}` as JSON; `output_dir` (default
+  Prints the table, then `{"suite", "step", "rows"}` as JSON, and returns that (on process 0;
+  other processes return {}). `output_dir` (default
   `MODEL_DIR/eval`) receives SeqIO's `<task>-metrics.jsonl` of every task.
   `mixture_or_task_module`: modules imported first (e.g. one that registers the suite's task
   names again over other data).
@@ -135,8 +136,9 @@ def run(
         row.task, task_feature_lengths, "validation", modules, output_dir, use_cached
     )
     metrics.update(evaluation.evaluate(evaluator, fns, params, step))
+  if jax.process_index() != 0:
+    return {}  # SeqIO computes metrics on process 0 only.
   out = {"suite": suite, "step": step, "rows": results(spec_suite, metrics)}
-  if jax.process_index() == 0:
-    print(format_table(spec_suite, metrics))
-    print(json.dumps(out, indent=2, default=str))
+  print(format_table(spec_suite, metrics))
+  print(json.dumps(out, indent=2, default=str))
   return out
