@@ -40,7 +40,9 @@ def _suffix_layout(tokens_BxL: Array, prompt_length: int) -> tuple[Array, Array]
   pos_1xS = jnp.arange(prompt_length + tokens_BxL.shape[1])[None, :]
   in_prompt = (pos_1xS >= start_Bx1) & (pos_1xS < start_Bx1 + prompt_length)
   source = jnp.where(
-      in_prompt, pos_1xS - start_Bx1, jnp.where(pos_1xS < start_Bx1, pos_1xS, pos_1xS - prompt_length)
+      in_prompt,
+      pos_1xS - start_Bx1,
+      jnp.where(pos_1xS < start_Bx1, pos_1xS, pos_1xS - prompt_length),
   )
   return in_prompt, source
 
@@ -52,9 +54,7 @@ def insert(prompt_BxPxD: Array, embedded_BxLxD: Array, tokens_BxL: Array, placem
   if placement == "prefix":
     return jnp.concatenate([prompt_BxPxD, embedded_BxLxD], axis=1)
   if placement == "after_first":
-    return jnp.concatenate(
-        [embedded_BxLxD[:, :1], prompt_BxPxD, embedded_BxLxD[:, 1:]], axis=1
-    )
+    return jnp.concatenate([embedded_BxLxD[:, :1], prompt_BxPxD, embedded_BxLxD[:, 1:]], axis=1)
   in_prompt_BxS, source_BxS = _suffix_layout(tokens_BxL, prompt_BxPxD.shape[1])
   last_token = embedded_BxLxD.shape[1] - 1
   from_tokens = jnp.take_along_axis(

@@ -55,8 +55,8 @@ class ResidualMlp(nn.Module):
     down_bias = param("down_bias", nn.initializers.zeros, (self.hidden_dim,), MLP_AXES[1:])
     up = param("up_kernel", nn.initializers.zeros, (self.hidden_dim, width), MLP_AXES[::-1])
     up_bias = param("up_bias", nn.initializers.zeros, (width,), MLP_AXES[:1])
-    hidden_PxH = jax.nn.relu(x_PxD @ down + down_bias)
-    return x_PxD + hidden_PxH @ up + up_bias
+    hidden_PxH = jax.nn.relu(x_PxD @ down + down_bias[None, :])
+    return x_PxD + hidden_PxH @ up + up_bias[None, :]
 
 
 class ReparamPrompt(nn.Module):
@@ -103,9 +103,7 @@ def reparam_prompt_factory(
     raise prompts.PromptInitError(f"PROMPT_LENGTH must be positive; got {length}.")
   if hidden_dim <= 0:
     raise ValueError(f"REPARAM_HIDDEN_DIM must be positive; got {hidden_dim}.")
-  return functools.partial(
-      ReparamPrompt, length, init, hidden_dim, placement_lib.check(placement)
-  )
+  return functools.partial(ReparamPrompt, length, init, hidden_dim, placement_lib.check(placement))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,10 +127,32 @@ def task_index(first_tokens_B: Array, first_task_token: int, num_tasks: int) -> 
   return jnp.clip(first_task_token - first_tokens_B, 0, num_tasks - 1)
 
 
+class TaskPrompts(nn.Module):
+  """Owns the per-task prompts [N, P_t, D]; `init` fills each task's [P_t, D] with its own rng."""
+
+  num_tasks: int
+  length: int
+  init: prompts.Initializer
+
+  @nn.compact
+  def __call__(self, embed_dim: int) -> Array:
+    def init(rng, shape, dtype=jnp.float32):
+      rngs = jax.random.split(rng, shape[0])
+      return jnp.stack([self.init(r, shape[1:], dtype) for r in rngs])
+
+    return self.param(
+        "prompt",
+        nn.with_logical_partitioning(init, TASK_AXES),
+        (self.num_tasks, self.length, embed_dim),
+        jnp.float32,
+    )
+
+
 class MultiTaskPrompt(nn.Module):
   """A shared prompt plus a per-task one, picked per example by its first token (see above).
 
-  Parameters: `encoder/prompt/shared/prompt` [P_s, D] and `encoder/prompt/tasks` [N, P_t, D].
+  Parameters: `encoder/prompt/shared/prompt` [P_s, D] and `encoder/prompt/tasks/prompt`
+  [N, P_t, D].
   """
 
   shared_length: int
@@ -151,25 +171,12 @@ class MultiTaskPrompt(nn.Module):
 
   def setup(self):
     self.shared = prompts.Prompt(self.shared_length, self.shared_init)
-
-  def _task_prompts(self, embed_dim: int) -> Array:
-    """[N, P_t, D]: each task's part, initialised one task at a time (its own rng)."""
     rows = self.shared_length if self.how == "add" else self.task_length
-
-    def init(rng, shape, dtype=jnp.float32):
-      rngs = jax.random.split(rng, shape[0])
-      return jnp.stack([self.task_init(r, shape[1:], dtype) for r in rngs])
-
-    return self.param(
-        "tasks",
-        nn.with_logical_partitioning(init, TASK_AXES),
-        (len(self.task_names), rows, embed_dim),
-        jnp.float32,
-    )
+    self.tasks = TaskPrompts(len(self.task_names), rows, self.task_init)
 
   def all_task_prompts(self, embed_dim: int) -> Array:
     """[N, P, D]: every task's combined prompt."""
-    return combine(self.shared(embed_dim), self._task_prompts(embed_dim), self.how)
+    return combine(self.shared(embed_dim), self.tasks(embed_dim), self.how)
 
   def __call__(self, embedded_BxLxD: Array, tokens_BxL: Array) -> Array:
     prompts_NxPxD = self.all_task_prompts(embedded_BxLxD.shape[-1])

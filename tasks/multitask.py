@@ -80,9 +80,7 @@ def _register(names: Sequence[str]) -> list[str]:
     )
     registered.append(task_name(name))
   # Proportional to each task's train examples (counted; the published sizes if uncountable).
-  rate = registration.rate_num_examples(
-      {task_name(n): super_glue.TRAIN_SIZES[n] for n in names}
-  )
+  rate = registration.rate_num_examples({task_name(n): super_glue.TRAIN_SIZES[n] for n in names})
   registration.add_mixture(MIXTURE, [(t, rate) for t in registered])
   return registered + [MIXTURE]
 
