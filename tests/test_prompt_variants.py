@@ -7,14 +7,17 @@ its task's exported prompt; a reparameterised prompt's export is recomputed with
 """
 
 import functools
+import json
+import pathlib
 
-import flax
+import cli_utils
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning import embedded
 from prompt_tuning import model as model_lib
 from prompt_tuning import placement
 from prompt_tuning import prompt_variants
@@ -217,3 +220,64 @@ def test_multitask_settings_are_checked(kwargs, match):
   args = dict(shared_length=3, task_names=TASKS, first_task_token=FIRST_TASK_TOKEN, how="add")
   with pytest.raises(ValueError, match=match):
     prompt_variants.multitask_prompt_factory(**{**args, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------------
+# End to end: the reparameterised prompt through the command line.
+
+
+def _printed_metrics(stdout: str) -> dict:
+  """The metrics JSON `prompt_tuning.eval` prints last."""
+  lines = stdout.splitlines()
+  start = max(i for i, line in enumerate(lines) if line == "{")
+  return json.loads("\n".join(lines[start:]))
+
+
+@pytest.mark.slow
+def test_reparam_trains_saves_reloads_and_its_export_evaluates_as_a_plain_prompt(tmp_path):
+  env = cli_utils.make_env(tmp_path, pathlib.Path(embedded.vocab_path()))
+  model_dir = tmp_path / "reparam"
+  task = {
+      "MIXTURE_OR_TASK_MODULE": "prompt_tuning.tasks.synthetic",
+      "MIXTURE_OR_TASK_NAME": "synthetic_taskless_super_glue_boolq_v102",
+      "TASK_FEATURE_LENGTHS": {"inputs": 64, "targets": 4},
+      "PROMPT_LENGTH": 20,
+      "ACTIVATION_DTYPE": "float32",
+  }
+  steps = {"TRAIN_STEPS": 5002, "EVAL_PERIOD": 2, "CHECKPOINT_PERIOD": 2, "LOG_PERIOD": 1}
+  cli_utils.Cli(
+      "train",
+      ["--gin_file=runs/embedded_default.gin", "--gin_file=prompts/residual_reparam.gin"]
+      + cli_utils.gin_flags({**steps, "MODEL_DIR": model_dir}),
+      env,
+      tmp_path / "logs",
+      "train",
+  ).check(timeout=600)
+  trained = cli_utils.read_jsonl(model_dir / "eval" / "metrics.jsonl")[-1]
+  accuracy = trained["synthetic_taskless_super_glue_boolq_v102/accuracy"]
+  exported = (
+      model_dir / "numpy_checkpoints" / "checkpoint_5002" / "encoder.prompt.prompt.prompt.npy"
+  )
+  assert np.load(exported).shape == (20, 128)
+  model_files = [
+      "--gin_file=models/t5_1_1_prompt.gin",
+      "--gin_file=models/sizes/embedded.gin",
+      "--gin_file=models/decoding/greedy.gin",
+  ]
+  evals = {
+      # The checkpoint (matrix + MLP) restored into the reparameterised model.
+      "reload": model_files
+      + ["--gin_file=prompts/residual_reparam.gin", "--gin_file=runs/prompt_eval.gin"]
+      + cli_utils.gin_flags({**task, "MODEL_DIR": model_dir}),
+      # The export alone, read by the plain prompt model as any saved prompt.
+      "plain": model_files
+      + ["--gin_file=runs/prompt_eval.gin"]
+      + cli_utils.gin_flags({**task, "PROMPT_FILE": exported}),
+  }
+  runs = {
+      name: cli_utils.Cli("eval", args, env, tmp_path / "logs", name)
+      for name, args in evals.items()
+  }
+  for name, run in runs.items():
+    metrics = _printed_metrics(run.check(timeout=600).stdout)
+    assert metrics["synthetic_taskless_super_glue_boolq_v102"]["accuracy"] == accuracy, name
