@@ -9,9 +9,8 @@ mask" after every norm.
 
 An optional prompt module (the contract is `prompts.PromptModule`, built by the encoder's
 `prompt_factory`, a `prompts.PromptFactory`) sits in the encoder as `encoder/prompt`: it receives
-the embedded inputs and returns them with its positions placed among them (prepended, by
-default), and it says which positions are real (`valid_positions`). Masks and relative positions
-then cover the combined sequence. With no prompt the same code is the plain model.
+the embedded inputs and returns them with `length` positions prepended. Masks and relative
+positions then cover the concatenated sequence. With no prompt the same code is the plain model.
 
 Shapes: B batch, L encoder input length (tokens), P prompt length (0 without a prompt), so the
 encoder's activations are [B, P + L, D]; T decoder length, D embed, H heads, K head dim, F mlp,
