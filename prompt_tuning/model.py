@@ -187,3 +187,8 @@ class EncoderDecoderModel:
       self, params: Params, batch: Batch, rng: Optional[Array] = None, **kwargs
   ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
+
+  def numpy_exports(self, params: Params) -> dict[str, Array]:
+    """Arrays computed from the parameters, saved beside them in the numpy checkpoint: the
+    encoder's prompt module's `exports` (e.g. a reparameterised prompt as a plain one)."""
+    return self.module.apply({"params": params}, method=lambda m: m.encoder.numpy_exports())

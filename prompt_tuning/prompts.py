@@ -1,9 +1,11 @@
 """Soft prompts: the trainable [P, D] matrix, its initialisers, and how it joins the inputs.
 
-`PrefixPrompt` is what the T5 encoder calls with the embedded inputs (see `models/t5.py`; the
-contract is `PromptModule`, built by a `PromptFactory`); it owns a `Prompt` whose single
-parameter lives at `encoder/prompt/prompt/prompt`, as in the original implementation, so
-`.*prompt.*` selects it.
+`InputPrompt` (alias `PrefixPrompt`) is what the T5 encoder calls with the embedded inputs (see
+`models/t5.py`; the contract is `PromptModule`, built by a `PromptFactory`); it owns a `Prompt`
+whose single parameter lives at `encoder/prompt/prompt/prompt`, as in the original
+implementation, so `.*prompt.*` selects it, and places it as a prefix (default), after the first
+token or as a suffix (`placement.py`). Reparameterised and multi-task prompts:
+`prompt_variants.py`.
 
 Initialisers follow Flax's signature `(rng, shape, dtype) -> array` and are built by factories:
 
@@ -25,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning import placement as placement_lib
 
 Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
 ArrayLike = Union[np.ndarray, jax.Array]
@@ -314,13 +318,23 @@ class PromptModule(Protocol):
   """What the T5 encoder accepts as its prompt (`models/t5.py`, `Encoder.prompt_factory`).
 
   Called as `prompt(embedded_BxLxD, tokens_BxL)` with the embedded inputs and their token ids;
-  returns [B, P + L, D], the inputs with `length` (P) positions prepended. The encoder treats
-  those first P positions as always valid (never padding).
+  returns the encoder's input [B, S, D] (S = P + L for a prompt of `length` P placed among the
+  L tokens; a module that consumes a token, as the multi-task prompt does its task index, returns
+  fewer). `valid_positions(tokens_BxL)` says which of those S positions are real [B, S]: the
+  encoder masks with it, and so does the decoder's cross-attention. `exports(embed_dim)` returns arrays
+  computed from the parameters to save beside them in the numpy checkpoint, by file name without
+  `.npy` (e.g. a reparameterised prompt as the plain prompt it amounts to); most return `{}`.
   """
 
   length: int
 
   def __call__(self, embedded_BxLxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
+    ...
+
+  def valid_positions(self, tokens_BxL: jax.Array) -> jax.Array:
+    ...
+
+  def exports(self, embed_dim: int) -> dict[str, jax.Array]:
     ...
 
 
@@ -331,29 +345,53 @@ class PromptFactory(Protocol):
     ...
 
 
-def prefix_prompt_factory(length: int, init: Initializer = random_uniform()) -> PromptFactory:
-  """What the encoder's `prompt_factory` takes: builds a fresh `PrefixPrompt` when called."""
+# The numpy checkpoint's file (without `.npy`) of a plain prompt, `encoder/prompt/prompt/prompt`:
+# what `prompts/from_file.gin` and the prompt library read, and what variants export as.
+PLAIN_PROMPT_EXPORT = "encoder.prompt.prompt.prompt"
+
+
+def input_prompt_factory(
+    length: int, init: Initializer = random_uniform(), placement: str = "prefix"
+) -> PromptFactory:
+  """What the encoder's `prompt_factory` takes: builds a fresh `InputPrompt` when called."""
   if length <= 0:
     raise PromptInitError(f"PROMPT_LENGTH must be positive; got {length}.")
-  return functools.partial(PrefixPrompt, length, init)
+  return functools.partial(InputPrompt, length, init, placement_lib.check(placement))
 
 
-class PrefixPrompt(nn.Module):
-  """Prepends the prompt to the embedded encoder inputs (the paper's setting).
+def prefix_prompt_factory(length: int, init: Initializer = random_uniform()) -> PromptFactory:
+  """`input_prompt_factory` with the prompt prepended (the paper's setting)."""
+  return input_prompt_factory(length, init, "prefix")
 
-  Called by the encoder as `prompt(embedded_BxLxD, tokens_BxL)`; returns [B, P + L, D]. The
-  encoder treats the first `length` positions as always valid.
+
+class InputPrompt(nn.Module):
+  """Places one trained prompt among the embedded encoder inputs of every example.
+
+  `placement` (see `placement.py`): "prefix" prepends it (the paper's setting), "after_first"
+  puts it after the first token, "suffix" after each example's last real token. Called by the
+  encoder as `prompt(embedded_BxLxD, tokens_BxL)`; returns [B, P + L, D].
   """
 
   length: int
   init: Initializer = random_uniform()
+  placement: str = "prefix"
 
   def setup(self):
     self.prompt = Prompt(self.length, self.init)
 
   def __call__(self, embedded_BxLxD: jax.Array, tokens_BxL: jax.Array) -> jax.Array:
-    del tokens_BxL  # A prefix prompt is the same for every example.
     batch, _, embed_dim = embedded_BxLxD.shape
-    prompt_PxD = self.prompt(embed_dim).astype(embedded_BxLxD.dtype)
+    prompt_PxD = self.prompt(embed_dim)
     prompt_BxPxD = jnp.broadcast_to(prompt_PxD, (batch,) + prompt_PxD.shape)
-    return jnp.concatenate([prompt_BxPxD, embedded_BxLxD], axis=1)
+    return placement_lib.insert(prompt_BxPxD, embedded_BxLxD, tokens_BxL, self.placement)
+
+  def valid_positions(self, tokens_BxL: jax.Array) -> jax.Array:
+    return placement_lib.valid_positions(tokens_BxL, self.length, self.placement)
+
+  def exports(self, embed_dim: int) -> dict[str, jax.Array]:
+    del embed_dim
+    return {}  # The parameter itself is the plain prompt (`PLAIN_PROMPT_EXPORT`).
+
+
+# The paper's and the original's name; `InputPrompt`'s default placement is the prefix.
+PrefixPrompt = InputPrompt

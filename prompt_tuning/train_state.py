@@ -12,7 +12,8 @@ input position is `state/input_position`; T5X does not read it, and a checkpoint
 original's) resumes from the start of the data stream. Any other optax optimizer's state is
 `state/param_states` as flax serialises it, which only this project reads. Beside it,
 `MODEL_DIR/numpy_checkpoints/checkpoint_<step>/<param path with dots>.npy` holds each trainable
-parameter as a plain `.npy` (the prompt: `encoder.prompt.prompt.prompt.npy`).
+parameter as a plain `.npy` (the prompt: `encoder.prompt.prompt.prompt.npy`), and the arrays the
+prompt module computes from them (`exports`: docs/prompt_variants.md).
 """
 
 import dataclasses
@@ -84,8 +85,13 @@ def save(
     input_position: int,
     cfg: CheckpointConfig,
     protected_steps: Sequence[int] = (),
+    exports: Optional[Mapping[str, Any]] = None,
 ) -> str:
   """Writes `MODEL_DIR/checkpoint_<step>` atomically, the numpy export, and prunes old ones.
+
+  `exports` (name without `.npy`, '/' for a subfolder -> array) are arrays computed from the
+  parameters that the numpy export holds beside them (`model.EncoderDecoderModel.numpy_exports`:
+  a reparameterised prompt as the plain prompt it amounts to, each task's multi-task prompt).
 
   Multi-host: every process calls this (arrays split over processes are gathered); process 0
   writes.
@@ -105,12 +111,18 @@ def save(
   if not partitioning.broadcast_from_process_0(os.path.exists(path)):
     checkpoints.save_t5x_checkpoint(path, target, step=step, state=param_states, extra_state=extra)
   if cfg.export_numpy:
-    host_params = {k: partitioning.to_host(v) for k, v in optim.flatten(state.params).items()}
+    host_params = {
+        _npy_name(k): partitioning.to_host(v) for k, v in optim.flatten(state.params).items()
+    }
+    for name, value in (exports or {}).items():
+      if name + ".npy" in host_params:
+        raise ValueError(f"Numpy export {name}.npy would overwrite the parameter of that name.")
+      host_params[name + ".npy"] = partitioning.to_host(value)
     if jax.process_index() == 0:
       out = os.path.join(model_dir, "numpy_checkpoints", f"checkpoint_{step}")
-      os.makedirs(out, exist_ok=True)
       for name, value in host_params.items():
-        np.save(os.path.join(out, _npy_name(name)), value)
+        os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
+        np.save(os.path.join(out, name), value)
   if cfg.keep and jax.process_index() == 0:
     for old in checkpoints.all_checkpoint_steps(model_dir)[: -cfg.keep]:
       if old not in protected_steps:

@@ -89,7 +89,12 @@ def run(
 
   def save():
     protected = [best.step] if best and best.step is not None else []
-    train_state.save(model_dir, state, frozen, input_position, checkpoint_cfg, protected)
+    exports = None
+    if checkpoint_cfg.export_numpy:
+      exports = trainer.model.numpy_exports(optim.merge_params(state.params, frozen))
+    train_state.save(
+        model_dir, state, frozen, input_position, checkpoint_cfg, protected, exports=exports
+    )
 
   def run_eval():
     start = time.perf_counter()

@@ -104,6 +104,12 @@ ALIASES = {
     "from_class_labels_numpy": "class_labels",
     "from_sampled_vocab": "sampled_vocab",
     "from_sampled_vocab_numpy": "sampled_vocab",
+    "spot": "from_file",
+}
+# Prompt files that replace the prompt module (docs/prompt_variants.md), not its initialiser.
+PROMPT_STRUCTURES = {
+    "prompts/residual_reparam.gin": "reparam_prompt_factory",
+    "prompts/multitask.gin": "multitask_prompt_factory",
 }
 
 
@@ -119,10 +125,19 @@ def test_decoding_file_sets_its_decode_fn(rel):
   assert model.decode_fn.__name__ == _selects(rel)
 
 
-@pytest.mark.parametrize("rel", [f for f in ALL_FILES if f.startswith("prompts/")])
+@pytest.mark.parametrize(
+    "rel", [f for f in ALL_FILES if f.startswith("prompts/") and f not in PROMPT_STRUCTURES]
+)
 def test_prompt_file_sets_its_initialiser(rel):
   _parse(combination(rel))
   assert gin.query_parameter("%PROMPT").configurable.name == _selects(rel)
+
+
+@pytest.mark.parametrize("rel", sorted(PROMPT_STRUCTURES))
+def test_prompt_structure_file_sets_its_factory(rel):
+  _parse(combination(rel))
+  factory = gin.query_parameter("t5.EncoderDecoder.prompt_factory").configurable.name
+  assert factory == PROMPT_STRUCTURES[rel]
 
 
 def _embedded_dims() -> tuple[int, int]:

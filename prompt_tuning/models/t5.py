@@ -512,7 +512,7 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Embeds tokens, lets the optional prompt module prepend its positions, runs the layers."""
+  """Embeds tokens, lets the optional prompt module place its positions, runs the layers."""
 
   config: T5Config
   token_embedder: nn.Module
@@ -535,17 +535,16 @@ class Encoder(nn.Module):
     self.input_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
     self.output_dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
-  @property
-  def prompt_length(self) -> int:
-    return 0 if self.prompt is None else self.prompt.length
-
   def valid_positions(self, tokens_BxL: Array) -> Array:
-    """[B, P + L] bool: which encoder positions are real (prompt always, tokens where id > 0)."""
-    valid = tokens_BxL > 0
-    if self.prompt_length:
-      fake = jnp.ones((tokens_BxL.shape[0], self.prompt_length), dtype=bool)
-      valid = jnp.concatenate([fake, valid], axis=1)
-    return valid
+    """[B, S] bool: which encoder positions are real (S = L without a prompt, else the prompt
+    module's sequence, P + L for an input prompt; the module says where its positions are)."""
+    if self.prompt is None:
+      return tokens_BxL > 0
+    return self.prompt.valid_positions(tokens_BxL)
+
+  def numpy_exports(self) -> dict[str, Array]:
+    """Arrays computed from the parameters for the numpy checkpoint (`PromptModule.exports`)."""
+    return {} if self.prompt is None else self.prompt.exports(self.config.emb_dim)
 
   def __call__(self, tokens_BxL: Array, enable_dropout: bool = False) -> Array:
     """Token ids [B, L] -> encoded [B, P + L, D]; padded positions are exactly 0."""
