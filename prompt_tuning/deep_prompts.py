@@ -169,7 +169,7 @@ def reparameterise(
     out_bias_Nx2xHxK: Array,
 ) -> Array:
   """Prefix tuning's MLP, tanh between two affine maps: -> prefixes [N, 2, P', H, K]."""
-  hidden_PxM = jnp.tanh(prompt_PxE @ hidden_kernel_ExM + hidden_bias_M)
+  hidden_PxM = jnp.tanh(prompt_PxE @ hidden_kernel_ExM + hidden_bias_M[None])
   out = jnp.einsum("pm,mnchk->ncphk", hidden_PxM, out_kernel_MxNx2xHxK)
   return out + out_bias_Nx2xHxK[:, :, None]
 
