@@ -5,7 +5,9 @@ References are independent of the module's code path: attention over the concate
 whole model without a cache, and parameter counts from the formula in the module's docstring.
 """
 
+import json
 import math
+import pathlib
 
 import flax.linen as nn
 import gin
@@ -14,8 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import cli_utils
+from prompt_tuning import checkpoints
 from prompt_tuning import config
 from prompt_tuning import deep_prompts
+from prompt_tuning import embedded
 from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
@@ -242,3 +247,59 @@ def test_gin_files_build_the_counted_parameters():
   assert _trainable_count(size + ["prompts/prefix_tuning.gin"], ["PROMPT_LENGTH = 20"]) == (
       per_stack(enc) + per_stack(dec)
   )
+
+
+@pytest.mark.slow
+def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
+  """Two steps of prefix tuning on the embedded default, its MLP dropped by the export, and the
+  exported prefixes evaluated alone: they score what the training loop's evaluation logged."""
+  env = cli_utils.make_env(
+      tmp_path,
+      pathlib.Path(embedded.vocab_path()),
+      {"PROMPT_TUNING_SYNTHETIC_DIR": str(tmp_path / "synthetic")},
+  )
+  step = checkpoints.read_step(embedded.checkpoint_path()) + 2
+  model_dir, export_dir = tmp_path / "run", tmp_path / "prefixes"
+  run = ["--gin_file=runs/embedded_base.gin", "--gin_file=prompts/prefix_tuning.gin"]
+  small = {"BATCH_SIZE": 4, "DEEP_PROMPT_MLP_DIM": 16}
+  train_flags = {"TRAIN_STEPS": step, "EVAL_PERIOD": 2, "CHECKPOINT_PERIOD": 2, "LOG_PERIOD": 1}
+  cli_utils.Cli(
+      "train",
+      run + cli_utils.gin_flags({**small, **train_flags, "MODEL_DIR": model_dir}),
+      env,
+      tmp_path / "logs",
+      "train",
+  ).check(timeout=900)
+  saved = checkpoints.list_parameters(model_dir / f"checkpoint_{step}")
+  assert saved and all(name.startswith("deep_prompt/") for name in saved), saved
+  logged = cli_utils.read_jsonl(model_dir / "eval" / "metrics.jsonl")[-1]
+  assert logged["step"] == step
+
+  numpy_dir = model_dir / "numpy_checkpoints" / f"checkpoint_{step}"
+  deep_prompts.main(["export", str(numpy_dir), str(export_dir)])
+  encoder = np.load(export_dir / deep_prompts.export_name("encoder"))
+  cfg = embedded.load_config()
+  assert encoder.shape == (cfg.num_encoder_layers, 2, 20, cfg.num_heads, cfg.head_dim)
+
+  evaluation = cli_utils.Cli(
+      "eval",
+      [
+          "--gin_file=runs/embedded_base.gin",
+          "--gin_file=runs/prompt_eval.gin",
+          "--gin_file=prompts/deep_prompt_from_export.gin",
+      ]
+      + cli_utils.gin_flags(
+          {
+              "DEEP_PROMPT_DIR": export_dir,
+              "DEEP_PROMPT_DECODER": True,
+              "MODEL_DIR": tmp_path / "eval",
+              "MIXTURE_OR_TASK_MODULE": "prompt_tuning.tasks.synthetic",
+          }
+      ),
+      env,
+      tmp_path / "logs",
+      "eval",
+  ).check(timeout=900)
+  metrics = json.loads(evaluation.stdout)
+  task = "synthetic_taskless_super_glue_boolq_v102"
+  assert metrics[task]["accuracy"] == pytest.approx(logged[f"{task}/accuracy"])
