@@ -332,7 +332,7 @@ class MultiHeadAttention(nn.Module):
     """Queries from x_q [B, Q, D], keys/values from x_kv [B, S, D] -> [B, Q, D].
 
     `prefix_kv` [2, P', H, K] (keys, then values; the same for every example) adds P' key/value
-    positions that every query attends to, whatever the mask (see `_attend`).
+    positions that every query attends to, whatever the mask (see `_attend_with_prefix`).
 
     `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
     creates the cache; each later one takes one position (Q == 1) and attends over the whole
