@@ -46,7 +46,8 @@ from prompt_tuning import prompts
 Array = jax.Array
 STACKS = ("encoder", "decoder")
 # Logical axes of a stack's prefixes [layers, 2, P', H, K]: heads are split like the attention's
-# own (model parallelism); the prompt axis keeps Adafactor from factoring them (optim.py).
+# own (model parallelism), axes without a partitioning rule (`prompt_layers`, `prompt_kv`, and the
+# MLP's `prompt_mlp`) are replicated, and the prompt axes keep Adafactor from factoring (optim.py).
 PREFIX_AXES = ("prompt_layers", "prompt_kv", "prompt", "heads", "kv")
 
 
