@@ -125,8 +125,22 @@ def test_decoding_file_sets_its_decode_fn(rel):
   assert model.decode_fn.__name__ == _selects(rel)
 
 
+# prompts/ files that replace the input prompt by a deep prompt (prompt_tuning/deep_prompts.py):
+# the factory each one binds.
+DEEP_PROMPT_FILES = {
+    "prompts/deep_prompt.gin": "deep_prompt_factory",
+    "prompts/deep_prompt_from_export.gin": "deep_prompt_factory",
+    "prompts/prefix_tuning.gin": "prefix_tuning_factory",
+}
+
+
 @pytest.mark.parametrize(
-    "rel", [f for f in ALL_FILES if f.startswith("prompts/") and f not in PROMPT_STRUCTURES]
+    "rel",
+    [
+        f
+        for f in ALL_FILES
+        if f.startswith("prompts/") and f not in PROMPT_STRUCTURES and f not in DEEP_PROMPT_FILES
+    ],
 )
 def test_prompt_file_sets_its_initialiser(rel):
   _parse(combination(rel))
@@ -138,6 +152,14 @@ def test_prompt_structure_file_sets_its_factory(rel):
   _parse(combination(rel))
   factory = gin.query_parameter("t5.EncoderDecoder.prompt_factory").configurable.name
   assert factory == PROMPT_STRUCTURES[rel]
+
+
+@pytest.mark.parametrize("rel", sorted(DEEP_PROMPT_FILES))
+def test_deep_prompt_file_sets_its_factory(rel):
+  _parse(combination(rel))
+  factory = gin.query_parameter("t5.EncoderDecoder.deep_prompt_factory")
+  assert factory.configurable.name == DEEP_PROMPT_FILES[rel]
+  assert gin.query_parameter("t5.EncoderDecoder.prompt_factory") is None
 
 
 def _embedded_dims() -> tuple[int, int]:

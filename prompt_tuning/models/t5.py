@@ -12,6 +12,10 @@ An optional prompt module (the contract is `prompts.PromptModule`, built by the 
 the embedded inputs and returns them with `length` positions prepended. Masks and relative
 positions then cover the concatenated sequence. With no prompt the same code is the plain model.
 
+An optional deep prompt (`deep_prompts.py`, built by `EncoderDecoder.deep_prompt_factory`) sits at
+`deep_prompt` and gives each self-attention layer trainable key/value prefixes [2, P', H, K] that
+every query attends to (prefix tuning, P-tuning v2); without one no layer has prefixes.
+
 Shapes: B batch, L encoder input length (tokens), P prompt length (0 without a prompt), so the
 encoder's activations are [B, P + L, D]; T decoder length, D embed, H heads, K head dim, F mlp,
 V vocab. In attention, Q and S are the query and key/value lengths (P + L or T).
@@ -26,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning import deep_prompts
 from prompt_tuning import prompts
 
 Array = jax.Array
@@ -322,8 +327,12 @@ class MultiHeadAttention(nn.Module):
       enable_dropout: bool = False,
       decode: bool = False,
       decode_position: Optional[Array] = None,
+      prefix_kv: Optional[Array] = None,
   ) -> Array:
     """Queries from x_q [B, Q, D], keys/values from x_kv [B, S, D] -> [B, Q, D].
+
+    `prefix_kv` [2, P', H, K] (keys, then values; the same for every example) adds P' key/value
+    positions that every query attends to, whatever the mask (see `_attend_with_prefix`).
 
     `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
     creates the cache; each later one takes one position (Q == 1) and attends over the whole
@@ -381,12 +390,38 @@ class MultiHeadAttention(nn.Module):
     logits_BxHxQxK = jnp.einsum(qk, q, k)
     if bias is not None:
       logits_BxHxQxK = logits_BxHxQxK + bias.astype(logits_BxHxQxK.dtype)
-    weights = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32)).astype(self.dtype)
-    if enable_dropout and self.dropout_rate > 0:
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum(wv, weights, v)
+    if prefix_kv is None:
+      weights = jax.nn.softmax(logits_BxHxQxK.astype(jnp.float32)).astype(self.dtype)
+      weights = self._dropout(weights, enable_dropout)
+      out = jnp.einsum(wv, weights, v)
+    else:
+      out = self._attend_with_prefix(q, logits_BxHxQxK, v, wv, prefix_kv, enable_dropout)
     out = out.reshape(out.shape[:-2] + (hk,))
     return Dense(emb_dim, ("joined_kv", "embed"), dtype=self.dtype, name="out")(out)
+
+  def _dropout(self, weights: Array, enable_dropout: bool) -> Array:
+    if enable_dropout and self.dropout_rate > 0:
+      return nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+    return weights
+
+  def _attend_with_prefix(self, q, logits_BxHxQxS, v, wv, prefix_kv, enable_dropout) -> Array:
+    """Attention over [prefix; sequence]: one softmax over both, each part mixed separately.
+
+    The prefix logits get no bias: no mask (a prefix is never padding, and in the decoder it
+    precedes every position, so causality allows it) and no relative-position bias. Prefixes are
+    position-free memory slots, the same for every query; a T5 bucket would give each an
+    arbitrary distance to each query and share that bias with real tokens at that distance.
+    The sequence part is never concatenated with the prefix, so the decode cache keeps holding
+    only the decoder's own positions.
+    """
+    prefix_kv = prefix_kv.astype(q.dtype)
+    logits_BxHxQxP = jnp.einsum("bqhd,phd->bhqp", q, prefix_kv[0])
+    logits = jnp.concatenate([logits_BxHxQxP, logits_BxHxQxS.astype(q.dtype)], axis=-1)
+    weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
+    weights = self._dropout(weights, enable_dropout)
+    length = prefix_kv.shape[1]
+    out = jnp.einsum("bhqp,phd->bqhd", weights[..., :length], prefix_kv[1])
+    return out + jnp.einsum(wv, weights[..., length:], v)
 
 
 class MlpBlock(nn.Module):
@@ -425,9 +460,17 @@ class EncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(
-      self, x: Array, bias: Array, logit_mask: Array, enable_dropout: bool = False
+      self,
+      x: Array,
+      bias: Array,
+      logit_mask: Array,
+      enable_dropout: bool = False,
+      prefix_kv: Optional[Array] = None,
   ) -> Array:
-    """x [B, P + L, D], bias [B, H, P + L, P + L], logit_mask [B, P + L, 1] -> [B, P + L, D]."""
+    """x [B, P + L, D], bias [B, H, P + L, P + L], logit_mask [B, P + L, 1] -> [B, P + L, D].
+
+    `prefix_kv` [2, P', H, K]: this layer's deep-prompt keys and values (None: none).
+    """
     cfg = self.config
     attention = MultiHeadAttention(
         cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype, name="attention"
@@ -437,7 +480,7 @@ class EncoderLayer(nn.Module):
         cfg,
         x,
         "pre_attention_layer_norm",
-        lambda h: attention(h, h, bias, enable_dropout=enable_dropout),
+        lambda h: attention(h, h, bias, enable_dropout=enable_dropout, prefix_kv=prefix_kv),
         logit_mask,
         enable_dropout,
     )
@@ -463,11 +506,13 @@ class DecoderLayer(nn.Module):
       enable_dropout: bool = False,
       decode: bool = False,
       decode_position: Optional[Array] = None,
+      prefix_kv: Optional[Array] = None,
   ) -> Array:
     """y [B, T, D], encoded [B, P + L, D] -> [B, T, D].
 
     self_bias broadcasts to [B, H, T, T] (None in decode mode: the cache masks), cross_bias to
-    [B, H, T, P + L]; logit_mask is [B, T, 1].
+    [B, H, T, P + L]; logit_mask is [B, T, 1]. `prefix_kv` [2, P', H, K]: deep-prompt keys and
+    values of the self-attention (None: none).
     """
     cfg = self.config
     attention = functools.partial(
@@ -487,6 +532,7 @@ class DecoderLayer(nn.Module):
             enable_dropout=enable_dropout,
             decode=decode,
             decode_position=decode_position,
+            prefix_kv=prefix_kv,
         ),
         logit_mask,
         enable_dropout,
@@ -546,8 +592,13 @@ class Encoder(nn.Module):
     """Arrays computed from the parameters for the numpy checkpoint (`PromptModule.exports`)."""
     return {} if self.prompt is None else self.prompt.exports(self.config.emb_dim)
 
-  def __call__(self, tokens_BxL: Array, enable_dropout: bool = False) -> Array:
-    """Token ids [B, L] -> encoded [B, P + L, D]; padded positions are exactly 0."""
+  def __call__(
+      self, tokens_BxL: Array, enable_dropout: bool = False, prefix_kv: Optional[Array] = None
+  ) -> Array:
+    """Token ids [B, L] -> encoded [B, P + L, D]; padded positions are exactly 0.
+
+    `prefix_kv` [layers, 2, P', H, K]: each layer's deep-prompt keys and values (None: none).
+    """
     cfg = self.config
     x = self.token_embedder(tokens_BxL)
     if self.prompt is not None:
@@ -561,11 +612,15 @@ class Encoder(nn.Module):
         length, length
     )
     logit_mask = valid_BxL[..., None].astype(cfg.dtype)
-    for layer in self.layers:
-      x = layer(x, bias, logit_mask, enable_dropout)
+    for i, layer in enumerate(self.layers):
+      x = layer(x, bias, logit_mask, enable_dropout, _layer_prefix(prefix_kv, i))
     x = self.encoder_norm(x)
     x = self.output_dropout(x, deterministic=not enable_dropout)
     return x * logit_mask
+
+
+def _layer_prefix(prefix_kv: Optional[Array], i: int) -> Optional[Array]:
+  return None if prefix_kv is None else prefix_kv[i]
 
 
 def decoder_logit_mask(decoder_input_tokens_BxT: Array) -> Array:
@@ -609,9 +664,11 @@ class Decoder(nn.Module):
       decode=False,
       decode_position=None,
       max_decode_length=None,
+      prefix_kv=None,
   ) -> Array:
     """encoded [B, P + L, D], encoder_valid [B, P + L], decoder tokens [B, T] -> float32 logits
-    [B, T, V].
+    [B, T, V]. `prefix_kv` [layers, 2, P', H, K]: each layer's self-attention deep-prompt keys
+    and values (None: none).
 
     Decode mode: a first call with the full-length inputs creates the cache; each later call
     takes one position (T == 1) at index `decode_position` of a cache of `max_decode_length`.
@@ -642,7 +699,7 @@ class Decoder(nn.Module):
       self_bias = mask_to_bias(self_mask, cfg.dtype) + self.relpos_bias(length, length)
       logit_mask = decoder_logit_mask(decoder_input_tokens_BxT)[..., None].astype(cfg.dtype)
     cross_bias = mask_to_bias(attention_mask(query_valid, encoder_valid_BxL), cfg.dtype)
-    for layer in self.layers:
+    for i, layer in enumerate(self.layers):
       y = layer(
           y,
           encoded_BxLxD,
@@ -652,6 +709,7 @@ class Decoder(nn.Module):
           enable_dropout,
           decode,
           decode_position,
+          _layer_prefix(prefix_kv, i),
       )
     y = self.decoder_norm(y)
     y = self.output_dropout(y, deterministic=not enable_dropout)
@@ -665,16 +723,27 @@ class EncoderDecoder(nn.Module):
 
   config: T5Config
   prompt_factory: Optional[prompts.PromptFactory] = None  # Builds the `prompts.PromptModule`.
+  # Builds the `deep_prompts.DeepPromptModule` (per-layer key/value prefixes); None: none.
+  deep_prompt_factory: Optional[deep_prompts.DeepPromptFactory] = None
 
   def setup(self):
     cfg = self.config
     self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.dtype)
     self.encoder = Encoder(cfg, self.token_embedder, self.prompt_factory)
     self.decoder = Decoder(cfg, self.token_embedder)
+    if self.deep_prompt_factory is not None:
+      self.deep_prompt = self.deep_prompt_factory(cfg)
+
+  def _prefix_kv(self, stack: str) -> Optional[Array]:
+    """The deep prompt's [layers, 2, P', H, K] for "encoder" or "decoder", or None."""
+    return None if self.deep_prompt_factory is None else self.deep_prompt(stack)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
     """Token ids [B, L] -> encoded [B, P + L, D]."""
-    return self.encoder(encoder_input_tokens, enable_dropout)
+    prefix_kv = self._prefix_kv("encoder")
+    if prefix_kv is None:  # Encoders without deep prompts (prompt_library's) take no prefixes.
+      return self.encoder(encoder_input_tokens, enable_dropout)
+    return self.encoder(encoder_input_tokens, enable_dropout, prefix_kv)
 
   def decode(
       self,
@@ -698,6 +767,7 @@ class EncoderDecoder(nn.Module):
         decode,
         decode_position,
         max_decode_length,
+        self._prefix_kv("decoder"),
     )
 
   def __call__(
