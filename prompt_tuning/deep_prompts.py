@@ -56,9 +56,15 @@ class DeepPromptError(ValueError):
 
 
 class DeepPromptModule(Protocol):
-  """`deep_prompt(stack)` -> that stack's prefixes [layers, 2, P', H, K], or None."""
+  """`deep_prompt(stack)` -> that stack's prefixes [layers, 2, P', H, K], or None.
+
+  `exports()`: arrays computed from the parameters for the numpy checkpoint (name -> array).
+  """
 
   def __call__(self, stack: str) -> Optional[Array]:
+    ...
+
+  def exports(self) -> dict[str, Array]:
     ...
 
 
@@ -161,6 +167,9 @@ class DeepPrompt(nn.Module):
       return None
     return getattr(self, f"{stack}_prefixes")
 
+  def exports(self) -> dict[str, Array]:
+    return {}  # The parameters are the artefact (`deep_prompt.<stack>_prefixes.npy`).
+
 
 def reparameterise(
     prompt_PxE: Array,
@@ -242,6 +251,14 @@ class ReparameterisedPrompt(nn.Module):
     if not _check_stack(stack, self.in_decoder):
       return None
     return getattr(self, stack)()
+
+  def exports(self) -> dict[str, Array]:
+    """The prefixes the MLPs compute, under the names a `DeepPrompt`'s parameters export to, so
+    every numpy checkpoint of a prefix-tuning run is a deep prompt (MLP dropped)."""
+    return {
+        export_name(stack)[: -len(".npy")]: getattr(self, stack)()
+        for stack in _stacks(self.in_decoder)
+    }
 
 
 # ------------------------------------------------------------------------------------------------

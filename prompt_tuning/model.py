@@ -190,5 +190,5 @@ class EncoderDecoderModel:
 
   def numpy_exports(self, params: Params) -> dict[str, Array]:
     """Arrays computed from the parameters, saved beside them in the numpy checkpoint: the
-    encoder's prompt module's `exports` (e.g. a reparameterised prompt as a plain one)."""
-    return self.module.apply({"params": params}, method=lambda m: m.encoder.numpy_exports())
+    prompt modules' `exports` (e.g. a reparameterised prompt as a plain one)."""
+    return self.module.apply({"params": params}, method=lambda m: m.numpy_exports())

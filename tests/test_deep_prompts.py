@@ -199,6 +199,20 @@ def test_export_of_prefix_tuning_drops_the_mlp(backbone, tmp_path):
   np.testing.assert_allclose(_logits(DIRECT, reloaded), _logits(MLP, params), atol=1e-5)
 
 
+def test_training_numpy_export_of_prefix_tuning_is_a_deep_prompt(backbone, tmp_path):
+  """What train_state.save writes beside the MLP's parameters (model.numpy_exports) loads as a
+  plain deep prompt with the MLP model's logits; a direct deep prompt exports nothing extra."""
+  params = _with_prompt(MLP, backbone, seed=4)
+  exports = MLP.numpy_exports(params)
+  assert sorted(exports) == ["deep_prompt.decoder_prefixes", "deep_prompt.encoder_prefixes"]
+  (tmp_path / "npy").mkdir()
+  for name, value in exports.items():
+    np.save(tmp_path / "npy" / (name + ".npy"), np.asarray(value))
+  reloaded = _reload(tmp_path / "npy", backbone)
+  np.testing.assert_allclose(_logits(DIRECT, reloaded), _logits(MLP, params), atol=1e-5)
+  assert DIRECT.numpy_exports(_with_prompt(DIRECT, backbone)) == {}
+
+
 def test_export_mismatches_are_named(tmp_path):
   with pytest.raises(deep_prompts.DeepPromptError, match="holds no deep prompt"):
     deep_prompts.export(tmp_path, tmp_path / "out")

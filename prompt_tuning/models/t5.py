@@ -734,6 +734,14 @@ class EncoderDecoder(nn.Module):
     if self.deep_prompt_factory is not None:
       self.deep_prompt = self.deep_prompt_factory(cfg)
 
+  def numpy_exports(self) -> dict[str, Array]:
+    """Arrays computed from the parameters for the numpy checkpoint: the prompt module's and the
+    deep prompt's `exports` (a reparameterised prompt as the plain one it amounts to)."""
+    out = self.encoder.numpy_exports()
+    if self.deep_prompt_factory is not None:
+      out.update(self.deep_prompt.exports())
+    return out
+
   def _prefix_kv(self, stack: str) -> Optional[Array]:
     """The deep prompt's [layers, 2, P', H, K] for "encoder" or "decoder", or None."""
     return None if self.deep_prompt_factory is None else self.deep_prompt(stack)
