@@ -122,3 +122,83 @@ def test_concurrent_mixed_requests(server):
   status, answer = post(url + "/neighbours", {"prompt": "p1", "top_k": 2})
   assert status == 200 and len(answer["prompt"]["positions"]) == 6
   assert get(url + "/prompts")["prompts"]["late"] == 4
+
+
+def test_jsonl_answers_in_order_with_per_line_errors(frozen):
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in random_prompts(4, [3, 5]).items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library, max_input_length=16)
+  service = serve.Service(runner, max_batch=8)
+  labels = [[5, 1], [7, 8, 1]]
+  requests = [
+      {"endpoint": "/generate", "prompt": "p0", "inputs": [3, 4, 5], "max_decode_length": 4},
+      {"endpoint": "rank_classify", "prompt": "p1", "inputs": [6, 7], "label_ids": labels},
+      {"endpoint": "/generate", "prompt": "nope", "inputs": [3]},
+      {"prompt": "p0", "inputs": [3]},
+      {"endpoint": "/health", "method": "GET"},
+  ]
+  lines = [json.dumps(r) + "\n" for r in requests] + ["{broken\n", "\n"]
+  lines = lines * 3  # More lines than workers: several batches, still in order.
+  answers = list(serve.answer_jsonl(service, lines, workers=8))
+  assert [a["line"] for a in answers] == list(range(1, len(lines) + 1))
+  # References: each request alone, computed before any batching by the runner directly.
+  decode = runner.generate([lib.Example("p0", [3, 4, 5])], 4)[0]
+  scores = runner.score([lib.Example("p1", [6, 7], t) for t in labels])
+  for a in answers:
+    kind = (a["line"] - 1) % 7
+    if kind == 0:
+      assert a["status"] == 200 and a["answer"]["tokens"] == decode
+    elif kind == 1:
+      assert a["status"] == 200, a
+      np.testing.assert_allclose(a["answer"]["scores"], scores, rtol=1e-5, atol=1e-5)
+    elif kind == 2:
+      assert a["status"] == 400 and "Unknown prompt 'nope'" in a["answer"]["error"]
+    elif kind == 3:
+      assert a["status"] == 400 and "'endpoint'" in a["answer"]["error"]
+    elif kind == 4:
+      assert a["status"] == 200 and a["answer"]["status"] == "ok"
+    else:
+      assert a["status"] == 400 and f"Line {a['line']}: malformed JSON" in a["answer"]["error"]
+
+
+@pytest.mark.slow
+def test_serve_command_batch_mode_on_the_embedded_default(tmp_path):
+  """`python -m prompt_tuning.serve` through gin (runs/serve.gin), JSONL in and out."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  prompts = tmp_path / "prompts"
+  prompts.mkdir()
+  rng = np.random.default_rng(0)
+  np.save(prompts / "a.npy", rng.uniform(-0.5, 0.5, (4, 128)).astype(np.float32))
+  np.save(prompts / "wide.npy", np.ones((4, 129), np.float32))
+  text = "question: does Anya play chess passage: Anya has a pet turtle."
+  requests = [
+      {"endpoint": "/generate", "prompt": "a", "text": text, "max_decode_length": 3},
+      {"endpoint": "/rank_classify", "prompt": "a", "text": text, "labels": ["False", "True"]},
+      {"endpoint": "/rank_classify", "prompt": "a", "text": text, "labels": []},
+      {"endpoint": "/generate", "prompt": "wide", "text": text},
+  ]
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+  out = tmp_path / "out.jsonl"
+  subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "prompt_tuning.serve",
+          f"--prompt_dir={prompts}",
+          f"--jsonl_in={tmp_path / 'in.jsonl'}",
+          f"--jsonl_out={out}",
+          "--gin.MAX_BATCH=4",
+      ],
+      check=True,
+      timeout=300,
+  )
+  answers = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [a["status"] for a in answers] == [200, 200, 400, 400], answers
+  assert answers[0]["answer"]["text"] is not None and answers[0]["answer"]["tokens"]
+  assert answers[1]["answer"]["label"] in ("False", "True")
+  assert len(answers[1]["answer"]["scores"]) == 2
+  assert "empty" in answers[2]["answer"]["error"]
+  assert "Unknown prompt 'wide'" in answers[3]["answer"]["error"]  # Skipped at load (width).
