@@ -157,8 +157,7 @@ class Ways:
 
 def random_prompts(rng, n, length, width):
   return {
-      f"prompt{i:04d}": rng.uniform(-0.5, 0.5, (length, width)).astype(np.float32)
-      for i in range(n)
+      f"prompt{i:04d}": rng.uniform(-0.5, 0.5, (length, width)).astype(np.float32) for i in range(n)
   }
 
 
@@ -280,8 +279,10 @@ def main():
   memory = json.loads(proc.stdout.strip().splitlines()[-1])
   print(json.dumps(memory), flush=True)
 
-  print(f"{'workload':9s} {'K':>3s} {'way':11s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}",
-        file=sys.stderr)
+  print(
+      f"{'workload':9s} {'K':>3s} {'way':11s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}",
+      file=sys.stderr,
+  )
   for r in rows:
     print(
         f"{r['workload']:9s} {r['k']:3d} {r['way']:11s} {r['requests_per_s']:9.1f}"

@@ -446,9 +446,7 @@ def run(
     logging.info("Wrote %s: %d answers, statuses %s.", jsonl_out, counts.total(), dict(counts))
     return
   server = make_server(service, host, port)
-  logging.info(
-      "Serving %d prompts on http://%s:%d", len(loaded), host, server.server_address[1]
-  )
+  logging.info("Serving %d prompts on http://%s:%d", len(loaded), host, server.server_address[1])
   server.serve_forever()
 
 
