@@ -1,7 +1,7 @@
 """Serving many prompts: a mixed-prompt batch against single-prompt batches, and prompt memory.
 
 The same B requests (example i names prompt i mod K; random inputs of 16-64 tokens; a 2-token
-label as the target, or 4 greedy tokens) are answered three ways, K = 1, 4, 16:
+label as the target, or 4 greedy tokens, EOS disabled so every way decodes all 4) are answered three ways, K = 1, 4, 16:
   mixed:      one call of `prompt_library.MixedPromptRunner` (the server's path: host-side
               packing, prompt table, bucketed shapes) on all B requests over K prompts;
   single:     one call of the ordinary prefix-prompt model on B requests that all use one prompt
@@ -96,12 +96,15 @@ class Ways:
     self.library = lib.PromptLibrary(cfg.emb_dim)
     for name, p in prompts.items():
       self.library.add(name, p)
-    self.runner = lib.MixedPromptRunner(cfg, params, self.library)
+    # EOS disabled (id -1) in both models: every way decodes all `decode_length` tokens, so
+    # early stopping (which depends on what each prompt happens to generate) never differs
+    # between the ways being compared.
+    self.runner = lib.MixedPromptRunner(cfg, params, self.library, eos_id=-1)
     factory = prompts_lib.prefix_prompt_factory(
         args.prompt_length, prompts_lib.from_array(next(iter(prompts.values())))
     )
     model = model_lib.EncoderDecoderModel(
-        t5.EncoderDecoder(cfg, prompt_factory=factory), decode_fn=decoding.greedy
+        t5.EncoderDecoder(cfg, prompt_factory=factory), decode_fn=decoding.greedy, eos_id=-1
     )
     frozen = lib.frozen_params(params)
     # The ordinary model's parameters per prompt: the backbone's arrays are shared, not copied.

@@ -340,8 +340,8 @@ class Example:
 class MixedPromptRunner:
   """Scores and greedily decodes batches whose examples name their prompts, in one call each.
 
-  Shapes are bucketed: batch size, input length and target length to powers of two (inputs and
-  targets at least `min_length`), the table as `PromptLibrary` does. `compilations` counts the
+  Shapes are bucketed: batch size, input length, target length and decode length to powers of
+  two (inputs and targets at least `min_length`), the table as `PromptLibrary` does. `compilations` counts the
   traces of each compiled function (one per new bucket, never one per prompt mix).
   """
 
@@ -463,7 +463,9 @@ class MixedPromptRunner:
       self.check(e)
     params, rows = self._with_table()
     batch = next_power_of_two(len(examples))
-    dlen = next_power_of_two(max_decode_length, self.min_length)
+    # Powers of two from 1, not `min_length`: the decoding loop runs over the whole width when no
+    # row stops early, so 4 wanted tokens padded to 8 would cost twice the decoder steps.
+    dlen = next_power_of_two(max_decode_length)
     data = {
         "encoder_input_tokens": self._encoder_inputs(examples, rows, batch),
         "decoder_input_tokens": np.zeros((batch, dlen), np.int32),
