@@ -10,7 +10,9 @@ label as the target, or 4 greedy tokens, EOS disabled so every way decodes all 4
               (what serving K prompts costs without mixing).
 Every request of a round arrives at once; its latency is the time until the call holding it
 returns (so in `sequential`, the k-th batch's requests wait for the k - 1 before). Rounds of the
-three ways are interleaved, so a shared machine's load hits them alike. Prints one JSON line per
+three ways are interleaved, so a shared machine's load hits them alike; requests per CPU-second
+(the process's CPU time, all threads) is also given, as on a machine shared with other jobs the
+wall-clock rate varies with their load. Prints one JSON line per
 (workload, K, way): requests/s (B / median round time), latency p50/p99 over all requests of all
 rounds; then a summary line per workload with the ratios mixed/single and mixed/sequential at each
 K; then a memory line: the resident memory of a fresh process holding one model with 1 prompt,
@@ -183,18 +185,21 @@ def measure(ways, examples, workload, repeats):
   for name in names:  # Compile (and warm) every shape first.
     getattr(ways, name)(examples, workload)
   rounds = {n: [] for n in names}
+  cpu = {n: [] for n in names}
   latencies = {n: [] for n in names}
   for _ in range(repeats):
     for name in names:
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       done = getattr(ways, name)(examples, workload)
       rounds[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - cpu_start)
       latencies[name] += [t - start for t in done]
   out = {}
   for name in names:
     lat = np.asarray(latencies[name]) * 1e3
     out[name] = {
         "requests_per_s": len(examples) / statistics.median(rounds[name]),
+        "requests_per_cpu_s": len(examples) / statistics.median(cpu[name]),
         "latency_p50_ms": float(np.percentile(lat, 50)),
         "latency_p99_ms": float(np.percentile(lat, 99)),
     }
@@ -265,9 +270,11 @@ def main():
         row = dict(common, workload=workload, k=k, way=way, **r)
         rows.append(row)
         print(json.dumps(row), flush=True)
-      mixed = result["mixed"]["requests_per_s"]
-      summary[f"mixed_over_single_k{k}"] = mixed / result["single"]["requests_per_s"]
-      summary[f"mixed_over_sequential_k{k}"] = mixed / result["sequential"]["requests_per_s"]
+      for unit in ("requests_per_s", "requests_per_cpu_s"):
+        suffix = "" if unit == "requests_per_s" else "_cpu"
+        mixed = result["mixed"][unit]
+        summary[f"mixed_over_single_k{k}{suffix}"] = mixed / result["single"][unit]
+        summary[f"mixed_over_sequential_k{k}{suffix}"] = mixed / result["sequential"][unit]
     summary["compilations"] = dict(ways.runner.compilations)
     summary["load_average_end"] = os.getloadavg()[0]
     summaries.append(summary)
@@ -283,13 +290,14 @@ def main():
   print(json.dumps(memory), flush=True)
 
   print(
-      f"{'workload':9s} {'K':>3s} {'way':11s} {'req/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}",
+      f"{'workload':9s} {'K':>3s} {'way':11s} {'req/s':>9s} {'req/cpu-s':>9s} {'p50 ms':>8s}"
+      f" {'p99 ms':>8s}",
       file=sys.stderr,
   )
   for r in rows:
     print(
         f"{r['workload']:9s} {r['k']:3d} {r['way']:11s} {r['requests_per_s']:9.1f}"
-        f" {r['latency_p50_ms']:8.1f} {r['latency_p99_ms']:8.1f}",
+        f" {r['requests_per_cpu_s']:9.1f} {r['latency_p50_ms']:8.1f} {r['latency_p99_ms']:8.1f}",
         file=sys.stderr,
     )
   for s in summaries:

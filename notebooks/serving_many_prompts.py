@@ -89,13 +89,13 @@ for i in range(40):
   chunk = [train[(16 * i + j) % len(train)] for j in range(16)]
   trainable, opt_state, loss = step(trainable, opt_state, batch_of(chunk), i)
   losses.append(float(loss))
-print("loss (summed over the batch's target tokens)", [round(l, 2) for l in losses[::8]], "->", round(losses[-1], 2))
+print("loss", [round(l, 2) for l in losses[::8]], "->", round(losses[-1], 2))
 trained_prompt = np.asarray(trainable["encoder"]["prompt"]["prompt"]["prompt"])
 
 plt.figure(figsize=(5, 3))
 plt.plot(losses)
 plt.xlabel("step")
-plt.ylabel("training loss (batch of 16)")
+plt.ylabel("training loss (model.loss_fn, batch of 16)")
 plt.title("Prompt tuning on the embedded default")
 plt.tight_layout()
 plt.savefig("learning_curve.png")
