@@ -462,14 +462,22 @@ _SHORTHANDS = {
 def gin_argv(argv: Sequence[str]) -> list[str]:
   """`argv` with the shorthand flags as `--gin.MACRO=VALUE`, and runs/serve.gin when no
   `--gin_file` is given."""
-  out = []
-  for arg in argv:
-    flag, _, value = arg.partition("=")
-    if flag in _SHORTHANDS and value:
-      name, kind = _SHORTHANDS[flag]
-      out.append(f"--gin.{name}={kind(value)!r}")
-    else:
+  out, rest = [], list(argv)
+  while rest:
+    arg = rest.pop(0)
+    flag, has_value, value = arg.partition("=")
+    if flag not in _SHORTHANDS:
       out.append(arg)
+      continue
+    if not has_value:  # `--port 8089`
+      if not rest:
+        raise config.ConfigError(f"{flag} needs a value.")
+      value = rest.pop(0)
+    name, kind = _SHORTHANDS[flag]
+    try:
+      out.append(f"--gin.{name}={kind(value)!r}")
+    except ValueError:
+      raise config.ConfigError(f"{flag}={value!r}: expected {kind.__name__}.") from None
   if not any(a.startswith("--gin_file") for a in out):
     out.insert(0, "--gin_file=runs/serve.gin")
   return out

@@ -203,3 +203,15 @@ def test_serve_command_batch_mode_on_the_embedded_default(tmp_path):
   assert len(answers[1]["answer"]["scores"]) == 2
   assert "empty" in answers[2]["answer"]["error"]
   assert "Unknown prompt 'wide'" in answers[3]["answer"]["error"]  # Skipped at load (width).
+
+
+def test_shorthand_flags_become_gin_bindings():
+  assert serve.gin_argv(["--port", "8089", "--prompt_dir=/p q", "--gin.MAX_BATCH=3"]) == [
+      "--gin_file=runs/serve.gin",
+      "--gin.PORT=8089",
+      "--gin.PROMPT_DIR='/p q'",
+      "--gin.MAX_BATCH=3",
+  ]
+  assert serve.gin_argv(["--gin_file=x.gin"]) == ["--gin_file=x.gin"]
+  with pytest.raises(serve.config.ConfigError, match="--port='http'"):
+    serve.gin_argv(["--port=http"])
