@@ -175,7 +175,9 @@ def run(
 ) -> dict[str, Any]:
   """Evaluates the parameters `restore_cfg` names (see `restore.py`) and prints the metrics.
 
-  `output_dir` (default `MODEL_DIR/eval`) receives SeqIO's `<task>-metrics.jsonl`. With
+  `output_dir` (default `MODEL_DIR/eval`) receives SeqIO's `<task>-metrics.jsonl` of the
+  generated predictions (the ensemble's, with `ensemble_prompt_files`); the other evaluations
+  are printed only, so that file keeps one record per step under SeqIO's metric names. With
   `rank_labels`, each task's metrics also hold `rank_classification/<metric>`; with
   `ensemble_prompt_files`, the result is {"ensemble": {task: ...}, <file stem>: {task: ...}}.
   """
@@ -191,16 +193,28 @@ def run(
       output_dir,
       use_cached,
   )
+  unlogged = evaluator
+  if output_dir and (rank_labels is not None or ensemble_prompt_files):
+    unlogged = make_evaluator(
+        mixture_or_task_name,
+        task_feature_lengths,
+        split,
+        mixture_or_task_module,
+        None,
+        use_cached,
+    )
   fns = ModelFns(model, batch_size, partitioner)
   label_ids = None
   if rank_labels is not None:
     label_ids = label_token_ids(mixture_or_task_name, rank_labels, mixture_or_task_module)
 
-  def both_modes(members):
-    out = evaluate(evaluator, fns, members[0], step, fns.ensemble_predict_fn(members))
+  def both_modes(members, logged):
+    out = evaluate(
+        evaluator if logged else unlogged, fns, members[0], step, fns.ensemble_predict_fn(members)
+    )
     if label_ids is not None:
       ranked = evaluate(
-          evaluator, fns, members[0], step, fns.ensemble_predict_fn(members, label_ids)
+          unlogged, fns, members[0], step, fns.ensemble_predict_fn(members, label_ids)
       )
       for task, m in ranked.items():
         out.setdefault(task, {}).update({f"rank_classification/{k}": v for k, v in m.items()})
@@ -213,10 +227,10 @@ def run(
     }
     if len(members) != len(ensemble_prompt_files):
       raise ValueError(f"EVAL_ENSEMBLE_PROMPTS: two files share a name: {ensemble_prompt_files}.")
-    metrics = {name: both_modes([p]) for name, p in members.items()}
-    metrics["ensemble"] = both_modes(list(members.values()))
+    metrics = {name: both_modes([p], logged=False) for name, p in members.items()}
+    metrics["ensemble"] = both_modes(list(members.values()), logged=True)
   else:
-    metrics = both_modes([params])
+    metrics = both_modes([params], logged=True)
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=2, default=str))
   return metrics
