@@ -1,7 +1,8 @@
 """Serving many prompts: a mixed-prompt batch against single-prompt batches, and prompt memory.
 
 The same B requests (example i names prompt i mod K; random inputs of 16-64 tokens; a 2-token
-label as the target, or 4 greedy tokens, EOS disabled so every way decodes all 4) are answered three ways, K = 1, 4, 16:
+label as the target, or 4 greedy tokens with EOS disabled so every way decodes all 4) are
+answered three ways, K = 1, 4, 16:
   mixed:      one call of `prompt_library.MixedPromptRunner` (the server's path: host-side
               packing, prompt table, bucketed shapes) on all B requests over K prompts;
   single:     one call of the ordinary prefix-prompt model on B requests that all use one prompt
@@ -10,13 +11,13 @@ label as the target, or 4 greedy tokens, EOS disabled so every way decodes all 4
               (what serving K prompts costs without mixing).
 Every request of a round arrives at once; its latency is the time until the call holding it
 returns (so in `sequential`, the k-th batch's requests wait for the k - 1 before). Rounds of the
-three ways are interleaved, so a shared machine's load hits them alike; requests per CPU-second
-(the process's CPU time, all threads) is also given, as on a machine shared with other jobs the
-wall-clock rate varies with their load. Prints one JSON line per
-(workload, K, way): requests/s (B / median round time), latency p50/p99 over all requests of all
-rounds; then a summary line per workload with the ratios mixed/single and mixed/sequential at each
-K; then a memory line: the resident memory of a fresh process holding one model with 1 prompt,
-then with 1,000 prompts (after one mixed batch each), and the table's bytes. A table goes to stderr.
+three ways are interleaved, so a shared machine's load hits them alike. Prints one JSON line per
+(workload, K, way): requests/s (B / median round time), requests per CPU-second of the process
+(all threads; on a machine shared with other jobs the wall-clock rate varies with their load),
+latency p50/p99 over all requests of all rounds; then a summary line per workload with the
+ratios mixed/single and mixed/sequential at each K (wall and CPU); then a memory line: the
+resident memory of a fresh process holding one model with 1 prompt, then with 1,000 prompts
+(after one mixed batch each), and the table's bytes. A table goes to stderr.
 
   python benchmarks/serving.py                     # the embedded default (its checkpoint)
   python benchmarks/serving.py --size=small        # random weights, T5 1.1 small's shape
@@ -208,6 +209,8 @@ def measure(ways, examples, workload, repeats):
 
 def memory_child(args):
   """Resident memory of one model with 1 prompt, then with `prompts_for_memory` prompts."""
+  import jax  # pylint: disable=g-import-not-at-top
+
   from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
 
   cfg, params = load_model(args.size)
@@ -232,7 +235,7 @@ def memory_child(args):
       "rss_increase_bytes": many - one,
       "table_bytes": int(library.snapshot()[0].nbytes),
       "prompt_bytes": args.prompt_length * cfg.emb_dim * 4,
-      "model_bytes": int(sum(x.nbytes for x in __import__("jax").tree.leaves(runner.params))),
+      "model_bytes": int(sum(x.nbytes for x in jax.tree.leaves(runner.params))),
   }
 
 
