@@ -76,6 +76,7 @@ setuptools.setup(
             "pt-transfer=prompt_tuning.transfer:console_main",
             "pt-pretrain=prompt_tuning.embedded.pretrain:console_main",
             "pt-ablate=prompt_tuning.ablate:console_main",
+            "pt-serve=prompt_tuning.serve:console_main",
         ]
     },
 )

@@ -2,17 +2,29 @@
 
 Used during training (every `EVAL_PERIOD` steps, see `training.py`) and by the eval command
 (`python -m prompt_tuning.eval`, which calls `run`).
+
+The eval command has two more modes (paper section 6), each reported beside generation:
+  * rank classification (`rank_labels`, gin EVAL_RANK_LABELS): every example scores each label
+    string as its target and the most likely one is its prediction, so a classifier's metrics
+    never depend on free generation producing a valid label;
+  * prompt ensembles (`ensemble_prompt_files`, gin EVAL_ENSEMBLE_PROMPTS): each saved prompt
+    replaces the model's prompt in turn; every member is evaluated, and so is the ensemble
+    (majority vote of the members' generations; summed log-likelihoods for rank
+    classification).
 """
 
+import collections
 import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
 import seqio
 
 from prompt_tuning import partitioning
+from prompt_tuning import prompts
+from prompt_tuning import rank_classification as rank
 from prompt_tuning import restore
 from prompt_tuning.data import pipeline
 
@@ -75,13 +87,68 @@ class ModelFns:
 
     return predict_fn, score_fn
 
+  def ensemble_predict_fn(self, members: Sequence[Any], rank_labels=None):
+    """seqio's `predict_fn` for the ensemble of `members` (parameter trees): the majority vote
+    of their generations or, given `rank_labels` (token ids per label), the label whose
+    log-likelihood summed over the members is highest. One member is plain rank
+    classification."""
+
+    def predict_fn(ds):
+      if rank_labels is not None:
+        summed = collections.defaultdict(float)
+        for params in members:
+          for indices, batch in pipeline.padded_batches(ds, self.batch_size):
+            _, scores = rank.rank_classify(
+                self.score, params, batch["encoder_input_tokens"], rank_labels
+            )
+            for index, s in zip(indices, scores):
+              if index >= 0:
+                summed[int(index)] = summed[int(index)] + s
+        return [(i, list(rank_labels[int(np.argmax(s))])) for i, s in sorted(summed.items())]
+      votes = collections.defaultdict(list)
+      for params in members:
+        for i, (tokens, _) in self._run(self.predict, params, ds):
+          votes[i].append(tokens.tolist())
+      return [(i, rank.majority_vote(v)) for i, v in sorted(votes.items())]
+
+    return predict_fn
+
+
+def label_token_ids(task_name: str, labels: Sequence[str], module=None) -> list[list[int]]:
+  """Each label string as the task's target tokens (its targets vocabulary, then EOS)."""
+  task = pipeline.get_task(task_name, module)
+  vocab = task.output_features["targets"].vocabulary
+  try:
+    return rank.label_targets(vocab, list(labels), vocab.eos_id)
+  except rank.RankClassificationError as e:
+    raise ValueError(f"EVAL_RANK_LABELS for {task_name}: {e}") from None
+
+
+def with_prompt_array(params, array: np.ndarray, source: str = "prompt"):
+  """`params` with `array` as the prompt (same shape as the model's prompt)."""
+  current = params["encoder"]["prompt"]["prompt"]["prompt"]
+  if array.shape != current.shape:
+    raise ValueError(
+        f"{source}: prompt shape {array.shape} does not match the model's prompt "
+        f"{tuple(current.shape)} (PROMPT_LENGTH and the embedding width)."
+    )
+  prompt = jax.device_put(array.astype(current.dtype), getattr(current, "sharding", None))
+  encoder = dict(params["encoder"], prompt={"prompt": {"prompt": prompt}})
+  return dict(params, encoder=encoder)
+
 
 def evaluate(
-    evaluator: seqio.Evaluator, fns: ModelFns, params, step: Optional[int] = None
+    evaluator: seqio.Evaluator,
+    fns: ModelFns,
+    params,
+    step: Optional[int] = None,
+    predict_fn=None,
 ) -> dict[str, dict[str, float]]:
   """{task: {metric: value}} for every task of the evaluator (empty on processes other than 0,
-  where SeqIO computes no metrics)."""
-  predict_fn, score_fn = fns.for_params(params)
+  where SeqIO computes no metrics). `predict_fn` replaces generation (rank classification,
+  ensembles)."""
+  generate_fn, score_fn = fns.for_params(params)
+  predict_fn = predict_fn or generate_fn
   metrics, _ = evaluator.evaluate(
       compute_metrics=jax.process_index() == 0, step=step, predict_fn=predict_fn, score_fn=score_fn
   )
@@ -103,10 +170,16 @@ def run(
     output_dir: Optional[str] = None,
     mixture_or_task_module=None,
     use_cached: bool = False,
+    rank_labels: Optional[Sequence[str]] = None,
+    ensemble_prompt_files: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
   """Evaluates the parameters `restore_cfg` names (see `restore.py`) and prints the metrics.
 
-  `output_dir` (default `MODEL_DIR/eval`) receives SeqIO's `<task>-metrics.jsonl`.
+  `output_dir` (default `MODEL_DIR/eval`) receives SeqIO's `<task>-metrics.jsonl` of the
+  generated predictions (the ensemble's, with `ensemble_prompt_files`); the other evaluations
+  are printed only, so that file keeps one record per step under SeqIO's metric names. With
+  `rank_labels`, each task's metrics also hold `rank_classification/<metric>`; with
+  `ensemble_prompt_files`, the result is {"ensemble": {task: ...}, <file stem>: {task: ...}}.
   """
   spec = restore.ParamSpec.of(model, partitioner, task_feature_lengths)
   params, step = restore.load_params(restore_cfg, model, spec, jax.random.PRNGKey(0))
@@ -120,7 +193,44 @@ def run(
       output_dir,
       use_cached,
   )
-  metrics = evaluate(evaluator, ModelFns(model, batch_size, partitioner), params, step)
+  unlogged = evaluator
+  if output_dir and (rank_labels is not None or ensemble_prompt_files):
+    unlogged = make_evaluator(
+        mixture_or_task_name,
+        task_feature_lengths,
+        split,
+        mixture_or_task_module,
+        None,
+        use_cached,
+    )
+  fns = ModelFns(model, batch_size, partitioner)
+  label_ids = None
+  if rank_labels is not None:
+    label_ids = label_token_ids(mixture_or_task_name, rank_labels, mixture_or_task_module)
+
+  def both_modes(members, logged):
+    out = evaluate(
+        evaluator if logged else unlogged, fns, members[0], step, fns.ensemble_predict_fn(members)
+    )
+    if label_ids is not None:
+      ranked = evaluate(
+          unlogged, fns, members[0], step, fns.ensemble_predict_fn(members, label_ids)
+      )
+      for task, m in ranked.items():
+        out.setdefault(task, {}).update({f"rank_classification/{k}": v for k, v in m.items()})
+    return out
+
+  if ensemble_prompt_files:
+    members = {
+        os.path.splitext(os.path.basename(f))[0]: with_prompt_array(params, prompts.load_npy(f), f)
+        for f in ensemble_prompt_files
+    }
+    if len(members) != len(ensemble_prompt_files):
+      raise ValueError(f"EVAL_ENSEMBLE_PROMPTS: two files share a name: {ensemble_prompt_files}.")
+    metrics = {name: both_modes([p], logged=False) for name, p in members.items()}
+    metrics["ensemble"] = both_modes(list(members.values()), logged=True)
+  else:
+    metrics = both_modes([params], logged=True)
   if jax.process_index() == 0:
     print(json.dumps(metrics, indent=2, default=str))
   return metrics

@@ -186,15 +186,26 @@ def load_prompt_file(path: str, width: int) -> np.ndarray:
 class PromptLibrary:
   """Named prompts of one embedding width, kept as a bucketed table [N, P, D] plus lengths.
 
-  Thread-safe: prompts may be added, replaced or removed while a server runs. The table's
-  N and P are powers of two (at least `min_prompts` / `min_prompt_length`) so the compiled calls
-  only change shape when the library outgrows a bucket.
+  Thread-safe: prompts may be added, replaced or removed while a server runs. The table's N is
+  a power of two (at least `min_prompts`) so the compiled calls only change shape when the
+  library outgrows a bucket. Its P is the longest prompt rounded up to a multiple of
+  `prompt_length_multiple` (at least `min_prompt_length`): every example's encoder runs over P +
+  L positions, so a power of two would cost up to 2x the prompt's positions (20 -> 32: 14% of a
+  64-token input's encoder work, benchmarks/serving.py), while P only changes when a longer
+  prompt is loaded, not per batch.
   """
 
-  def __init__(self, width: int, min_prompts: int = 1, min_prompt_length: int = 1):
+  def __init__(
+      self,
+      width: int,
+      min_prompts: int = 1,
+      min_prompt_length: int = 1,
+      prompt_length_multiple: int = 8,
+  ):
     self.width = int(width)
     self.min_prompts = min_prompts
     self.min_prompt_length = min_prompt_length
+    self.prompt_length_multiple = prompt_length_multiple
     self._prompts: dict[str, np.ndarray] = {}
     self._files: dict[str, tuple[str, float]] = {}  # name -> (path, mtime) for reloading.
     self._lock = threading.Lock()
@@ -280,7 +291,8 @@ class PromptLibrary:
         names = sorted(self._prompts)
         rows = next_power_of_two(len(names), self.min_prompts)
         max_len = max(p.shape[0] for p in self._prompts.values())
-        plen = next_power_of_two(max_len, self.min_prompt_length)
+        multiple = self.prompt_length_multiple
+        plen = max(-(-max_len // multiple) * multiple, self.min_prompt_length)
         table = np.zeros((rows, plen, self.width), np.float32)
         lengths = np.ones((rows,), np.int32)
         for i, name in enumerate(names):
@@ -328,8 +340,8 @@ class Example:
 class MixedPromptRunner:
   """Scores and greedily decodes batches whose examples name their prompts, in one call each.
 
-  Shapes are bucketed: batch size, input length and target length to powers of two (inputs and
-  targets at least `min_length`), the table as `PromptLibrary` does. `compilations` counts the
+  Shapes are bucketed: batch size, input length, target length and decode length to powers of
+  two (inputs and targets at least `min_length`), the table as `PromptLibrary` does. `compilations` counts the
   traces of each compiled function (one per new bucket, never one per prompt mix).
   """
 
@@ -349,7 +361,8 @@ class MixedPromptRunner:
           f"{config.emb_dim}."
       )
     self.config = config
-    self.params = frozen_params(params)
+    # On the device once: handing host arrays to the compiled call copies them at every call.
+    self.params = jax.device_put(frozen_params(params))
     self.library = library
     self.max_input_length = max_input_length
     self.max_target_length = max_target_length
@@ -359,6 +372,8 @@ class MixedPromptRunner:
         MixedPromptEncoderDecoder(config), decode_fn=decoding.greedy, eos_id=eos_id
     )
     self.compilations = collections.Counter()
+    self._table_lock = threading.Lock()
+    self._device_table = None
     self._score = jax.jit(self._counted("score", self.model.score_batch))
     self._predict = jax.jit(self._counted("predict", self.model.predict_batch))
 
@@ -370,9 +385,13 @@ class MixedPromptRunner:
     return traced
 
   def _with_table(self):
-    table, lengths, rows = self.library.snapshot()
-    params = dict(self.params, prompt_table={"table": table, "lengths": lengths})
-    return params, rows
+    snapshot = self.library.snapshot()
+    with self._table_lock:  # The table goes to the device once per version of the library.
+      if self._device_table is None or self._device_table[0] is not snapshot:
+        table, lengths, _ = snapshot
+        self._device_table = (snapshot, jax.device_put({"table": table, "lengths": lengths}))
+      device_table = self._device_table[1]
+    return dict(self.params, prompt_table=device_table), snapshot[2]
 
   def check(self, example: Example, need_targets: bool = False) -> None:
     """Raises `PromptLibraryError` for a request that cannot be run (naming the problem)."""
@@ -444,7 +463,9 @@ class MixedPromptRunner:
       self.check(e)
     params, rows = self._with_table()
     batch = next_power_of_two(len(examples))
-    dlen = next_power_of_two(max_decode_length, self.min_length)
+    # Powers of two from 1, not `min_length`: the decoding loop runs over the whole width when no
+    # row stops early, so 4 wanted tokens padded to 8 would cost twice the decoder steps.
+    dlen = next_power_of_two(max_decode_length)
     data = {
         "encoder_input_tokens": self._encoder_inputs(examples, rows, batch),
         "decoder_input_tokens": np.zeros((batch, dlen), np.int32),

@@ -1,9 +1,15 @@
 """Serves one frozen model with many prompts over HTTP/JSON, batching requests across prompts.
 
-  python -m prompt_tuning.serve --prompt_dir=PROMPTS/ [--port=8080] \
-    [--checkpoint=T5X_CHECKPOINT --size=base --vocab=spiece.model]
+  python -m prompt_tuning.serve --prompt_dir=PROMPTS/ [--port=8080] [--gin.MAX_BATCH=32 ...]
+  python -m prompt_tuning.serve --prompt_dir=PROMPTS/ --jsonl_in=requests.jsonl \
+    --jsonl_out=answers.jsonl
 
-Without `--checkpoint` it serves the embedded default (its checkpoint, size and vocabulary).
+Configured with gin like the other commands (`--gin_file`, default runs/serve.gin, and
+`--gin.NAME=VALUE`); `--prompt_dir`, `--port`, `--jsonl_in` and `--jsonl_out` are shorthands for
+its macros PROMPT_DIR, PORT, JSONL_IN and JSONL_OUT. Without SERVE_CHECKPOINT it serves the
+embedded default (its checkpoint, size and vocabulary). With JSONL_IN it answers the requests of
+that file (one JSON object per line: an endpoint's body plus "endpoint") into JSONL_OUT, one
+answer per line in order, and exits.
 Built on the standard library's `ThreadingHTTPServer` (no server library is a dependency of the
 project). Endpoints:
 
@@ -20,19 +26,21 @@ Concurrent requests are queued; a batcher thread takes whatever arrived within `
 the good rows of each kind in one mixed-prompt call.
 """
 
-import argparse
 import collections
 import concurrent.futures
 import http.server
+import itertools
 import json
 import logging
 import queue
+import sys
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from prompt_tuning import config
 from prompt_tuning import neighbours
 from prompt_tuning import prompt_library as lib
 from prompt_tuning import rank_classification as rank
@@ -343,42 +351,148 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 0):
   return Server((host, port), Handler)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--prompt_dir", required=True, help="folder of .npy prompts")
-  parser.add_argument("--checkpoint", default=None, help="T5X checkpoint (default: embedded)")
-  parser.add_argument("--size", default=None, help="T5 1.1 size of --checkpoint")
-  parser.add_argument("--vocab", default=None, help="SentencePiece model (default: embedded)")
-  parser.add_argument("--host", default="127.0.0.1")
-  parser.add_argument("--port", type=int, default=8080)
-  parser.add_argument("--max_batch", type=int, default=64)
-  parser.add_argument("--max_input_length", type=int, default=512)
-  args = parser.parse_args(argv)
+def answer_jsonl(service: Service, lines: Iterable[str], workers: int = 64) -> Iterator[dict]:
+  """One answer per input line, in order: {"line", "status", "answer"} (the HTTP status and body).
 
+  A line is an endpoint's request body plus "endpoint" ("/generate", "rank_classify", ...) and
+  optionally "method" (default POST). Lines are sent concurrently, `workers` at a time per chunk,
+  so the batcher mixes them as it mixes HTTP requests; a bad line gets its own error answer.
+  """
+
+  def one(numbered):
+    number, line = numbered
+    try:
+      body = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      return number, 400, {"error": f"Line {number}: malformed JSON: {e}"}
+    if not isinstance(body, dict) or not isinstance(body.get("endpoint"), str):
+      return number, 400, {"error": f"Line {number}: give a JSON object with an 'endpoint'."}
+    path = body.pop("endpoint")
+    path = path if path.startswith("/") else "/" + path
+    method = body.pop("method", "POST")
+    raw = json.dumps(body).encode() if method == "POST" else None
+    return number, *service.handle(method, path, raw)
+
+  numbered = enumerate(lines, start=1)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    while chunk := list(itertools.islice(numbered, 16 * workers)):  # Bounded memory per chunk.
+      for number, status, answer in pool.map(one, chunk):
+        yield {"line": number, "status": status, "answer": answer}
+
+
+def load_model(checkpoint: Optional[str], size: Optional[str], vocab: Optional[str]):
+  """(config, params, vocabulary or None): the embedded default unless `checkpoint` is given."""
   import seqio  # pylint: disable=g-import-not-at-top  (slow imports, only for the command)
   from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
   from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
 
-  if args.checkpoint is None:
+  if checkpoint is None:
+    if size is not None:
+      raise config.ConfigError(
+          f"SERVE_SIZE={size!r} is set without SERVE_CHECKPOINT: the embedded default has its "
+          "own size. Set SERVE_CHECKPOINT too, or remove SERVE_SIZE."
+      )
     from prompt_tuning import embedded  # pylint: disable=g-import-not-at-top
 
-    cfg = embedded.load_config()
-    checkpoint, vocab_file = embedded.checkpoint_path(), args.vocab or embedded.vocab_path()
+    cfg, checkpoint = embedded.load_config(), embedded.checkpoint_path()
+    vocab = vocab or embedded.vocab_path()
   else:
-    if args.size is None:
-      parser.error("--size is required with --checkpoint (e.g. --size=base).")
-    cfg = t5.config_for_size(args.size, dtype="float32")
-    checkpoint, vocab_file = args.checkpoint, args.vocab
+    if size is None:
+      raise config.ConfigError("SERVE_SIZE is required with SERVE_CHECKPOINT (e.g. 'base').")
+    cfg = t5.config_for_size(size, dtype="float32")
   params = checkpoints.load_t5x_checkpoint(checkpoint)
+  return cfg, params, seqio.SentencePieceVocabulary(vocab) if vocab else None
+
+
+def run(
+    prompt_dir: str,
+    checkpoint: Optional[str] = None,
+    size: Optional[str] = None,
+    vocab: Optional[str] = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    max_batch: int = 64,
+    batch_window_s: float = 0.005,
+    max_input_length: int = 512,
+    max_target_length: int = 128,
+    jsonl_in: Optional[str] = None,
+    jsonl_out: Optional[str] = None,
+) -> None:
+  """Serves the prompts of `prompt_dir` over HTTP, or answers `jsonl_in` into `jsonl_out`.
+
+  Configured by runs/serve.gin (its macros name each setting).
+  """
+  if (jsonl_in is None) != (jsonl_out is None):
+    raise config.ConfigError("Batch mode needs both JSONL_IN and JSONL_OUT (--jsonl_in/out).")
+  cfg, params, vocabulary = load_model(checkpoint, size, vocab)
   library = lib.PromptLibrary(cfg.emb_dim)
-  loaded, errors = library.load_directory(args.prompt_dir)
+  loaded, errors = library.load_directory(prompt_dir)
   for path, error in errors.items():
-    print(f"Skipped {path}: {error}")
-  runner = lib.MixedPromptRunner(cfg, params, library, max_input_length=args.max_input_length)
-  vocab = seqio.SentencePieceVocabulary(vocab_file) if vocab_file else None
-  server = make_server(Service(runner, vocab, args.max_batch), args.host, args.port)
-  print(f"Serving {len(loaded)} prompts on http://{args.host}:{server.server_address[1]}")
+    logging.warning("Skipped %s: %s", path, error)
+  runner = lib.MixedPromptRunner(
+      cfg,
+      params,
+      library,
+      max_input_length=max_input_length,
+      max_target_length=max_target_length,
+  )
+  service = Service(runner, vocabulary, max_batch, batch_window_s)
+  if jsonl_in is not None:
+    with open(jsonl_in) as src, open(jsonl_out, "w") as dst:
+      counts = collections.Counter()
+      for answer in answer_jsonl(service, src, workers=max_batch):
+        dst.write(json.dumps(answer) + "\n")
+        counts[answer["status"]] += 1
+    logging.info("Wrote %s: %d answers, statuses %s.", jsonl_out, counts.total(), dict(counts))
+    return
+  server = make_server(service, host, port)
+  logging.info("Serving %d prompts on http://%s:%d", len(loaded), host, server.server_address[1])
   server.serve_forever()
+
+
+# Shorthand flags for the settings most often given, as gin bindings of runs/serve.gin's macros.
+_SHORTHANDS = {
+    "--prompt_dir": ("PROMPT_DIR", str),
+    "--port": ("PORT", int),
+    "--jsonl_in": ("JSONL_IN", str),
+    "--jsonl_out": ("JSONL_OUT", str),
+}
+
+
+def gin_argv(argv: Sequence[str]) -> list[str]:
+  """`argv` with the shorthand flags as `--gin.MACRO=VALUE`, and runs/serve.gin when no
+  `--gin_file` is given."""
+  out, rest = [], list(argv)
+  while rest:
+    arg = rest.pop(0)
+    flag, has_value, value = arg.partition("=")
+    if flag not in _SHORTHANDS:
+      out.append(arg)
+      continue
+    if not has_value:  # `--port 8089`
+      if not rest:
+        raise config.ConfigError(f"{flag} needs a value.")
+      value = rest.pop(0)
+    name, kind = _SHORTHANDS[flag]
+    try:
+      out.append(f"--gin.{name}={kind(value)!r}")
+    except ValueError:
+      raise config.ConfigError(f"{flag}={value!r}: expected {kind.__name__}.") from None
+  if not any(a.startswith("--gin_file") for a in out):
+    out.insert(0, "--gin_file=runs/serve.gin")
+  return out
+
+
+_main = config.entry_point("prompt_tuning.serve", ("PROMPT_DIR",), __doc__)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  _main(gin_argv(sys.argv[1:] if argv is None else argv))
+
+
+def console_main() -> None:
+  """The `pt-serve` command."""
+  main()
 
 
 if __name__ == "__main__":

@@ -114,3 +114,60 @@ def test_padded_batches_mark_padding():
   batches = list(pipeline.padded_batches(data, 2))
   assert [b[0].tolist() for b in batches] == [[0, 1], [2, 3], [4, -1]]
   assert batches[-1][1]["x"].tolist() == [4, 4]
+
+
+def test_rank_classification_and_ensembles_against_score_batch(setup):
+  """Rank classification and prompt ensembles as eval modes, checked by hand with the model's
+  own `score_batch` / `predict_batch` on every (example, label, member)."""
+  model, params, rows = setup
+  vocab = vocab_lib.get_vocabulary()
+  names = ["negative", "positive"]
+  label_ids = evaluation.label_token_ids("eval_test_task", names)
+  assert label_ids == [list(vocab.encode(n)) + [1] for n in names]
+  prompt = params["encoder"]["prompt"]["prompt"]["prompt"]
+  members = [
+      params,
+      evaluation.with_prompt_array(params, -np.asarray(prompt)),
+      evaluation.with_prompt_array(params, np.asarray(prompt)[::-1]),
+  ]
+  batch = _converted("eval_test_task")
+  score = jax.jit(model.score_batch)
+  by_hand = np.zeros((len(members), len(rows), len(names)))
+  for m, p in enumerate(members):
+    for c, t in enumerate(label_ids):
+      targets = np.zeros_like(batch["decoder_target_tokens"])
+      targets[:, : len(t)] = t
+      by_hand[m, :, c] = score(
+          p,
+          dict(
+              batch,
+              decoder_target_tokens=targets,
+              decoder_input_tokens=np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+              decoder_loss_weights=(targets > 0).astype(np.float32),
+          ),
+      )
+  truth = np.asarray([names.index(r["label"]) for r in rows])
+  evaluator = evaluation.make_evaluator("eval_test_task", LENGTHS)
+  fns = evaluation.ModelFns(model, 2, partitioning.Partitioner())
+
+  def accuracy(members_, labels=None):
+    metrics = evaluation.evaluate(
+        evaluator, fns, members_[0], predict_fn=fns.ensemble_predict_fn(members_, labels)
+    )
+    return metrics["eval_test_task"]["accuracy"]
+
+  for m in range(len(members)):
+    want = 100.0 * np.mean(by_hand[m].argmax(-1) == truth)
+    assert accuracy([members[m]], label_ids) == pytest.approx(want)
+  want = 100.0 * np.mean(by_hand.sum(0).argmax(-1) == truth)
+  assert accuracy(members, label_ids) == pytest.approx(want)
+
+  # Generation: the majority of the members' greedy decodes (ties: the first member's).
+  decodes = [np.asarray(jax.jit(model.predict_batch)(p, batch)).tolist() for p in members]
+  voted = []
+  for b in range(len(rows)):
+    cands = [d[b] for d in decodes]
+    voted.append(max(cands, key=lambda c: (cands.count(c), -cands.index(c))))
+  predicted = [vocab.decode(v).strip() for v in voted]
+  want = 100.0 * np.mean([p == r["label"] for p, r in zip(predicted, rows)])
+  assert accuracy(members) == pytest.approx(want)

@@ -206,6 +206,7 @@ def test_wheel_installs_configs_assets_and_commands(tmp_path):
       ("pt-transfer", "--suite"),
       ("pt-pretrain", "--gin_file"),
       ("pt-ablate", "--grid"),
+      ("pt-serve", "--gin_file"),
   ]:
     helped = _run([str(env_dir / "bin" / command), "--help"], cwd=work, env=env)
     assert flag in helped.stdout, (command, helped.stdout)

@@ -72,7 +72,8 @@ def test_concurrent_mixed_requests(server):
       scores = runner.score([lib.Example(body["prompt"], body["inputs"], t) for t in labels])
       want[path, json.dumps(body)] = scores
 
-  jobs = [(p, b, None) for p, b in good] * 12 + bad * 12
+  repeats = 70  # 29 kinds of request x 70: a few thousand concurrent requests, mixed.
+  jobs = [(p, b, None) for p, b in good] * repeats + bad * repeats
   order = rng.permutation(len(jobs))
   jobs = [jobs[i] for i in order]
 
@@ -84,7 +85,7 @@ def test_concurrent_mixed_requests(server):
 
   with concurrent.futures.ThreadPoolExecutor(64) as pool:
     results = list(pool.map(send, jobs))
-  assert len(results) == len(jobs) > 300
+  assert len(results) == len(jobs) >= 2000
   for (path, body, error), (status, answer) in results:
     if error is not None:
       assert status == 400 and error in answer["error"], answer
@@ -98,7 +99,7 @@ def test_concurrent_mixed_requests(server):
 
   metrics = get(url + "/metrics")
   assert metrics["batch_size"]["max"] > 1  # Requests were batched together.
-  assert sum(metrics["errors"].values()) == len(bad) * 12
+  assert sum(metrics["errors"].values()) == len(bad) * repeats
   # Compilations stay bounded by the shape buckets, not one per prompt mix: per function, the
   # batch buckets (1, 2, ..., 32 = max_batch) times the input-length buckets (lengths 3-11 pad
   # to 8 or 16); targets and decode lengths all pad to 8. Which batch sizes occur depends on timing.
@@ -122,3 +123,95 @@ def test_concurrent_mixed_requests(server):
   status, answer = post(url + "/neighbours", {"prompt": "p1", "top_k": 2})
   assert status == 200 and len(answer["prompt"]["positions"]) == 6
   assert get(url + "/prompts")["prompts"]["late"] == 4
+
+
+def test_jsonl_answers_in_order_with_per_line_errors(frozen):
+  library = lib.PromptLibrary(CFG.emb_dim)
+  for name, p in random_prompts(4, [3, 5]).items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(CFG, frozen, library, max_input_length=16)
+  service = serve.Service(runner, max_batch=8)
+  labels = [[5, 1], [7, 8, 1]]
+  requests = [
+      {"endpoint": "/generate", "prompt": "p0", "inputs": [3, 4, 5], "max_decode_length": 4},
+      {"endpoint": "rank_classify", "prompt": "p1", "inputs": [6, 7], "label_ids": labels},
+      {"endpoint": "/generate", "prompt": "nope", "inputs": [3]},
+      {"prompt": "p0", "inputs": [3]},
+      {"endpoint": "/health", "method": "GET"},
+  ]
+  lines = [json.dumps(r) + "\n" for r in requests] + ["{broken\n", "\n"]
+  lines = lines * 3  # More lines than workers: several batches, still in order.
+  answers = list(serve.answer_jsonl(service, lines, workers=8))
+  assert [a["line"] for a in answers] == list(range(1, len(lines) + 1))
+  # References: each request alone, computed before any batching by the runner directly.
+  decode = runner.generate([lib.Example("p0", [3, 4, 5])], 4)[0]
+  scores = runner.score([lib.Example("p1", [6, 7], t) for t in labels])
+  for a in answers:
+    kind = (a["line"] - 1) % 7
+    if kind == 0:
+      assert a["status"] == 200 and a["answer"]["tokens"] == decode
+    elif kind == 1:
+      assert a["status"] == 200, a
+      np.testing.assert_allclose(a["answer"]["scores"], scores, rtol=1e-5, atol=1e-5)
+    elif kind == 2:
+      assert a["status"] == 400 and "Unknown prompt 'nope'" in a["answer"]["error"]
+    elif kind == 3:
+      assert a["status"] == 400 and "'endpoint'" in a["answer"]["error"]
+    elif kind == 4:
+      assert a["status"] == 200 and a["answer"]["status"] == "ok"
+    else:
+      assert a["status"] == 400 and f"Line {a['line']}: malformed JSON" in a["answer"]["error"]
+
+
+@pytest.mark.slow
+def test_serve_command_batch_mode_on_the_embedded_default(tmp_path):
+  """`python -m prompt_tuning.serve` through gin (runs/serve.gin), JSONL in and out."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  prompts = tmp_path / "prompts"
+  prompts.mkdir()
+  rng = np.random.default_rng(0)
+  np.save(prompts / "a.npy", rng.uniform(-0.5, 0.5, (4, 128)).astype(np.float32))
+  np.save(prompts / "wide.npy", np.ones((4, 129), np.float32))
+  text = "question: does Anya play chess passage: Anya has a pet turtle."
+  requests = [
+      {"endpoint": "/generate", "prompt": "a", "text": text, "max_decode_length": 3},
+      {"endpoint": "/rank_classify", "prompt": "a", "text": text, "labels": ["False", "True"]},
+      {"endpoint": "/rank_classify", "prompt": "a", "text": text, "labels": []},
+      {"endpoint": "/generate", "prompt": "wide", "text": text},
+  ]
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+  out = tmp_path / "out.jsonl"
+  subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "prompt_tuning.serve",
+          f"--prompt_dir={prompts}",
+          f"--jsonl_in={tmp_path / 'in.jsonl'}",
+          f"--jsonl_out={out}",
+          "--gin.MAX_BATCH=4",
+      ],
+      check=True,
+      timeout=300,
+  )
+  answers = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [a["status"] for a in answers] == [200, 200, 400, 400], answers
+  assert answers[0]["answer"]["text"] is not None and answers[0]["answer"]["tokens"]
+  assert answers[1]["answer"]["label"] in ("False", "True")
+  assert len(answers[1]["answer"]["scores"]) == 2
+  assert "empty" in answers[2]["answer"]["error"]
+  assert "Unknown prompt 'wide'" in answers[3]["answer"]["error"]  # Skipped at load (width).
+
+
+def test_shorthand_flags_become_gin_bindings():
+  assert serve.gin_argv(["--port", "8089", "--prompt_dir=/p q", "--gin.MAX_BATCH=3"]) == [
+      "--gin_file=runs/serve.gin",
+      "--gin.PORT=8089",
+      "--gin.PROMPT_DIR='/p q'",
+      "--gin.MAX_BATCH=3",
+  ]
+  assert serve.gin_argv(["--gin_file=x.gin"]) == ["--gin_file=x.gin"]
+  with pytest.raises(serve.config.ConfigError, match="--port='http'"):
+    serve.gin_argv(["--port=http"])

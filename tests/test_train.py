@@ -258,7 +258,12 @@ def test_eval_and_infer_through_the_cli(workdir, env, initial_checkpoint, run_wi
 
   evaluation = Cli(
       "eval",
-      _inference_args("runs/prompt_eval.gin", model_dir, initial_checkpoint),
+      _inference_args(
+          "runs/prompt_eval.gin",
+          model_dir,
+          initial_checkpoint,
+          EVAL_RANK_LABELS=["negative", "positive"],
+      ),
       env,
       logs,
       "eval",
@@ -290,6 +295,8 @@ def test_eval_and_infer_through_the_cli(workdir, env, initial_checkpoint, run_wi
   evaluation.check()
   metrics = json.loads(evaluation.stdout)
   assert TASK_NAME in metrics and "accuracy" in metrics[TASK_NAME], metrics
+  # Rank classification beside generation; only generation goes to the metrics file (below).
+  assert 0 <= metrics[TASK_NAME]["rank_classification/accuracy"] <= 100, metrics
   # The latest checkpoint, evaluated by the CLI, scores what the training loop's eval logged.
   logged = _last_by_step(read_jsonl(model_dir / "eval" / "metrics.jsonl"))[TRAIN_STEPS]
   assert metrics[TASK_NAME]["accuracy"] == pytest.approx(logged[f"{TASK_NAME}/accuracy"])

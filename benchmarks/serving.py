@@ -1,0 +1,312 @@
+"""Serving many prompts: a mixed-prompt batch against single-prompt batches, and prompt memory.
+
+The same B requests (example i names prompt i mod K; random inputs of 16-64 tokens; a 2-token
+label as the target, or 4 greedy tokens with EOS disabled so every way decodes all 4) are
+answered three ways, K = 1, 4, 16:
+  mixed:      one call of `prompt_library.MixedPromptRunner` (the server's path: host-side
+              packing, prompt table, bucketed shapes) on all B requests over K prompts;
+  single:     one call of the ordinary prefix-prompt model on B requests that all use one prompt
+              (the best case a single-task server has; the throughput the mixed batch is held to);
+  sequential: the ordinary model once per prompt, K batches of B / K requests one after another
+              (what serving K prompts costs without mixing).
+Every request of a round arrives at once; its latency is the time until the call holding it
+returns (so in `sequential`, the k-th batch's requests wait for the k - 1 before). Rounds of the
+three ways are interleaved, so a shared machine's load hits them alike. Prints one JSON line per
+(workload, K, way): requests/s (B / median round time), requests per CPU-second of the process
+(all threads; on a machine shared with other jobs the wall-clock rate varies with their load),
+latency p50/p99 over all requests of all rounds; then a summary line per workload with the
+ratios mixed/single and mixed/sequential at each K (wall and CPU); then a memory line: the
+resident memory of a fresh process holding one model with 1 prompt, then with 1,000 prompts
+(after one mixed batch each), and the table's bytes. A table goes to stderr.
+
+  python benchmarks/serving.py                     # the embedded default (its checkpoint)
+  python benchmarks/serving.py --size=small        # random weights, T5 1.1 small's shape
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--size", default=None, help="random weights of this T5 1.1 size")
+  parser.add_argument("--batch", type=int, default=32, help="requests per round (B)")
+  parser.add_argument("--ks", default="1,4,16", help="numbers of prompts (K), each divides B")
+  parser.add_argument("--prompt_length", type=int, default=20)
+  parser.add_argument("--max_inputs", type=int, default=64, help="inputs are 16..this tokens")
+  parser.add_argument("--decode_length", type=int, default=4)
+  parser.add_argument("--workloads", default="score,generate")
+  parser.add_argument("--repeats", type=int, default=20, help="timed rounds per way")
+  parser.add_argument("--prompts_for_memory", type=int, default=1000)
+  parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
+  return parser.parse_args(argv)
+
+
+def load_model(size):
+  """(config, frozen params) of the embedded default, or random weights of a T5 1.1 size."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
+
+  if size is None:
+    from prompt_tuning import embedded  # pylint: disable=g-import-not-at-top
+
+    cfg = embedded.load_config()
+    return cfg, checkpoints.load_t5x_checkpoint(embedded.checkpoint_path())
+  cfg = t5.config_for_size(size, dtype="float32")
+  model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg))
+  shapes = jax.eval_shape(
+      lambda: nn.unbox(model.get_initial_variables(jax.random.PRNGKey(0)))["params"]
+  )
+  rng = np.random.default_rng(0)
+
+  def leaf(s):  # Generated on the host leaf by leaf, as a checkpoint is loaded.
+    x = rng.standard_normal(s.shape, np.float32)
+    return x / np.sqrt(s.shape[0]) if len(s.shape) == 2 else x  # Fan-in: finite activations.
+
+  return cfg, jax.tree.map(leaf, shapes)
+
+
+def rss_bytes() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Ways:
+  """The three ways of answering a round of requests, each returning per-request finish times."""
+
+  def __init__(self, cfg, params, prompts, args):
+    import jax  # pylint: disable=g-import-not-at-top
+
+    from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+    from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top
+    from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
+    from prompt_tuning import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
+    from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
+
+    self.lib = lib
+    self.args = args
+    self.library = lib.PromptLibrary(cfg.emb_dim)
+    for name, p in prompts.items():
+      self.library.add(name, p)
+    # EOS disabled (id -1) in both models: every way decodes all `decode_length` tokens, so
+    # early stopping (which depends on what each prompt happens to generate) never differs
+    # between the ways being compared.
+    self.runner = lib.MixedPromptRunner(cfg, params, self.library, eos_id=-1)
+    factory = prompts_lib.prefix_prompt_factory(
+        args.prompt_length, prompts_lib.from_array(next(iter(prompts.values())))
+    )
+    model = model_lib.EncoderDecoderModel(
+        t5.EncoderDecoder(cfg, prompt_factory=factory), decode_fn=decoding.greedy, eos_id=-1
+    )
+    frozen = lib.frozen_params(params)
+    # The ordinary model's parameters per prompt: the backbone's arrays are shared, not copied.
+    frozen = jax.device_put(frozen)  # As the runner holds it.
+    self.params = {
+        name: dict(frozen, encoder=dict(frozen["encoder"], prompt={"prompt": {"prompt": p}}))
+        for name, p in jax.device_put(prompts).items()
+    }
+    self.score = jax.jit(model.score_batch)
+    self.predict = jax.jit(model.predict_batch)
+
+  def _single_batch(self, examples, workload):
+    """The ordinary model's batch: inputs padded to the task's fixed length (as SeqIO does)."""
+    from prompt_tuning.data import batches  # pylint: disable=g-import-not-at-top
+
+    inputs = batches.pad_rows([e.inputs for e in examples], self.args.max_inputs)
+    if workload == "score":
+      targets = batches.pad_rows([e.targets for e in examples], 4)  # The task's target length.
+      return {
+          "encoder_input_tokens": inputs,
+          "decoder_input_tokens": batches.shift_right(targets),
+          "decoder_target_tokens": targets,
+          "decoder_loss_weights": (targets > 0).astype(np.float32),
+      }
+    dec = np.zeros((len(examples), self.args.decode_length), np.int32)
+    return {"encoder_input_tokens": inputs, "decoder_input_tokens": dec}
+
+  def _call_single(self, name, examples, workload):
+    batch = self._single_batch(examples, workload)
+    fn = self.score if workload == "score" else self.predict
+    return np.asarray(fn(self.params[name], batch))
+
+  def mixed(self, examples, workload):
+    if workload == "score":
+      self.runner.score(examples)
+    else:
+      self.runner.generate(examples, self.args.decode_length)
+    return [time.perf_counter()] * len(examples)
+
+  def single(self, examples, workload):
+    one = next(iter(self.params))
+    self._call_single(one, [self.lib.Example(one, e.inputs, e.targets) for e in examples], workload)
+    return [time.perf_counter()] * len(examples)
+
+  def sequential(self, examples, workload):
+    done = []
+    for name in dict.fromkeys(e.prompt for e in examples):
+      group = [e for e in examples if e.prompt == name]
+      self._call_single(name, group, workload)
+      done += [time.perf_counter()] * len(group)
+    return done
+
+
+def random_prompts(rng, n, length, width):
+  return {
+      f"prompt{i:04d}": rng.uniform(-0.5, 0.5, (length, width)).astype(np.float32) for i in range(n)
+  }
+
+
+def requests(lib, rng, k, args, vocab_size):
+  out = []
+  for i in range(args.batch):
+    n = int(rng.integers(16, args.max_inputs + 1))
+    out.append(
+        lib.Example(
+            f"prompt{i % k:04d}",
+            rng.integers(2, vocab_size, n).tolist(),
+            [int(rng.integers(2, vocab_size)), 1],
+        )
+    )
+  return out
+
+
+def measure(ways, examples, workload, repeats):
+  names = ("mixed", "single", "sequential")
+  for name in names:  # Compile (and warm) every shape first.
+    getattr(ways, name)(examples, workload)
+  rounds = {n: [] for n in names}
+  cpu = {n: [] for n in names}
+  latencies = {n: [] for n in names}
+  for _ in range(repeats):
+    for name in names:
+      start, cpu_start = time.perf_counter(), time.process_time()
+      done = getattr(ways, name)(examples, workload)
+      rounds[name].append(time.perf_counter() - start)
+      cpu[name].append(time.process_time() - cpu_start)
+      latencies[name] += [t - start for t in done]
+  out = {}
+  for name in names:
+    lat = np.asarray(latencies[name]) * 1e3
+    out[name] = {
+        "requests_per_s": len(examples) / statistics.median(rounds[name]),
+        "requests_per_cpu_s": len(examples) / statistics.median(cpu[name]),
+        "latency_p50_ms": float(np.percentile(lat, 50)),
+        "latency_p99_ms": float(np.percentile(lat, 99)),
+    }
+  return out
+
+
+def memory_child(args):
+  """Resident memory of one model with 1 prompt, then with `prompts_for_memory` prompts."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
+
+  cfg, params = load_model(args.size)
+  rng = np.random.default_rng(1)
+  table = random_prompts(rng, args.prompts_for_memory, args.prompt_length, cfg.emb_dim)
+  library = lib.PromptLibrary(cfg.emb_dim)
+  first = next(iter(table))
+  library.add(first, table[first])
+  runner = lib.MixedPromptRunner(cfg, params, library)
+  examples = requests(lib, rng, 1, args, cfg.vocab_size)
+  runner.score(examples)
+  one = rss_bytes()
+  for name, p in table.items():
+    library.add(name, p)
+  del table  # The library holds its own copy; the table is rebuilt from it.
+  runner.score(examples)
+  many = rss_bytes()
+  return {
+      "memory": True,
+      "rss_one_prompt_bytes": one,
+      f"rss_{args.prompts_for_memory}_prompts_bytes": many,
+      "rss_increase_bytes": many - one,
+      "table_bytes": int(library.snapshot()[0].nbytes),
+      "prompt_bytes": args.prompt_length * cfg.emb_dim * 4,
+      "model_bytes": int(sum(x.nbytes for x in jax.tree.leaves(runner.params))),
+  }
+
+
+def main():
+  args = parse_args()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  if args.memory_child:
+    print(json.dumps(memory_child(args)), flush=True)
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
+
+  ks = [int(k) for k in args.ks.split(",")]
+  for k in ks:
+    if args.batch % k:
+      sys.exit(f"--batch={args.batch} is not divisible by K={k} (--ks={args.ks}).")
+  cfg, params = load_model(args.size)
+  rng = np.random.default_rng(0)
+  ways = Ways(cfg, params, random_prompts(rng, max(ks), args.prompt_length, cfg.emb_dim), args)
+  common = {
+      "model": args.size or "embedded",
+      "batch": args.batch,
+      "prompt_length": args.prompt_length,
+      "backend": jax.default_backend(),
+      "load_average": os.getloadavg()[0],
+  }
+  rows, summaries = [], []
+  for workload in args.workloads.split(","):
+    summary = {"summary": workload}
+    for k in ks:
+      examples = requests(lib, rng, k, args, cfg.vocab_size)
+      result = measure(ways, examples, workload, args.repeats)
+      for way, r in result.items():
+        row = dict(common, workload=workload, k=k, way=way, **r)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+      for unit in ("requests_per_s", "requests_per_cpu_s"):
+        suffix = "" if unit == "requests_per_s" else "_cpu"
+        mixed = result["mixed"][unit]
+        summary[f"mixed_over_single_k{k}{suffix}"] = mixed / result["single"][unit]
+        summary[f"mixed_over_sequential_k{k}{suffix}"] = mixed / result["sequential"][unit]
+    summary["compilations"] = dict(ways.runner.compilations)
+    summary["load_average_end"] = os.getloadavg()[0]
+    summaries.append(summary)
+    print(json.dumps(summary), flush=True)
+  argv = [a for a in sys.argv[1:] if a != "--memory_child"]
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), *argv, "--memory_child"],
+      stdout=subprocess.PIPE,
+      text=True,
+      check=True,
+  )
+  memory = json.loads(proc.stdout.strip().splitlines()[-1])
+  print(json.dumps(memory), flush=True)
+
+  print(
+      f"{'workload':9s} {'K':>3s} {'way':11s} {'req/s':>9s} {'req/cpu-s':>9s} {'p50 ms':>8s}"
+      f" {'p99 ms':>8s}",
+      file=sys.stderr,
+  )
+  for r in rows:
+    print(
+        f"{r['workload']:9s} {r['k']:3d} {r['way']:11s} {r['requests_per_s']:9.1f}"
+        f" {r['requests_per_cpu_s']:9.1f} {r['latency_p50_ms']:8.1f} {r['latency_p99_ms']:8.1f}",
+        file=sys.stderr,
+    )
+  for s in summaries:
+    print(json.dumps(s), file=sys.stderr)
+  print(json.dumps(memory), file=sys.stderr)
+
+
+if __name__ == "__main__":
+  main()
