@@ -353,7 +353,7 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
   ablate.write_results(spec, str(tmp_path), rows, cells)
   with open(tmp_path / "results.csv", newline="") as f:
     table = list(csv.reader(f))
-  assert table[0][:10] == [
+  assert table[0][:12] == [
       "run",
       "L",
       "seed",
@@ -363,9 +363,11 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
       "budget_score",
       "budget_step",
       "num_evals",
+      "trainable_params",
+      "seconds_per_step",
       "start_step",
   ]
-  assert table[2][:10] == [
+  assert table[2][:12] == [
       "l=4,seed=0",
       "4",
       "0",
@@ -375,6 +377,8 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
       "30.0",
       "25",
       "3",
+      "",  # No parameters.json or train metrics written for these runs.
+      "",
       "100",
   ]
   assert json.loads((tmp_path / "results.json").read_text())["cells"][0]["L"] == "1"
