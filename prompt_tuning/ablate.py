@@ -55,6 +55,8 @@ from prompt_tuning import config
 SPEC_FILE = "sweep.json"
 RUN_FILE = "ablate_run.json"
 EVAL_METRICS = os.path.join("eval", "metrics.jsonl")
+TRAIN_METRICS = os.path.join("train", "metrics.jsonl")
+PARAMETERS = "parameters.json"  # Written by training.run: trainable and frozen counts.
 ERROR_TAIL_LINES = 20
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 # Set by the sweep itself; a grid or `--gin.` flag setting them would be overwritten.
@@ -529,6 +531,22 @@ def collect_run(
   return out
 
 
+def cost(run_dir: str) -> dict[str, Any]:
+  """Trainable parameters and the median train step time of a run (what a method costs).
+
+  The first logging period holds the compilation, so it only counts when it is the only one.
+  """
+  out = {"trainable_params": None, "seconds_per_step": None}
+  path = os.path.join(run_dir, PARAMETERS)
+  if os.path.exists(path):
+    with open(path) as f:
+      out["trainable_params"] = json.load(f)["trainable_parameters"]
+  rates = [m["steps_per_second"] for _, m in read_evals(os.path.join(run_dir, TRAIN_METRICS))]
+  if rates:
+    out["seconds_per_step"] = 1.0 / statistics.median(rates[1:] or rates)
+  return out
+
+
 def collect(spec: Mapping[str, Any], sweep_dir: str) -> tuple[list[dict], list[dict]]:
   """Rows per run and per cell (the runs of a cell differ only in the seed)."""
   rows = []
@@ -546,6 +564,7 @@ def collect(spec: Mapping[str, Any], sweep_dir: str) -> tuple[list[dict], list[d
         "error": record.get("error"),
         "stderr_tail": record.get("stderr_tail"),
     }
+    row.update(cost(run_dir))
     try:
       row.update(collect_run(run_dir, run["start_step"], spec["step_budget"], spec["metric"]))
     except best_checkpoint.MetricNotFoundError as e:
@@ -561,8 +580,9 @@ def collect(spec: Mapping[str, Any], sweep_dir: str) -> tuple[list[dict], list[d
         "values": members[0][0]["values"],
         "seeds": len(members),
         "finished": sum(r["status"] == "finished" for _, r in members),
+        "trainable_params": members[0][1]["trainable_params"],
     }
-    for what in ("best_score", "budget_score"):
+    for what in ("best_score", "budget_score", "seconds_per_step"):
       values = [r[what] for _, r in members if r["status"] == "finished" and r[what] is not None]
       cell[what] = (
           {
@@ -590,6 +610,8 @@ def write_results(spec, sweep_dir: str, rows: list[dict], cells: list[dict]) -> 
           "budget_score",
           "budget_step",
           "num_evals",
+          "trainable_params",
+          "seconds_per_step",
           "start_step",
           "seconds",
           "returncode",

@@ -12,6 +12,7 @@ the same data order; a finished run restarted evaluates its last checkpoint agai
 """
 
 import json
+import math
 import logging
 import os
 import time
@@ -67,6 +68,8 @@ def run(
     )
     logging.info("Resuming from %s (input position %d).", latest, input_position)
   step = int(state.step)
+  if jax.process_index() == 0:
+    _write_parameter_counts(model_dir, state.params, frozen)
 
   writer = metric_writers.MetricWriter(os.path.join(model_dir, "train"), tensorboard)
   eval_writer = metric_writers.MetricWriter(os.path.join(model_dir, "eval"), tensorboard)
@@ -165,3 +168,25 @@ def run(
   if jax.process_index() == 0:
     print(json.dumps(result, indent=2, default=float))
   return result
+
+
+PARAMETERS_FILE = "parameters.json"
+
+
+def _write_parameter_counts(model_dir: str, trainable, frozen) -> None:
+  """MODEL_DIR/parameters.json: what trains and what stays frozen (shapes and totals).
+
+  Read by `ablate` to put each method's trainable-parameter count beside its score.
+  """
+  shapes = lambda params: {k: list(v.shape) for k, v in optim.flatten(params).items()}
+  count = lambda params: sum(math.prod(v.shape) for v in optim.flatten(params).values())
+  with open(os.path.join(model_dir, PARAMETERS_FILE), "w") as f:
+    json.dump(
+        {
+            "trainable_parameters": count(trainable),
+            "frozen_parameters": count(frozen),
+            "trainable": shapes(trainable),
+        },
+        f,
+        indent=1,
+    )

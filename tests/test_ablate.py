@@ -19,6 +19,7 @@ import pytest
 from prompt_tuning import ablate
 from prompt_tuning import checkpoints
 from prompt_tuning import config
+from prompt_tuning import embedded
 from tests import cli_utils
 
 PAPER_GRID = "ablations/prompt_length_x_init.gin"
@@ -235,6 +236,24 @@ def _write_run(sweep_dir, name, status, evals):
   (run_dir / ablate.RUN_FILE).write_text(json.dumps({"status": status, "returncode": 0}))
 
 
+def test_cost_is_trainable_count_and_median_step_time_after_the_compiling_period(tmp_path):
+  run_dir = tmp_path / "run"
+  (run_dir / "train").mkdir(parents=True)
+  (run_dir / ablate.PARAMETERS).write_text(json.dumps({"trainable_parameters": 2560}))
+  rates = [0.5, 2.0, 4.0, 2.5]  # The first period compiles; the median of the rest is 2.5.
+  (run_dir / ablate.TRAIN_METRICS).write_text(
+      "".join(
+          json.dumps({"step": 25 * (i + 1), "steps_per_second": r}) + "\n"
+          for i, r in enumerate(rates)
+      )
+  )
+  assert ablate.cost(str(run_dir)) == {"trainable_params": 2560, "seconds_per_step": 0.4}
+  assert ablate.cost(str(tmp_path / "not_run")) == {
+      "trainable_params": None,
+      "seconds_per_step": None,
+  }
+
+
 def test_results_best_and_at_budget_from_metrics_files(tmp_path):
   t = "task"
   spec = {
@@ -334,7 +353,7 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
   ablate.write_results(spec, str(tmp_path), rows, cells)
   with open(tmp_path / "results.csv", newline="") as f:
     table = list(csv.reader(f))
-  assert table[0][:10] == [
+  assert table[0][:12] == [
       "run",
       "L",
       "seed",
@@ -344,9 +363,11 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
       "budget_score",
       "budget_step",
       "num_evals",
+      "trainable_params",
+      "seconds_per_step",
       "start_step",
   ]
-  assert table[2][:10] == [
+  assert table[2][:12] == [
       "l=4,seed=0",
       "4",
       "0",
@@ -356,6 +377,8 @@ def test_results_best_and_at_budget_from_metrics_files(tmp_path):
       "30.0",
       "25",
       "3",
+      "",  # No parameters.json or train metrics written for these runs.
+      "",
       "100",
   ]
   assert json.loads((tmp_path / "results.json").read_text())["cells"][0]["L"] == "1"
@@ -476,9 +499,12 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
       (second.name, "finished"),
   ]
   results = json.loads((sweep_dir / "results.json").read_text())
-  for row in results["runs"]:
+  width = embedded.load_config().emb_dim
+  for row, length in zip(results["runs"], (1, 4)):
     assert row["start_step"] == start
     assert row["num_evals"] == 3 and row["budget_step"] == 8  # Evaluations at 4, 8, 12.
+    assert row["trainable_params"] == length * width  # Only the prompt trains.
+    assert row["seconds_per_step"] > 0
   assert (sweep_dir / "figure.png").stat().st_size > 0
   assert json.loads((sweep_dir / ablate.SPEC_FILE).read_text())["axes"]["PROMPT_LENGTH"] == [
       "1",
