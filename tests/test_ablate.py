@@ -7,6 +7,7 @@ the slow ones run real sweeps of the embedded default on the small test task of
 
 import csv
 import json
+import math
 import os
 import shlex
 import signal
@@ -66,6 +67,56 @@ def test_paper_grid_is_45_runs_seeds_outermost_then_axes_in_order():
   assert bindings["MIXTURE_OR_TASK_NAME"] == "'synthetic_taskless_super_glue_cb_v102'"
   assert bindings["trainer.Trainer.seed"] == bindings["SHUFFLE_SEED"] == "2"
   assert "MODEL_DIR" not in bindings and "TRAIN_STEPS" not in bindings
+
+
+def test_methods_grid_builds_each_method_with_its_trainable_parameters():
+  """Each method's run parses and builds (jax.eval_shape) with the trainable count its formula
+  gives on the embedded default: input prompt P*D, P-tuning v2 layers*2*P*H*K."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning import optim  # pylint: disable=g-import-not-at-top
+
+  _, runs = _expand("ablations/methods.gin", seeds=[0])
+  assert [r.name for r in runs] == [
+      f"method={m},task={t},seed=0"
+      for m in (
+          "prompt_tuning",
+          "prompt_suffix",
+          "residual_reparam",
+          "p_tuning_v2",
+          "prefix_tuning",
+      )
+      for t in ("cb", "rte")
+  ]
+  cfg = embedded.load_config()
+  p = 20
+  expected = {
+      "prompt_tuning": p * cfg.emb_dim,
+      "prompt_suffix": p * cfg.emb_dim,
+      "p_tuning_v2": cfg.num_encoder_layers * 2 * p * cfg.num_heads * cfg.head_dim,
+  }
+  for run in runs[::2]:  # One task each.
+    gin.clear_config()
+    config.parse_gin(run.gin_files, [f"{k} = {v}" for k, v in run.bindings])
+    model = config.macro("MODEL", evaluate=True)
+    shapes = jax.eval_shape(
+        lambda: nn.unbox(model.get_initial_variables(jax.random.PRNGKey(0))["params"])
+    )
+    trainable, _ = optim.split_params(shapes, optim.PROMPT_PATTERNS)
+    count = sum(math.prod(x.shape) for x in optim.flatten(trainable).values())
+    method = run.labels["method"]
+    if method in expected:
+      assert count == expected[method], method
+    else:  # The reparameterisations train more than the prompt they produce.
+      assert count > p * cfg.emb_dim, method
+    assert (config.macro("LEARNING_RATE"), method) in {
+        (0.3, "prompt_tuning"),
+        (0.3, "prompt_suffix"),
+        (0.3, "residual_reparam"),
+        (0.03, "p_tuning_v2"),
+        (0.003, "prefix_tuning"),
+    }
 
 
 def test_lm100k_grid_runs_parse_with_the_paper_recipe():
