@@ -147,6 +147,8 @@ def random_params(spec) -> dict:
 def random_batch(vocab_size: int, batch: int, inputs: int, targets: int):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from prompt_tuning.data import batches  # pylint: disable=g-import-not-at-top
+
   rng = np.random.RandomState(0)
   target_tokens = rng.randint(2, vocab_size, (batch, targets)).astype(np.int32)
   return {

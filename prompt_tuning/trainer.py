@@ -6,6 +6,7 @@ subset. The train state (`train_state.TrainState`) holds the trainable parameter
 optimizer state and the global step; the frozen parameters travel beside it.
 """
 
+import concurrent.futures
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -18,6 +19,13 @@ from prompt_tuning import restore
 from prompt_tuning.train_state import TrainState
 
 Params = Mapping[str, Any]
+# The model features of a batch (SeqIO's `EncDecFeatureConverter`, unpacked) -> their length.
+BATCH_FEATURES = {
+    "encoder_input_tokens": "inputs",
+    "decoder_input_tokens": "targets",
+    "decoder_target_tokens": "targets",
+    "decoder_loss_weights": "targets",
+}
 
 
 class Trainer:
@@ -82,6 +90,26 @@ class Trainer:
   ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step; only the trainable parameters are differentiated and updated."""
     return self._step_fn(state)(state, frozen, batch, self.rng)
+
+  def compile_ahead(
+      self, state: TrainState, frozen: Params, batch_size: int, lengths: Mapping[str, int]
+  ) -> concurrent.futures.Future:
+    """Compiles the train step in a background thread; wait on the future before a step.
+
+    XLA compiles without Python's lock, so the caller meanwhile builds its input pipeline and
+    evaluator (TensorFlow tracing, seconds on a small CPU) and the first `train_step`, lowered
+    again for the real batch, finds the same program in JAX's compilation cache. `batch_size`
+    is global; the batch is SeqIO's encoder-decoder features (int32) at `lengths`.
+    """
+    sharding = self.partitioner.data_sharding()
+    batch = {
+        name: jax.ShapeDtypeStruct((batch_size, lengths[feature]), jnp.int32, sharding=sharding)
+        for name, feature in BATCH_FEATURES.items()
+    }
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
+    future = pool.submit(lambda: self.lower_train_step(state, frozen, batch).compile())
+    pool.shutdown(wait=False)
+    return future
 
   def lower_train_step(self, state: TrainState, frozen: Params, batch: Mapping[str, jax.Array]):
     """The train step lowered for these arguments (`.compile().cost_analysis()` gives its FLOPs)."""

@@ -70,6 +70,10 @@ def run(
   step = int(state.step)
   if jax.process_index() == 0:
     _write_parameter_counts(model_dir, state.params, frozen)
+  compiled = None
+  if step < total_steps:
+    # Overlaps the step's compilation with building the evaluator and the input pipeline.
+    compiled = trainer.compile_ahead(state, frozen, cfg.batch_size, cfg.task_feature_lengths)
 
   writer = metric_writers.MetricWriter(os.path.join(model_dir, "train"), tensorboard)
   eval_writer = metric_writers.MetricWriter(os.path.join(model_dir, "eval"), tensorboard)
@@ -129,6 +133,9 @@ def run(
     first_step = step
     while step < total_steps:
       host_batch = next(batches)
+      if compiled is not None:
+        compiled.result()  # Raises what the compilation raised; the step reuses its program.
+        compiled = None
       examples += host_batch["encoder_input_tokens"].shape[0] * shard[1]
       tokens += (
           int(

@@ -305,6 +305,15 @@ def test_cost_is_trainable_count_and_median_step_time_after_the_compiling_period
   }
 
 
+def test_runs_share_one_compilation_cache_unless_the_user_set_one(tmp_path, monkeypatch):
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  env = ablate.run_env(str(tmp_path / "sweep"))
+  assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "sweep" / "jax_cache")
+  assert env["PATH"] == os.environ["PATH"]  # The rest of the environment is passed on.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/mine")
+  assert ablate.run_env(str(tmp_path / "sweep"))["JAX_COMPILATION_CACHE_DIR"] == "/mine"
+
+
 def test_results_best_and_at_budget_from_metrics_files(tmp_path):
   t = "task"
   spec = {

@@ -91,10 +91,17 @@ def test_predictions_and_scores_match_the_model(setup):
   model, params, rows = setup
   evaluator = evaluation.make_evaluator("eval_test_task_scored", LENGTHS)
   # Batch 2 over 5 examples: the last batch is padded, and the padding must be dropped.
-  metrics = evaluation.evaluate(
-      evaluator, evaluation.ModelFns(model, 2, partitioning.Partitioner()), params
-  )
+  fns = evaluation.ModelFns(model, 2, partitioning.Partitioner())
+  metrics = evaluation.evaluate(evaluator, fns, params)
+  # The reference runs at the full padded length; the evaluation cut the encoder inputs to the
+  # longest example (shorter, or the comparison below would not check the cut).
   batch = _converted("eval_test_task_scored")
+  longest = int((batch["encoder_input_tokens"] > 0).sum(axis=1).max())
+  assert longest < LENGTHS["inputs"]
+  [ds] = evaluator.cached_model_datasets.values()
+  batches = fns.host_batches(ds)
+  assert [i.tolist() for i, _ in batches] == [[0, 1], [2, 3], [4, -1]]
+  assert {b["encoder_input_tokens"].shape for _, b in batches} == {(2, longest)}
   scores = np.asarray(jax.jit(model.score_batch)(params, batch))
   np.testing.assert_allclose(
       metrics["eval_test_task_scored"]["mean_score"], scores.mean(), rtol=1e-5
@@ -105,6 +112,18 @@ def test_predictions_and_scores_match_the_model(setup):
   predicted = [labels.get(vocab.decode(d.tolist()).strip(), -1) for d in decodes]
   expected = 100.0 * np.mean([p == labels[r["label"]] for p, r in zip(predicted, rows)])
   assert metrics["eval_test_task_scored"]["accuracy"] == pytest.approx(expected)
+  # A second evaluation reuses the batches read from TensorFlow the first time.
+  assert evaluation.evaluate(evaluator, fns, params) == metrics
+  assert fns.host_batches(ds) is batches
+
+
+def test_trim_encoder_padding_keeps_every_real_column():
+  tokens = np.array([[5, 6, 0, 0, 0], [7, 0, 8, 0, 0]])  # A 0 inside the inputs is kept.
+  batches = [(np.arange(2), {"encoder_input_tokens": tokens, "decoder_input_tokens": tokens})]
+  [(indices, trimmed)] = evaluation.trim_encoder_padding(batches)
+  np.testing.assert_array_equal(trimmed["encoder_input_tokens"], tokens[:, :3])
+  assert trimmed["decoder_input_tokens"] is tokens
+  np.testing.assert_array_equal(indices, [0, 1])
 
 
 def test_padded_batches_mark_padding():

@@ -167,6 +167,37 @@ def test_golden_optimizer_step():
     assert new.dtype == value.dtype and new.tobytes() == np.asarray(value).tobytes(), name
 
 
+def test_compile_ahead_builds_the_program_of_the_first_step():
+  """`Trainer.compile_ahead` (training.run's overlap of compilation and data loading) compiles
+  for SeqIO's batch shapes, dtypes and sharding, so the first real step compiles nothing; a
+  mismatch would compile the step twice."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  trainer = _golden_trainer(np.load(require(GOLDEN / "prompt_5x4.npy")))
+  restore_cfg = restore.RestoreConfig(
+      str(require(TINY_CHECKPOINT)), scratch_patterns=[".*prompt.*"]
+  )
+  params, step = restore.initial_params(restore_cfg, trainer.model, trainer.spec, trainer.rng)
+  state, frozen = trainer.create_state(params, step)
+  lengths = {"inputs": 8, "targets": 4}
+  examples = tf.data.Dataset.from_tensor_slices(
+      {"inputs": [[5, 6, 7, 1], [8, 9, 1, 0]], "targets": [[3, 1], [4, 1]]}
+  ).map(lambda ex: {k: v[v > 0] for k, v in ex.items()})
+  host_batch = next(pipeline.feature_converter()(examples, lengths).batch(2).as_numpy_iterator())
+  trainer.compile_ahead(state, frozen, 2, lengths).result()
+  compiles = []
+  listener = lambda event, duration, **kw: compiles.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    new_state, _ = trainer.train_step(state, frozen, trainer.partitioner.shard_batch(host_batch))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert int(new_state.step) == step + 1
+  assert "/jax/core/compile/backend_compile_duration" not in compiles, compiles
+
+
 # ------------------------------------------------------------------------------------------------
 # Adafactor against numpy references.
 
