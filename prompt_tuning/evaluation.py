@@ -111,7 +111,7 @@ class ModelFns:
       if rank_labels is not None:
         summed = collections.defaultdict(float)
         for params in members:
-          for indices, batch in pipeline.padded_batches(ds, self.batch_size):
+          for indices, batch in self.host_batches(ds):
             _, scores = rank.rank_classify(
                 self.score, params, batch["encoder_input_tokens"], rank_labels
             )
@@ -121,8 +121,9 @@ class ModelFns:
         return [(i, list(rank_labels[int(np.argmax(s))])) for i, s in sorted(summed.items())]
       votes = collections.defaultdict(list)
       for params in members:
-        for i, (tokens, _) in self._run(self.predict, params, ds):
-          votes[i].append(tokens.tolist())
+        indices, (tokens, _) = self._run(self.predict, params, ds)
+        for i, member_tokens in zip(indices, tokens.tolist()):
+          votes[i].append(member_tokens)
       return [(i, rank.majority_vote(v)) for i, v in sorted(votes.items())]
 
     return predict_fn
