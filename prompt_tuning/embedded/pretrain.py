@@ -14,6 +14,9 @@ The learning rate: each stage runs its own warmup + cosine schedule, counted fro
 first step (`stage_schedule`); the LM-adaptation stage warms up again from zero and ends where
 its schedule is cut off, not at the schedule's end. The committed checkpoints were trained so.
 
+`lm_keep_steps` also keeps LM-adapted checkpoints after that many LM steps, in
+`lm_adapted_intermediate/` (the LM-adaptation-length ablation; docs/embedded_default.md).
+
 Rebuild the committed assets (about 35 minutes on 2 CPU cores):
   python -m prompt_tuning.embedded.pretrain --gin_file=runs/pretrain_embedded.gin \\
     --gin.OUT_DIR="'prompt_tuning/embedded/assets'"
