@@ -219,6 +219,30 @@ def test_lm_adaptation_grid_reads_the_committed_intermediate_checkpoints(capsys)
     assert os.path.basename(path) == f"checkpoint_{1500 + lm_steps}"
 
 
+def test_collect_only_writes_the_finished_runs_and_trains_nothing(tmp_path):
+  """A sweep stopped part-way: its finished run is collected, the others are `not run`."""
+  grid = "--grid=ablations/pretraining_objective.gin"
+  assert ablate.main([grid, f"--sweep_dir={tmp_path}", "--seeds=0", "--dry_run"]) == 0
+  _write_run(
+      tmp_path,
+      "objective=lm_adapted,seed=0",
+      "finished",
+      [{"step": 5025, "t/accuracy": 70.0}, {"step": 5100, "t/accuracy": 80.0}],
+  )
+  args = [grid, f"--sweep_dir={tmp_path}", "--seeds=0", "--collect_only", "--no_plot"]
+  assert ablate.main(args) == 1  # Two runs are not finished.
+  with open(tmp_path / "results.csv") as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  assert rows["objective=lm_adapted,seed=0"]["best_score"] == "80.0"
+  assert rows["objective=span_corruption,seed=0"]["status"] == "not run"
+  assert sorted(os.listdir(tmp_path)) == [
+      "objective=lm_adapted,seed=0",
+      "results.csv",
+      "results.json",
+      "sweep.json",
+  ]
+
+
 def test_sweep_dir_of_another_grid_is_refused(tmp_path):
   grid, runs = _expand(PAPER_GRID, seeds=[0])
   axes = {a: ablate.axis_values(a, vs) for a, vs in grid.axes.items()}
