@@ -28,7 +28,9 @@ What it leaves in the sweep dir:
   jax_cache/         JAX's compilation cache shared by the runs (see `run_env`)
 
 A killed sweep restarted with the same command skips finished runs and resumes the interrupted
-one from its checkpoint; failed runs are retried. The exit status is 1 if any run failed.
+one from its checkpoint; failed runs are retried; `--collect_only` writes the results and figure
+of the runs finished so far. The exit status is 1 if any run failed (or, with `--collect_only`,
+is not finished).
 """
 
 import argparse
@@ -789,6 +791,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str,
   parser.add_argument(
       "--dry_run", action="store_true", help="List the runs and their state; train nothing."
   )
+  parser.add_argument(
+      "--collect_only",
+      action="store_true",
+      help="Write results and the figure from the runs that finished; train nothing (a sweep "
+      "stopped part-way; the other runs count as not run).",
+  )
   parser.add_argument("--no_plot", action="store_true", help="Skip figure.png / figure.svg.")
   user, rest = [], []
   for arg in argv:
@@ -870,7 +878,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
   spec = spec_of(grid, axes, seeds, runs, train_steps, step_budget, metric)
   claim_sweep_dir(sweep_dir, spec)
-  sweep(runs, sweep_dir, train_steps)
+  if not args.collect_only:
+    sweep(runs, sweep_dir, train_steps)
   rows, cells = collect(spec, sweep_dir)
   write_results(spec, sweep_dir, rows, cells)
   written = ["results.csv", "results.json"]
@@ -879,7 +888,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   failed = [r["run"] for r in rows if r["status"] != "finished"]
   _progress(f"wrote {', '.join(written)} in {sweep_dir}")
   if failed:
-    _progress(f"{len(failed)} of {len(rows)} runs failed: {failed}")
+    _progress(f"{len(failed)} of {len(rows)} runs failed or were not run: {failed}")
   return 1 if failed else 0
 
 

@@ -143,7 +143,11 @@ def test_lm100k_grid_runs_parse_with_the_paper_recipe():
 @pytest.mark.parametrize(
     "path,axis,labels",
     [
-        ("ablations/pretraining_objective.gin", "objective", ["span_corruption", "lm_adapted"]),
+        (
+            "ablations/pretraining_objective.gin",
+            "objective",
+            ["span_corruption", "span_corruption_sentinel", "lm_adapted"],
+        ),
         (
             "ablations/lm_adaptation_steps.gin",
             "lm_adaptation_steps",
@@ -246,23 +250,49 @@ def test_span_corruption_runs_get_the_same_prompt_tuning_steps(capsys):
       for line in capsys.readouterr().out.splitlines()
   ]
   assert steps == [
-      f"TRAIN_STEPS = {_embedded_step(s) + 40}" for s in ("span_corruption", "lm_adapted")
+      f"TRAIN_STEPS = {_embedded_step(s) + 40}"
+      for s in ("span_corruption", "span_corruption", "lm_adapted")
   ]
   assert _embedded_step("span_corruption") != _embedded_step("lm_adapted")
 
 
-def test_missing_lm_adaptation_checkpoints_name_path_and_recipe(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)  # The grid's checkpoint paths are relative to the working dir.
-  with pytest.raises(config.ConfigError) as e:
-    ablate.main(["--grid=ablations/lm_adaptation_steps.gin", "--print_commands"])
-  message = str(e.value)
-  for steps in (500, 1000, 2000):
-    assert str(tmp_path / f"lm_adaptation/lm_{steps}/lm_adapted/checkpoint_{1500 + steps}") in (
-        message
-    )
-    assert f"--gin.pretrain.pretrain.lm_steps={steps}" in message
-  assert "lm_steps=3500" not in message and "python -m prompt_tuning.pretrain" in message
-  assert not (tmp_path / "lm_adaptation").exists()
+def test_lm_adaptation_grid_reads_the_committed_intermediate_checkpoints(capsys):
+  """Each length's checkpoint is found, and every run gets 100 steps from its own step:
+  span corruption's 1,500 plus the LM-adaptation steps the choice is named after."""
+  grid = "--grid=ablations/lm_adaptation_steps.gin"
+  assert ablate.main([grid, "--seeds=0", "--print_commands"]) == 0
+  for line, lm_steps in zip(capsys.readouterr().out.splitlines(), (0, 500, 1000, 2000, 3500)):
+    args = config.parse_args(shlex.split(line)[3:], "")
+    assert args.gin_bindings[-1] == f"TRAIN_STEPS = {1500 + lm_steps + 100}"
+    gin.clear_config()
+    config.parse_gin(args.gin_file, args.gin_bindings)
+    path = config.macro("INITIAL_CHECKPOINT_PATH", evaluate=True)
+    assert checkpoints.read_step(path) == 1500 + lm_steps
+    assert os.path.basename(path) == f"checkpoint_{1500 + lm_steps}"
+
+
+def test_collect_only_writes_the_finished_runs_and_trains_nothing(tmp_path):
+  """A sweep stopped part-way: its finished run is collected, the others are `not run`."""
+  grid = "--grid=ablations/pretraining_objective.gin"
+  assert ablate.main([grid, f"--sweep_dir={tmp_path}", "--seeds=0", "--dry_run"]) == 0
+  _write_run(
+      tmp_path,
+      "objective=lm_adapted,seed=0",
+      "finished",
+      [{"step": 5025, "t/accuracy": 70.0}, {"step": 5100, "t/accuracy": 80.0}],
+  )
+  args = [grid, f"--sweep_dir={tmp_path}", "--seeds=0", "--collect_only", "--no_plot"]
+  assert ablate.main(args) == 1  # Two runs are not finished.
+  with open(tmp_path / "results.csv") as f:
+    rows = {r["run"]: r for r in csv.DictReader(f)}
+  assert rows["objective=lm_adapted,seed=0"]["best_score"] == "80.0"
+  assert rows["objective=span_corruption,seed=0"]["status"] == "not run"
+  assert sorted(os.listdir(tmp_path)) == [
+      "objective=lm_adapted,seed=0",
+      "results.csv",
+      "results.json",
+      "sweep.json",
+  ]
 
 
 def test_sweep_dir_of_another_grid_is_refused(tmp_path):

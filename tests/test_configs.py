@@ -45,6 +45,8 @@ def combination(rel: str) -> list[str]:
     return [rel]
   if rel.startswith("models/sizes/"):
     return ["models/t5_1_1_prompt.gin", rel]
+  if rel.startswith("tasks/"):
+    return ["runs/embedded_base.gin", rel]
   if rel.startswith(("models/decoding/", "prompts/")):
     return ["models/t5_1_1_prompt.gin", "models/sizes/tiny.gin", rel]
   if rel.startswith("runs/"):

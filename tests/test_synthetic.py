@@ -377,10 +377,44 @@ def test_pretraining_recipe_runs_end_to_end(tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
 
   shutil.rmtree(out / "lm_adapted")
-  assert pretrain.main(args) == path
+  # Rerun keeping the LM-adapted checkpoint after 2 of the 3 LM steps (the LM-adaptation-length
+  # ablation's intermediate checkpoints).
+  keep = ["--gin.pretrain.pretrain.lm_keep_steps=[2]"]
+  assert pretrain.main(args + keep) == path
   gin.clear_config()
   log = (out / "pretrain.log").read_text()
   assert "span_corruption: found" in log and log.count("zero-shot BoolQ-like") == 8
+  kept = out / "lm_adapted_intermediate" / "checkpoint_4"
+  assert sorted(os.listdir(out / "lm_adapted_intermediate")) == ["checkpoint_4"]
+  assert embedded.checkpoint_path("lm_adapted_intermediate", str(out), step=4) == str(kept)
+  with pytest.raises(FileNotFoundError, match="step 3 under.*lm_keep_steps"):
+    embedded.checkpoint_path("lm_adapted_intermediate", str(out), step=3)
+  with pytest.raises(ValueError, match=r"lm_keep_steps.*\[4\] are not in 1..lm_steps \(3\)"):
+    pretrain.main(args + ["--gin.pretrain.pretrain.lm_keep_steps=[1, 4]"])
+  gin.clear_config()
+  with pytest.raises(ValueError, match="already done.*fresh OUT_DIR"):
+    pretrain.main(args + keep)
+  gin.clear_config()
+  # The kept checkpoint is what a run with 2 LM steps ends with: the stage's learning rate and
+  # data order do not depend on lm_steps.
+  shutil.rmtree(out / "lm_adapted")
+  short = pretrain.main(args + ["--gin.pretrain.pretrain.lm_steps=2"])
+  gin.clear_config()
+  assert short == str(out / "lm_adapted" / "checkpoint_4")
+  a, b = checkpoints.load_t5x_checkpoint(str(kept)), checkpoints.load_t5x_checkpoint(short)
+  assert [k for k, _ in _leaves(a)] == [k for k, _ in _leaves(b)]
+  for (key, x), (_, y) in zip(_leaves(a), _leaves(b)):
+    np.testing.assert_array_equal(x, y, err_msg=key)
+  span = checkpoints.load_t5x_checkpoint(embedded.checkpoint_path("span_corruption", str(out)))
+  assert not np.array_equal(  # The 2 LM steps did change the parameters.
+      span["token_embedder"]["embedding"], a["token_embedder"]["embedding"]
+  )
+
+
+def _leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  return [(jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def test_vocab_covers_the_task_formats(small_vocab):

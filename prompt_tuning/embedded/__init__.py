@@ -7,7 +7,9 @@ core never imports it (tests/test_imports.py checks):
   pretrain.py    the pretraining recipe (`python -m prompt_tuning.embedded.pretrain`)
   assets/        what the recipe built: a small T5 1.1 pretrained on the world with span
                  corruption, then LM adaptation, saved as T5X checkpoints beside its
-                 SentencePiece vocabulary, `config.json` and `pretrain.log`
+                 SentencePiece vocabulary, `config.json` and `pretrain.log`; and
+                 `lm_adapted_intermediate/`, the same LM adaptation after 500, 1,000 and
+                 2,000 of its 3,500 steps (the LM-adaptation-length ablation)
 This module says where those files are and how to read them. The gin files
 `models/sizes/embedded.gin` and `runs/embedded_default.gin` point at them through
 `@embedded.checkpoint_path()` and `@embedded.vocab_path()`, so no path is written by hand.
@@ -15,6 +17,7 @@ This module says where those files are and how to read them. The gin files
 
 import json
 import os
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -24,10 +27,18 @@ from prompt_tuning import checkpoints
 from prompt_tuning.models import t5
 
 ASSETS_DIR = os.path.join(os.path.dirname(__file__), "assets")
-STAGES = ("span_corruption", "lm_adapted")
+STAGES = ("span_corruption", "lm_adapted", "lm_adapted_intermediate")
 
 
-def _rebuild_hint(directory: str) -> str:
+def _rebuild_hint(directory: str, intermediate: bool = False) -> str:
+  if intermediate:  # docs/embedded_default.md, "Intermediate LM-adapted checkpoints".
+    return (
+        "build them into a copy of spiece.model and span_corruption/ with `python -m "
+        "prompt_tuning.embedded.pretrain --gin_file=runs/pretrain_embedded.gin "
+        "--gin.OUT_DIR=\"'<copy>'\" --gin.pretrain.pretrain.lm_steps=2000 "
+        "--gin.pretrain.pretrain.lm_keep_steps='[500, 1000, 2000]'` and move "
+        f"<copy>/lm_adapted_intermediate into {directory}."
+    )
   return (
       "build the embedded default with `python -m prompt_tuning.embedded.pretrain "
       f"--gin_file=runs/pretrain_embedded.gin --gin.OUT_DIR=\"'{directory}'\"`."
@@ -41,14 +52,22 @@ def vocab_path(directory: str = ASSETS_DIR) -> str:
   return path
 
 
-def checkpoint_path(stage: str = "lm_adapted", directory: str = ASSETS_DIR) -> str:
-  """`<directory>/<stage>/checkpoint_<step>`, the latest one."""
+def checkpoint_path(
+    stage: str = "lm_adapted", directory: str = ASSETS_DIR, step: Optional[int] = None
+) -> str:
+  """`<directory>/<stage>/checkpoint_<step>`; the latest one when `step` is None."""
   if stage not in STAGES:
     raise ValueError(f"Unknown pretraining stage {stage!r}; choose one of {STAGES}.")
-  path = checkpoints.latest_checkpoint(os.path.join(directory, stage))
+  folder = os.path.join(directory, stage)
+  if step is None:
+    path = checkpoints.latest_checkpoint(folder)
+  else:
+    path = os.path.join(folder, f"checkpoint_{step}")
+    path = path if os.path.isdir(path) else None
   if path is None:
     raise FileNotFoundError(
-        f"No checkpoint under {os.path.join(directory, stage)}; " f"{_rebuild_hint(directory)}"
+        f"No checkpoint{'' if step is None else f' of step {step}'} under {folder}; "
+        f"{_rebuild_hint(directory, stage == 'lm_adapted_intermediate')}"
     )
   return path
 

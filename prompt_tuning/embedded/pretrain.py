@@ -14,6 +14,9 @@ The learning rate: each stage runs its own warmup + cosine schedule, counted fro
 first step (`stage_schedule`); the LM-adaptation stage warms up again from zero and ends where
 its schedule is cut off, not at the schedule's end. The committed checkpoints were trained so.
 
+`lm_keep_steps` also keeps LM-adapted checkpoints after that many LM steps, in
+`lm_adapted_intermediate/` (the LM-adaptation-length ablation; docs/embedded_default.md).
+
 Rebuild the committed assets (about 35 minutes on 2 CPU cores):
   python -m prompt_tuning.embedded.pretrain --gin_file=runs/pretrain_embedded.gin \\
     --gin.OUT_DIR="'prompt_tuning/embedded/assets'"
@@ -43,6 +46,7 @@ from prompt_tuning.embedded import world
 from prompt_tuning.models import t5
 
 EXTRA_IDS = 100
+INTERMEDIATE = "lm_adapted_intermediate"  # Where `lm_keep_steps` checkpoints go.
 
 
 def model_vocab_size(num_pieces: int) -> int:
@@ -178,11 +182,22 @@ def probe_accuracy(pt: Pretrainer, batch, labels: np.ndarray) -> float:
 
 
 def run_stage(
-    pt: Pretrainer, batches, steps: int, name: str, log, probe=None, log_period: int = 100
+    pt: Pretrainer,
+    batches,
+    steps: int,
+    name: str,
+    log,
+    probe=None,
+    log_period: int = 100,
+    keep_steps: Sequence[int] = (),
+    keep_dir: Optional[str] = None,
 ):
+  """`steps` updates; after the stage's `keep_steps`-th ones, also a checkpoint in `keep_dir`."""
   start, loss = time.time(), float("nan")
   for i in range(1, steps + 1):
     m = pt.step(next(batches))
+    if i in keep_steps:
+      log(f"{name}: kept {pt.save(os.path.join(keep_dir, f'checkpoint_{int(pt.state.step)}'))}")
     if i % log_period == 0 or i == steps:
       m = jax.device_get(m)
       loss = float(m["loss_sum"]) / float(m["num_tokens"])
@@ -215,12 +230,20 @@ def pretrain(
     schedule_steps: int = 5000,
     lm_split_after: Sequence[str] = (".", "?", ":"),
     log_period: int = 100,
+    lm_keep_steps: Sequence[int] = (),
 ) -> str:
   """Runs the whole recipe into `out_dir`; returns the LM-adapted checkpoint's path.
 
   A stage whose checkpoint is already in `out_dir` is not run again: a killed run resumes at
-  the stage it was in.
+  the stage it was in. `lm_keep_steps`: after that many LM-adaptation steps, also save
+  `lm_adapted_intermediate/checkpoint_<span_steps + n>` (the LM-adaptation-length ablation).
+  Since the stage's learning rate and data order depend only on the steps taken so far, never
+  on `lm_steps`, the checkpoint after n steps of a longer run is the one a run with
+  `lm_steps = n` ends with.
   """
+  bad = [n for n in lm_keep_steps if not 0 < n <= lm_steps]
+  if bad:
+    raise ValueError(f"pretrain.lm_keep_steps: {bad} are not in 1..lm_steps ({lm_steps}).")
   os.makedirs(out_dir, exist_ok=True)
   log_file = open(os.path.join(out_dir, "pretrain.log"), "a")
 
@@ -268,7 +291,14 @@ def pretrain(
       ("lm_adapted", "prefix_lm", lm_steps, lm_target_length, split_ids),
   )
   for index, (stage, objective, steps, target_length, split) in enumerate(stages):
+    keep = lm_keep_steps if stage == "lm_adapted" else ()
     path = checkpoints.latest_checkpoint(os.path.join(out_dir, stage))
+    if path and keep:
+      raise ValueError(
+          f"pretrain.lm_keep_steps={list(keep)}: the LM-adaptation stage is already done ({path}) "
+          "and would not run again; give a fresh OUT_DIR holding only spiece.model and "
+          "span_corruption/."
+      )
     if path:
       log(f"{stage}: found {path}, not run again")
       params, step = checkpoints.load_t5x_checkpoint(path), checkpoints.read_step(path)
@@ -279,7 +309,15 @@ def pretrain(
         docs, objective, batch_size, input_length, target_length, vocab_size, rng, split
     )
     run_stage(
-        pt, batches, steps, stage, log, lambda: probe_accuracy(pt, probe_inputs, labels), log_period
+        pt,
+        batches,
+        steps,
+        stage,
+        log,
+        lambda: probe_accuracy(pt, probe_inputs, labels),
+        log_period,
+        keep,
+        os.path.join(out_dir, INTERMEDIATE),
     )
     path = pt.save(os.path.join(out_dir, stage, f"checkpoint_{int(pt.state.step)}"))
     log(f"saved {path}")
