@@ -722,7 +722,7 @@ def plot(spec, cells: list[dict], sweep_dir: str) -> list[str]:
       ax.set_xticks(ticks, [str(t) for t in ticks])
       ax.minorticks_off()
     else:
-      ax.set_xticks(range(len(x_labels)), x_labels)
+      ax.set_xticks(range(len(x_labels)), x_labels, rotation=20, ha="right")
     ax.set_xlabel(x_name)
     ax.set_ylabel(spec["metric"] or "mean of dev metrics")
     ax.set_title(titles[what])
