@@ -109,15 +109,16 @@ def from_export(directory: str, stack: str) -> prompts.Initializer:
   """`stack`'s prefixes from `directory/deep_prompt.<stack>_prefixes.npy`; the shape must match."""
   path = os.path.join(os.fspath(directory), export_name(stack))
   array = prompts.load_npy(path)
+  fixed = prompts.from_array(array)
 
   def init(rng, shape, dtype=jnp.float32):
-    del rng
-    if tuple(array.shape) != tuple(shape):
+    try:
+      return fixed(rng, shape, dtype)
+    except prompts.PromptInitError:  # Its message speaks of input prompts; name the prefixes.
       raise DeepPromptError(
           f"{path}: prefixes of shape {array.shape}, the model's {stack} needs {tuple(shape)} "
           "[layers, 2, PROMPT_LENGTH, heads, head_dim]."
-      )
-    return jnp.asarray(array, dtype)
+      ) from None
 
   return init
 
