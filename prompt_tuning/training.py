@@ -43,16 +43,23 @@ def run(
     log_period: int = 100,
     eval_period: Optional[int] = None,
     eval_split: str = "validation",
+    eval_mixture_or_task_name: Optional[str] = None,
     eval_batch_size: Optional[int] = None,
     best_metric: Optional[str] = None,
     learning_rate=None,
     progress_bar: bool = True,
     tensorboard: bool = True,
 ) -> dict[str, Any]:
-  """Trains until the global step reaches `total_steps`; returns the last metrics."""
+  """Trains until the global step reaches `total_steps`; returns the last metrics.
+
+  The evaluation scores `eval_mixture_or_task_name` (default: the training mixture or task),
+  e.g. one task of the mixture trained on.
+  """
   cfg = train_dataset_cfg
   pipeline.check_feature_lengths(cfg.task_feature_lengths)
   pipeline.get_task(cfg.mixture_or_task_name, cfg.module)
+  eval_name = eval_mixture_or_task_name or cfg.mixture_or_task_name
+  pipeline.get_task(eval_name, cfg.module)
   if best_metric and not eval_period:
     raise ValueError(f"BEST_METRIC={best_metric!r} needs evaluations: set EVAL_PERIOD.")
   os.makedirs(model_dir, exist_ok=True)
@@ -80,7 +87,7 @@ def run(
   evaluator = None
   if eval_period:
     evaluator = evaluation.make_evaluator(
-        cfg.mixture_or_task_name, cfg.task_feature_lengths, eval_split, cfg.module
+        eval_name, cfg.task_feature_lengths, eval_split, cfg.module
     )
     eval_fns = evaluation.ModelFns(
         trainer.model, eval_batch_size or cfg.batch_size, trainer.partitioner

@@ -5,6 +5,7 @@ the slow ones run real sweeps of the embedded default on the small test task of
 `tests/cli_utils.py` (8 dev examples), a few steps per run.
 """
 
+import copy
 import csv
 import json
 import math
@@ -86,6 +87,8 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
           "residual_reparam",
           "p_tuning_v2",
           "prefix_tuning",
+          "multitask",
+          "spot",
       )
       for t in ("cb", "rte")
   ]
@@ -95,6 +98,8 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
       "prompt_tuning": p * cfg.emb_dim,
       "prompt_suffix": p * cfg.emb_dim,
       "p_tuning_v2": cfg.num_encoder_layers * 2 * p * cfg.num_heads * cfg.head_dim,
+      "multitask": (p + 2 * 5) * cfg.emb_dim,  # Shared, plus 5 rows for each of RTE and CB.
+      "spot": p * cfg.emb_dim,
   }
   for run in runs[::2]:  # One task each.
     gin.clear_config()
@@ -116,7 +121,31 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
         (0.3, "residual_reparam"),
         (0.03, "p_tuning_v2"),
         (0.003, "prefix_tuning"),
+        (0.3, "multitask"),
+        (0.3, "spot"),
     }
+
+
+def test_methods_grid_multitask_trains_on_the_mixture_and_scores_the_run_task_only():
+  from prompt_tuning.tasks import multitask  # pylint: disable=g-import-not-at-top
+
+  _, runs = _expand("ablations/methods.gin", seeds=[0])
+  for run in runs:
+    if run.labels["method"] != "multitask":
+      continue
+    gin.clear_config()
+    config.parse_gin(run.gin_files, [f"{k} = {v}" for k, v in run.bindings])
+    # gin calls an evaluated reference when deep-copying it.
+    dataset = copy.deepcopy(gin.query_parameter("pipeline.DatasetConfig.mixture_or_task_name"))
+    assert dataset == "synthetic_multitask_super_glue_rte_cb_v102"
+    target = copy.deepcopy(gin.query_parameter("training.run.eval_mixture_or_task_name"))
+    assert target == f"synthetic_multitask_super_glue_{run.labels['task']}_v102"
+    # The prompt's task prompts are the mixture's, indexed by the tasks' own tokens.
+    factory = config.macro("MODEL", evaluate=True).module.prompt_factory
+    names, first_token = factory.args[1:3]
+    vocab = multitask.vocab.get_vocabulary()
+    assert names == ("rte", "cb")
+    assert first_token == vocab.vocab_size - 1 - multitask.TASKS.index("rte")
 
 
 def test_lm100k_grid_runs_parse_with_the_paper_recipe():

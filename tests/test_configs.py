@@ -107,11 +107,13 @@ ALIASES = {
     "from_sampled_vocab": "sampled_vocab",
     "from_sampled_vocab_numpy": "sampled_vocab",
     "spot": "from_file",
+    "spot_embedded_boolq": "from_file",
 }
 # Prompt files that replace the prompt module (docs/prompt_variants.md), not its initialiser.
 PROMPT_STRUCTURES = {
     "prompts/residual_reparam.gin": "reparam_prompt_factory",
     "prompts/multitask.gin": "multitask_prompt_factory",
+    "prompts/multitask_target.gin": "multitask_prompt_factory",
 }
 
 

@@ -222,6 +222,44 @@ def test_multitask_settings_are_checked(kwargs, match):
     prompt_variants.multitask_prompt_factory(**{**args, **kwargs})
 
 
+def test_multitask_mixture_of_some_tasks_indexes_them_by_their_own_tokens():
+  """The RTE+CB mixture's tasks prepend their own tokens (the registered tasks' preprocessor
+  run on a stand-in example), which the prompt maps to its task prompts in `task_names` order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning.data import pipeline  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.data import vocab  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.tasks import multitask  # pylint: disable=g-import-not-at-top
+
+  tasks = ("rte", "cb")
+  vocab.set_default_vocab_path(embedded.vocab_path())  # The synthetic tasks' vocabulary.
+  try:
+    first = multitask.first_task_token(tasks=tasks)
+  finally:
+    vocab.set_default_vocab_path(None)
+  assert multitask.task_names(tasks) == tasks
+  mixture = pipeline.get_task(multitask.mixture_name(tasks))
+  assert sorted(t.name for t in mixture.tasks) == sorted(map(multitask.task_name, tasks))
+  for index, name in enumerate(tasks):
+    prepend = pipeline.get_task(multitask.task_name(name)).preprocessors[-2]
+    vocab.set_default_vocab_path(embedded.vocab_path())
+    try:
+      (example,) = prepend(tf.data.Dataset.from_tensors({"inputs": tf.constant([5, 6])}))
+    finally:
+      vocab.set_default_vocab_path(None)
+    token = int(example["inputs"][0])
+    assert int(prompt_variants.task_index(jnp.array([token]), first, len(tasks))[0]) == index
+  assert multitask.target_task("synthetic_taskless_super_glue_cb_v102", tasks) == (
+      "synthetic_multitask_super_glue_cb_v102"
+  )
+  with pytest.raises(ValueError, match="consecutive"):
+    multitask.task_names(("boolq", "cb"))
+  with pytest.raises(ValueError, match="the target must be one of"):
+    multitask.target_task("synthetic_taskless_super_glue_boolq_v102", tasks)
+  with pytest.raises(ValueError, match="no such mixture"):
+    multitask.mixture_name(("boolq", "rte"))
+
+
 # ------------------------------------------------------------------------------------------------
 # End to end: the reparameterised prompt through the command line.
 

@@ -9,7 +9,9 @@ core never imports it (tests/test_imports.py checks):
                  corruption, then LM adaptation, saved as T5X checkpoints beside its
                  SentencePiece vocabulary, `config.json` and `pretrain.log`; and
                  `lm_adapted_intermediate/`, the same LM adaptation after 500, 1,000 and
-                 2,000 of its 3,500 steps (the LM-adaptation-length ablation)
+                 2,000 of its 3,500 steps (the LM-adaptation-length ablation); and
+                 `prompts/boolq.npy`, a prompt trained on the BoolQ-like task (the methods
+                 comparison's SPoT source, `trained_prompt_path`)
 This module says where those files are and how to read them. The gin files
 `models/sizes/embedded.gin` and `runs/embedded_default.gin` point at them through
 `@embedded.checkpoint_path()` and `@embedded.vocab_path()`, so no path is written by hand.
@@ -68,6 +70,31 @@ def checkpoint_path(
     raise FileNotFoundError(
         f"No checkpoint{'' if step is None else f' of step {step}'} under {folder}; "
         f"{_rebuild_hint(directory, stage == 'lm_adapted_intermediate')}"
+    )
+  return path
+
+
+# The committed trained prompts and the command that made each (then copy its
+# numpy_checkpoints/checkpoint_5600/encoder.prompt.prompt.prompt.npy to assets/prompts/<task>.npy).
+TRAINED_PROMPTS = {
+    "boolq": "python -m prompt_tuning.train --gin_file=runs/embedded_default.gin "
+    "--gin.MODEL_DIR=\"'/tmp/boolq_source'\"",
+}
+
+
+def trained_prompt_path(task: str = "boolq", directory: str = ASSETS_DIR) -> str:
+  """`<directory>/prompts/<task>.npy`: a prompt [20, 128] trained on the synthetic `task` (the
+  README's main job for BoolQ-like), a source prompt for SPoT that needs no earlier run."""
+  if task not in TRAINED_PROMPTS:
+    raise ValueError(
+        f"No trained prompt for task {task!r} is committed; there is {list(TRAINED_PROMPTS)}."
+    )
+  path = os.path.join(directory, "prompts", f"{task}.npy")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"No trained prompt at {path}; rebuild it with `{TRAINED_PROMPTS[task]}` and copy "
+        "/tmp/boolq_source/numpy_checkpoints/checkpoint_5600/encoder.prompt.prompt.prompt.npy "
+        f"to {path}."
     )
   return path
 
