@@ -134,6 +134,7 @@ def test_decoding_file_sets_its_decode_fn(rel):
 DEEP_PROMPT_FILES = {
     "prompts/deep_prompt.gin": "deep_prompt_factory",
     "prompts/deep_prompt_from_export.gin": "deep_prompt_factory",
+    "prompts/deep_prompt_frozen_kv.gin": "deep_prompt_factory",
     "prompts/prefix_tuning.gin": "prefix_tuning_factory",
 }
 

@@ -24,6 +24,7 @@ from prompt_tuning import embedded
 from prompt_tuning import model as model_lib
 from prompt_tuning import optim
 from prompt_tuning import partitioning
+from prompt_tuning import prompts
 from prompt_tuning import trainer as trainer_lib
 from prompt_tuning.models import t5
 
@@ -227,6 +228,44 @@ def test_export_mismatches_are_named(tmp_path):
     _with_prompt(wrong_length, {})
   with pytest.raises(deep_prompts.DeepPromptError, match="must be positive"):
     deep_prompts.deep_prompt_factory(0)
+
+
+def test_frozen_kv_prefixes_are_the_frozen_layers_keys_and_values_of_the_prompt(backbone, tmp_path):
+  """Each layer's prefix is its pre-attention norm of the layer input times the frozen key/value
+  kernels, the inputs computed here layer by layer on the prompt alone (no padding position)."""
+  length = 3
+  checkpoints.save_t5x_checkpoint(tmp_path / "ckpt", backbone, step=1)
+  prompt_PxD = np.random.RandomState(2).normal(size=(length, CFG.emb_dim)).astype(np.float32)
+  init = deep_prompts.frozen_kv(prompts.from_array(prompt_PxD), str(tmp_path / "ckpt"))
+  module = deep_prompts.deep_prompt_factory(length, init=init)(CFG)
+  params = jax.jit(lambda r: module.init(r, "encoder"))(jax.random.PRNGKey(0))["params"]
+  got = np.asarray(nn.unbox(params)["encoder_prefixes"])
+
+  @jax.jit
+  def reference(encoder):
+    relpos = t5.RelativePositionBias(
+        CFG.relative_attention_num_buckets,
+        CFG.relative_attention_max_distance,
+        CFG.num_heads,
+        bidirectional=True,
+    )
+    bias = relpos.apply({"params": encoder["relpos_bias"]}, length, length)
+    x, out = jnp.asarray(prompt_PxD)[None], []
+    for i in range(CFG.num_encoder_layers):
+      layer = encoder[f"layers_{i}"]
+      h = x / jnp.sqrt(jnp.mean(x**2, -1, keepdims=True) + CFG.layer_norm_epsilon)
+      h = h * layer["pre_attention_layer_norm"]["scale"][None, None]
+      kv = [h[0] @ layer["attention"][n]["kernel"] for n in ("key", "value")]
+      out.append(jnp.stack(kv).reshape(2, length, CFG.num_heads, CFG.head_dim))
+      x = t5.EncoderLayer(CFG).apply({"params": layer}, x, bias, jnp.ones((1, length, 1)))
+    return jnp.stack(out)
+
+  want = np.asarray(reference(backbone["encoder"]))
+  assert got.shape == deep_prompts.prefix_shape(CFG, "encoder", length)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  assert not np.allclose(got[0], got[1], atol=1e-2)  # Layers differ: each has its own input.
+  with pytest.raises(deep_prompts.DeepPromptError, match="encoder prefixes only"):
+    deep_prompts.deep_prompt_factory(length, decoder=True, init=init)
 
 
 def _trainable_count(files, bindings=()):
