@@ -89,6 +89,7 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
           "prefix_tuning",
           "multitask",
           "spot",
+          "p_tuning_v2_frozen_kv",
       )
       for t in ("cb", "rte")
   ]
@@ -100,6 +101,7 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
       "p_tuning_v2": cfg.num_encoder_layers * 2 * p * cfg.num_heads * cfg.head_dim,
       "multitask": (p + 2 * 5) * cfg.emb_dim,  # Shared, plus 5 rows for each of RTE and CB.
       "spot": p * cfg.emb_dim,
+      "p_tuning_v2_frozen_kv": cfg.num_encoder_layers * 2 * p * cfg.num_heads * cfg.head_dim,
   }
   for run in runs[::2]:  # One task each.
     gin.clear_config()
@@ -123,6 +125,7 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
         (0.003, "prefix_tuning"),
         (0.3, "multitask"),
         (0.3, "spot"),
+        (0.03, "p_tuning_v2_frozen_kv"),
     }
 
 
