@@ -122,7 +122,7 @@ def test_methods_grid_builds_each_method_with_its_trainable_parameters():
         (0.3, "prompt_suffix"),
         (0.3, "residual_reparam"),
         (0.03, "p_tuning_v2"),
-        (0.003, "prefix_tuning"),
+        (0.0003, "prefix_tuning"),
         (0.3, "multitask"),
         (0.3, "spot"),
         (0.03, "p_tuning_v2_frozen_kv"),
