@@ -25,8 +25,8 @@ K] as above) named `deep_prompt.<stack>_prefixes.npy`: what the training run's n
 
 writes from a numpy export of either kind (the MLP is evaluated once and dropped). A `DeepPrompt`
 starts from such a directory with `directory=` (prompts/deep_prompt_from_export.gin), or from the
-keys and values the frozen encoder computes for an input prompt (`frozen_kv`, e.g. of the
-class-label prompt; prompts/deep_prompt_frozen_kv.gin).
+keys and values the frozen encoder computes for an input prompt (`deep_prompt_init.frozen_kv`,
+e.g. of the class-label prompt; prompts/deep_prompt_frozen_kv.gin).
 
 Trainable parameters per stack with N layers, H heads of dimension K: `DeepPrompt` N * 2 * P' *
 H * K; `ReparameterisedPrompt` P' * E + E * M + M + (M + 1) * N * 2 * H * K (M: hidden width).
@@ -36,7 +36,7 @@ import argparse
 import functools
 import os
 import shutil
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -125,78 +125,13 @@ def from_export(directory: str, stack: str) -> prompts.Initializer:
   return init
 
 
-class FrozenKv:
-  """Prefixes that start as the frozen encoder's own keys and values of an input prompt.
+@runtime_checkable
+class StackInitializer(Protocol):
+  """An `init` that needs the model's configuration: `initializer(config, stack)` gives the
+  `prompts.Initializer` of that stack's prefixes (e.g. `deep_prompt_init.FrozenKv`)."""
 
-  The input prompt [P', D] from `prompt_init` (e.g. `prompts.class_labels`) is run alone through
-  the frozen encoder of `checkpoint_path` (its positions attend to each other with the model's
-  relative-position bias), and layer i's prefix is the keys and values that layer's attention
-  projects from its input at those positions: at the start, every layer attends to the prompt
-  as the input-prompt model would see it in a sequence of its own. Encoder prefixes only (the
-  decoder's inputs are targets, which an input prompt has no counterpart of).
-  """
-
-  def __init__(self, prompt_init: prompts.Initializer, checkpoint_path: str):
-    self.prompt_init = prompt_init
-    self.checkpoint_path = os.fspath(checkpoint_path)
-
-  def initializer(self, config: Any) -> prompts.Initializer:
-    def init(rng, shape, dtype=jnp.float32):
-      length = shape[2]
-      prompt_PxD = self.prompt_init(rng, (length, config.emb_dim), jnp.float32)
-      return encoder_kv(config, _frozen_encoder(self.checkpoint_path), prompt_PxD).astype(dtype)
-
-    return init
-
-
-def frozen_kv(prompt_init: prompts.Initializer, checkpoint_path: str) -> FrozenKv:
-  """The `init` of `deep_prompt_factory` that starts from the frozen keys/values (`FrozenKv`)."""
-  return FrozenKv(prompt_init, checkpoint_path)
-
-
-@functools.lru_cache(maxsize=2)
-def _frozen_encoder(checkpoint_path: str) -> dict[str, Any]:
-  """The token embedder's and encoder's parameters of a T5X checkpoint (numpy)."""
-  from prompt_tuning import checkpoints  # pylint: disable=g-import-not-at-top
-
-  return checkpoints.load_t5x_checkpoint(
-      checkpoint_path, regex="(token_embedder|encoder)/.*", dtype=np.float32
-  )
-
-
-def encoder_kv(config: Any, params: dict[str, Any], prompt_PxD: Array) -> Array:
-  """[layers, 2, P', H, K]: each encoder layer's attention keys and values of its input at the
-  positions of `prompt_PxD`, run through the encoder of `params` as the whole sequence."""
-  # t5 imports this module (deep_prompt_factory); imported here to keep that one-way.
-  from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
-
-  length = prompt_PxD.shape[0]
-  model = t5.EncoderDecoder(config, prompts.input_prompt_factory(length))
-  variables = {
-      "params": {
-          "token_embedder": params["token_embedder"],
-          "encoder": {**params["encoder"], "prompt": {"prompt": {"prompt": prompt_PxD}}},
-      }
-  }
-  # One padding token after the prompt: masked, so the prompt attends to itself alone.
-  tokens = jnp.zeros((1, 1), jnp.int32)
-  is_kv = lambda m, method: (
-      method == "__call__" and m.name in ("key", "value") and m.scope.path[-2:-1] == ("attention",)
-  )
-  _, state = model.apply(variables, tokens, method="encode", capture_intermediates=is_kv)
-  layers = state["intermediates"]["encoder"]
-  shape = (length, config.num_heads, config.head_dim)
-  return jnp.stack(
-      [
-          jnp.stack(
-              [
-                  layers[f"layers_{i}"]["attention"][kv]["__call__"][0][0, :length].reshape(shape)
-                  for kv in ("key", "value")
-              ]
-          )
-          for i in range(config.num_encoder_layers)
-      ]
-  )
+  def initializer(self, config: Any, stack: str) -> prompts.Initializer:
+    ...
 
 
 def _check_export(directory: str, decoder: bool) -> None:
@@ -230,7 +165,7 @@ class DeepPrompt(nn.Module):
   config: Any
   length: int
   in_decoder: bool = False
-  prefix_init: prompts.Initializer | FrozenKv = normal()
+  prefix_init: prompts.Initializer | StackInitializer = normal()
   directory: Optional[str] = None
 
   def setup(self):
@@ -238,8 +173,8 @@ class DeepPrompt(nn.Module):
       init = self.prefix_init
       if self.directory is not None:
         init = from_export(self.directory, stack)
-      elif isinstance(init, FrozenKv):  # Needs the model's shape, which the module has.
-        init = init.initializer(self.config)
+      elif isinstance(init, StackInitializer):  # Needs the model's shape, which the module has.
+        init = init.initializer(self.config, stack)
       shape = prefix_shape(self.config, stack, self.length)
       setattr(self, f"{stack}_prefixes", _prefix_param(self, f"{stack}_prefixes", init, shape))
 
@@ -354,18 +289,13 @@ def _check_length(length: int) -> None:
 def deep_prompt_factory(
     length: int,
     decoder: bool = False,
-    init: prompts.Initializer | FrozenKv = normal(),
+    init: prompts.Initializer | StackInitializer = normal(),
     directory: Optional[str] = None,
 ) -> DeepPromptFactory:
   """Builds `DeepPrompt`s; with `directory`, from exported prefixes (then `init` is unused)."""
   _check_length(length)
   if directory is not None:
     _check_export(os.fspath(directory), decoder)
-  if isinstance(init, FrozenKv) and decoder:
-    raise DeepPromptError(
-        "frozen_kv initialises encoder prefixes only (the decoder's inputs are targets, which an "
-        "input prompt has no counterpart of): set DEEP_PROMPT_DECODER = False."
-    )
   return functools.partial(
       DeepPrompt, length=length, in_decoder=decoder, prefix_init=init, directory=directory
   )

@@ -19,6 +19,7 @@ import pytest
 import cli_utils
 from prompt_tuning import checkpoints
 from prompt_tuning import config
+from prompt_tuning import deep_prompt_init
 from prompt_tuning import deep_prompts
 from prompt_tuning import embedded
 from prompt_tuning import model as model_lib
@@ -236,7 +237,7 @@ def test_frozen_kv_prefixes_are_the_frozen_layers_keys_and_values_of_the_prompt(
   length = 3
   checkpoints.save_t5x_checkpoint(tmp_path / "ckpt", backbone, step=1)
   prompt_PxD = np.random.RandomState(2).normal(size=(length, CFG.emb_dim)).astype(np.float32)
-  init = deep_prompts.frozen_kv(prompts.from_array(prompt_PxD), str(tmp_path / "ckpt"))
+  init = deep_prompt_init.frozen_kv(prompts.from_array(prompt_PxD), str(tmp_path / "ckpt"))
   module = deep_prompts.deep_prompt_factory(length, init=init)(CFG)
   params = jax.jit(lambda r: module.init(r, "encoder"))(jax.random.PRNGKey(0))["params"]
   got = np.asarray(nn.unbox(params)["encoder_prefixes"])
@@ -264,8 +265,9 @@ def test_frozen_kv_prefixes_are_the_frozen_layers_keys_and_values_of_the_prompt(
   assert got.shape == deep_prompts.prefix_shape(CFG, "encoder", length)
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
   assert not np.allclose(got[0], got[1], atol=1e-2)  # Layers differ: each has its own input.
+  with_decoder = deep_prompts.deep_prompt_factory(length, decoder=True, init=init)(CFG)
   with pytest.raises(deep_prompts.DeepPromptError, match="encoder prefixes only"):
-    deep_prompts.deep_prompt_factory(length, decoder=True, init=init)
+    jax.eval_shape(lambda r: with_decoder.init(r, "decoder"), jax.random.PRNGKey(0))
 
 
 def _trainable_count(files, bindings=()):
