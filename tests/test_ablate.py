@@ -175,6 +175,14 @@ def test_axis_flags_pick_choices_replace_values_and_add_axes():
   )
   assert [v.label for v in values] == ["inputs_8_targets_4", "inputs_16_targets_4"]
   assert values[1].bindings == (("TASK_FEATURE_LENGTHS", "{'inputs': 16, 'targets': 4}"),)
+  # The grid binds TASK_FEATURE_LENGTHS in base_bindings: the axis replaces that binding.
+  assert "TASK_FEATURE_LENGTHS" in grid.base_bindings
+  ablate.check_bindings(grid, {**axes, name: values}, [])
+  runs = ablate.expand(grid, {name: values}, [0], [])
+  assert [[v for k, v in r.bindings if k == name] for r in runs] == [
+      ["{'inputs': 8, 'targets': 4}"],
+      ["{'inputs': 16, 'targets': 4}"],
+  ]
   with pytest.raises(config.ConfigError, match="not a literal"):
     ablate.parse_axis_flag("MODEL_NAME=small", axes)
 
