@@ -19,16 +19,34 @@ ratios mixed/single and mixed/sequential at each K (wall and CPU); then a memory
 resident memory of a fresh process holding one model with 1 prompt, then with 1,000 prompts
 (after one mixed batch each), and the table's bytes. A table goes to stderr.
 
+`--workloads=http` is the server end to end: `serve.make_server` on a loopback port (in this
+process, its own threads) over a library of max(K) prompts; at each K, `--http_requests`
+requests (alternately /generate of 4 tokens and /rank_classify with 2 labels; request i names
+prompt i mod K; inputs of 33-64 tokens) fired by `--http_clients` client threads, each on its own
+keep-alive connection, so many are in flight and the batcher forms mixed batches of up to
+`--max_batch` rows. The comparison is the same requests answered directly through the server's
+runner in batches of `--max_batch` rows (no HTTP, no batching window; latency: all arriving at
+once). Every HTTP answer is checked against the direct one (a different answer exits with an
+error). Every batch bucket is compiled first; then per K a checked warm-up round and
+`--http_rounds` timed rounds each way, interleaved. One JSON line per K: requests/s (wall, and
+per CPU-second of the process: server, client threads and runner) and latency p50/p99 each way,
+the ratios HTTP / direct, the rows per batch the server formed (its /metrics) and the
+compilations during the timed rounds.
+
   python benchmarks/serving.py                     # the embedded default (its checkpoint)
   python benchmarks/serving.py --size=small        # random weights, T5 1.1 small's shape
+  python benchmarks/serving.py --workloads=http    # HTTP end to end (no memory line)
 """
 
 import argparse
+import concurrent.futures
+import http.client
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -42,9 +60,13 @@ def parse_args(argv=None):
   parser.add_argument("--prompt_length", type=int, default=20)
   parser.add_argument("--max_inputs", type=int, default=64, help="inputs are 16..this tokens")
   parser.add_argument("--decode_length", type=int, default=4)
-  parser.add_argument("--workloads", default="score,generate")
+  parser.add_argument("--workloads", default="score,generate", help="score,generate or http")
   parser.add_argument("--repeats", type=int, default=20, help="timed rounds per way")
   parser.add_argument("--prompts_for_memory", type=int, default=1000)
+  parser.add_argument("--http_requests", type=int, default=256, help="requests per HTTP round")
+  parser.add_argument("--http_clients", type=int, default=64, help="client threads (in flight)")
+  parser.add_argument("--http_rounds", type=int, default=3, help="timed HTTP rounds per way")
+  parser.add_argument("--max_batch", type=int, default=32, help="the server's batch rows")
   parser.add_argument("--memory_child", action="store_true", help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -207,6 +229,187 @@ def measure(ways, examples, workload, repeats):
   return out
 
 
+class HttpClient:
+  """POSTs JSON to the server, one keep-alive connection per client thread."""
+
+  def __init__(self, port):
+    self.port = port
+    self.local = threading.local()
+
+  def request(self, method, path, body=None):
+    """(status, answer, seconds from sending to the whole answer read)."""
+    conn = getattr(self.local, "conn", None)
+    if conn is None:
+      conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+    data = None if body is None else json.dumps(body).encode()
+    start = time.perf_counter()
+    conn.request(method, path, data, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    return response.status, answer, time.perf_counter() - start
+
+
+def http_requests(rng, k, args, vocab_size):
+  """(path, body) pairs: /generate and /rank_classify alternately, request i on prompt i mod K.
+
+  Inputs of max_inputs / 2 + 1 .. max_inputs tokens: one length bucket, so the shapes to compile
+  are the batch buckets only (each compilation of the embedded default takes 4-8 s on 2 cores).
+  """
+  out = []
+  for i in range(args.http_requests):
+    n = int(rng.integers(args.max_inputs // 2 + 1, args.max_inputs + 1))
+    body = {"prompt": f"prompt{i % k:04d}", "inputs": rng.integers(2, vocab_size, n).tolist()}
+    if i % 2:
+      body["label_ids"] = [[int(t), 1] for t in rng.choice(np.arange(2, vocab_size), 2, False)]
+      out.append(("/rank_classify", body))
+    else:
+      body["max_decode_length"] = args.decode_length
+      out.append(("/generate", body))
+  return out
+
+
+def direct_answers(lib, runner, jobs, max_batch):
+  """The same requests through the runner, `max_batch` rows per call: (answers, finish times)."""
+  answers, done = [None] * len(jobs), [0.0] * len(jobs)
+  generate = [i for i, (path, _) in enumerate(jobs) if path == "/generate"]
+  for c in range(0, len(generate), max_batch):
+    chunk = generate[c : c + max_batch]
+    n = jobs[chunk[0]][1]["max_decode_length"]
+    examples = [lib.Example(jobs[i][1]["prompt"], jobs[i][1]["inputs"]) for i in chunk]
+    for i, tokens in zip(chunk, runner.generate(examples, n)):
+      answers[i], done[i] = tokens, time.perf_counter()
+  rows = [
+      (i, lib.Example(body["prompt"], body["inputs"], label))
+      for i, (path, body) in enumerate(jobs)
+      if path == "/rank_classify"
+      for label in body["label_ids"]
+  ]
+  for c in range(0, len(rows), max_batch):
+    chunk = rows[c : c + max_batch]
+    scores = runner.score([e for _, e in chunk])
+    for (i, _), s in zip(chunk, scores):
+      answers[i] = (answers[i] or []) + [float(s)]
+      done[i] = time.perf_counter()
+  return answers, done
+
+
+def check_http_answer(job, status, answer, want):
+  """Exits naming the request when the server's answer is not the direct one."""
+  path, body = job
+  if status != 200:
+    sys.exit(f"HTTP {path} {body['prompt']} answered {status}: {answer}")
+  if path == "/generate":
+    ok = answer["tokens"] == want
+  else:
+    ok = np.allclose(answer["scores"], want, rtol=1e-4, atol=1e-4) and answer["index"] == int(
+        np.argmax(answer["scores"])
+    )
+  if not ok:
+    sys.exit(f"HTTP {path} on {body['prompt']} answered {answer}; directly: {want}")
+
+
+def http_workloads(cfg, params, prompts, ks, args, common):
+  """Per K, one JSON line: the real server under concurrent requests against the runner directly.
+
+  One server holds all max(K) prompts throughout (so the table, and every compiled shape, is the
+  same for each K); at each K the requests name K of them.
+  """
+  from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import serve  # pylint: disable=g-import-not-at-top
+
+  library = lib.PromptLibrary(cfg.emb_dim)
+  for name, p in prompts.items():
+    library.add(name, p)
+  runner = lib.MixedPromptRunner(cfg, params, library)
+  # Every batch bucket the batcher can form, compiled before any timing (which sizes a round
+  # forms depends on timing, and a compilation inside a timed round would dominate it).
+  start = time.perf_counter()
+  name = next(iter(prompts))
+  calls = [
+      call
+      for b in (2**i for i in range(args.max_batch.bit_length()))
+      for call in (
+          lambda b=b: runner.score([lib.Example(name, [2] * args.max_inputs, [2, 1])] * b),
+          lambda b=b: runner.generate(
+              [lib.Example(name, [2] * args.max_inputs)] * b, args.decode_length
+          ),
+      )
+  ]
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # XLA compiles in parallel.
+    list(pool.map(lambda call: call(), calls))
+  compile_s = time.perf_counter() - start
+  service = serve.Service(runner, max_batch=args.max_batch)
+  server = serve.make_server(service)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  client = HttpClient(server.server_address[1])
+
+  with concurrent.futures.ThreadPoolExecutor(args.http_clients) as pool:
+    for k in ks:
+      jobs = http_requests(np.random.default_rng(k), k, args, cfg.vocab_size)
+
+      def http_round():
+        start, cpu_start = time.perf_counter(), time.process_time()
+        results = list(pool.map(lambda job: client.request("POST", *job), jobs))
+        return time.perf_counter() - start, time.process_time() - cpu_start, results
+
+      def direct_round():
+        start, cpu_start = time.perf_counter(), time.process_time()
+        answers, done = direct_answers(lib, runner, jobs, args.max_batch)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        return seconds, cpu, answers, [t - start for t in done]
+
+      _, _, want, _ = direct_round()  # Warm-up rounds, checked too.
+      _, _, results = http_round()
+      for job, (status, answer, _), w in zip(jobs, results, want):
+        check_http_answer(job, status, answer, w)
+      # The server's batch sizes and latencies from here on are this K's timed rounds'.
+      service.batcher.batch_sizes.clear()
+      service.latencies.clear()
+      compiled = dict(runner.compilations)
+      times = {"http": [], "direct": []}
+      cpu = {"http": [], "direct": []}  # The process's CPU-seconds: server, client and runner.
+      latencies = {"http": [], "direct": []}
+      for _ in range(args.http_rounds):
+        seconds, cpu_seconds, results = http_round()
+        for job, (status, answer, _), w in zip(jobs, results, want):
+          check_http_answer(job, status, answer, w)
+        times["http"].append(seconds)
+        cpu["http"].append(cpu_seconds)
+        latencies["http"] += [r[2] for r in results]
+        seconds, cpu_seconds, _, done = direct_round()
+        times["direct"].append(seconds)
+        cpu["direct"].append(cpu_seconds)
+        latencies["direct"] += done
+      sizes = np.asarray(service.batcher.batch_sizes)
+      metrics = client.request("GET", "/metrics")[1]
+      row = dict(common, workload="http", k=k, prompts_loaded=len(prompts), requests=len(jobs))
+      row.update(clients=args.http_clients, max_batch=args.max_batch, rounds=args.http_rounds)
+      for way in ("http", "direct"):
+        lat = np.asarray(latencies[way]) * 1e3
+        row[f"{way}_requests_per_s"] = len(jobs) / statistics.median(times[way])
+        row[f"{way}_requests_per_cpu_s"] = len(jobs) / statistics.median(cpu[way])
+        row[f"{way}_latency_p50_ms"] = float(np.percentile(lat, 50))
+        row[f"{way}_latency_p99_ms"] = float(np.percentile(lat, 99))
+      row["http_over_direct"] = row["http_requests_per_s"] / row["direct_requests_per_s"]
+      row["http_over_direct_cpu"] = (
+          row["http_requests_per_cpu_s"] / row["direct_requests_per_cpu_s"]
+      )
+      row["server_batches"] = metrics["batches"]
+      row["server_batch_rows"] = dict(
+          metrics["batch_size"], p10=float(np.percentile(sizes, 10)), p50=float(np.median(sizes))
+      )
+      row["server_latency_ms"] = metrics["latency_ms"]
+      row["answers_checked"] = len(jobs) * (1 + args.http_rounds)
+      row["compile_s_before"] = compile_s
+      row["compilations_in_timed_rounds"] = {
+          n: c - compiled.get(n, 0) for n, c in metrics["compilations"].items()
+      }
+      row["load_average_end"] = os.getloadavg()[0]
+      print(json.dumps(row), flush=True)
+  server.shutdown()
+  server.server_close()
+
+
 def memory_child(args):
   """Resident memory of one model with 1 prompt, then with `prompts_for_memory` prompts."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -251,10 +454,22 @@ def main():
 
   ks = [int(k) for k in args.ks.split(",")]
   for k in ks:
-    if args.batch % k:
+    if args.batch % k and args.workloads != "http":
       sys.exit(f"--batch={args.batch} is not divisible by K={k} (--ks={args.ks}).")
   cfg, params = load_model(args.size)
   rng = np.random.default_rng(0)
+  if args.workloads == "http":
+    prompts = random_prompts(rng, max(ks), args.prompt_length, cfg.emb_dim)
+    common = {
+        "model": args.size or "embedded",
+        "prompt_length": args.prompt_length,
+        "backend": jax.default_backend(),
+        "load_average": os.getloadavg()[0],
+    }
+    http_workloads(cfg, params, prompts, ks, args, common)
+    return
+  if "http" in args.workloads.split(","):
+    sys.exit("--workloads=http runs alone (it has its own rounds and no memory line).")
   ways = Ways(cfg, params, random_prompts(rng, max(ks), args.prompt_length, cfg.emb_dim), args)
   common = {
       "model": args.size or "embedded",

@@ -192,3 +192,8 @@ class EncoderDecoderModel:
     """Arrays computed from the parameters, saved beside them in the numpy checkpoint: the
     prompt modules' `exports` (e.g. a reparameterised prompt as a plain one)."""
     return self.module.apply({"params": params}, method=lambda m: m.numpy_exports())
+
+  def numpy_sidecars(self, params: Params) -> dict[str, dict]:
+    """JSON metadata saved beside the numpy checkpoint's plain prompts, by export name: where
+    the prompt goes (`{"placement": ...}`), which serving needs (`prompt_library`)."""
+    return self.module.apply({"params": params}, method=lambda m: m.numpy_sidecars())

@@ -4,27 +4,34 @@ Every example of a batch names its own prompt. The prompts live in one table [N,
 padded to the longest, P, with their true lengths) that is an input of the compiled call, so
 adding or replacing a prompt never recompiles unless the table outgrows its bucket.
 
-Layout. A single-prompt model sees `[prompt (P_i), tokens (L)]`. Here each example is packed the
-same way, contiguously, and padded at the end: `[prompt_i (P_i), tokens (L), pad (P - P_i)]`, with
-the padding masked out. T5's relative attention only sees distances between visible positions,
-and those are the single-prompt model's, so every example's output equals what its prompt alone
-gives (up to float summation order), with nothing leaking between examples.
+Layout. Each prompt keeps the placement it was trained with (`placement.py`): a single-prompt
+model sees `[prompt, tokens]` (prefix), `[token_0, prompt, tokens_1..]` (after_first) or
+`[tokens, prompt]` (suffix, after the last real token). Here each example is packed the same
+way as its own prompt's model, contiguously, and padded at the end, e.g. a prefix example as
+`[prompt_i (P_i), tokens (L), pad (P - P_i)]`, with the padding masked out: only where the
+prompt starts differs per example (0, 1, or the number of real tokens). T5's relative attention
+only sees distances between visible positions, and those are the single-prompt model's, so every
+example's output equals what its prompt alone gives (up to float summation order), with nothing
+leaking between examples, whatever placements share the batch.
 
 `MixedPromptEncoderDecoder` has `t5.EncoderDecoder`'s parameter tree (plus `prompt_table`) and its
 `encode`/`decode`/`__call__` signatures, so `model.EncoderDecoderModel` scores and decodes with it
 unchanged. Its `encoder_input_tokens` are packed [B, 1 + L]: column 0 is the example's row in the
 prompt table, the rest its tokens.
 
-`PromptLibrary` loads named prompts (`.npy`, never unpickled) and builds the table;
+`PromptLibrary` loads named prompts (`.npy`, never unpickled; the placement from a sidecar
+`<name>.json` beside it, as the training run's numpy export writes, or given when loading;
+prefix without either) and builds the table;
 `MixedPromptRunner` runs scoring, greedy generation, rank classification and ensembles with shapes
 bucketed to powers of two, and counts its compilations.
 """
 
 import collections
 import dataclasses
+import json
 import os
 import threading
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +41,7 @@ import numpy as np
 from prompt_tuning import decoding
 from prompt_tuning import model as model_lib
 from prompt_tuning.data import batches
+from prompt_tuning import placement as placement_lib
 from prompt_tuning import prompts
 from prompt_tuning.models import t5
 
@@ -48,40 +56,55 @@ class PromptLibraryError(ValueError):
 # The model: T5 whose encoder takes each example's prompt from a table.
 
 
+# A prompt's placement as stored in the table: its index in `placement.PLACEMENTS`.
+PLACEMENT_CODES = {name: i for i, name in enumerate(placement_lib.PLACEMENTS)}
+_PREFIX, _AFTER_FIRST, _SUFFIX = (PLACEMENT_CODES[p] for p in ("prefix", "after_first", "suffix"))
+
+
 class PromptTable(nn.Module):
-  """The table [N, P, D] and lengths [N] as (frozen) parameters; given at apply time, any shape."""
+  """The table [N, P, D], lengths [N] and placement codes [N] as (frozen) parameters; given at
+  apply time, any shape."""
 
   @nn.compact
-  def __call__(self) -> tuple[Array, Array]:
+  def __call__(self) -> tuple[Array, Array, Array]:
     # Read, not declared: `self.param` would fix the shape, and the table grows with the library.
-    table = self.get_variable("params", "table")
-    lengths = self.get_variable("params", "lengths")
-    if table is None or lengths is None:
+    names = ("table", "lengths", "placements")
+    arrays = [self.get_variable("params", n) for n in names]
+    if any(a is None for a in arrays):
       raise PromptLibraryError(
           "No prompt table in the parameters: pass params['prompt_table'] = "
-          "{'table': [N, P, D], 'lengths': [N]} (MixedPromptRunner does)."
+          "{'table': [N, P, D], 'lengths': [N], 'placements': [N]} (MixedPromptRunner does)."
       )
-    return table, lengths
+    return tuple(arrays)
 
 
-def mixed_layout(packed_Bx1L: Array, lengths_N: Array, prompt_len: int):
+def mixed_layout(packed_Bx1L: Array, lengths_N: Array, placements_N: Array, prompt_len: int):
   """Where each example's prompt and tokens go in the encoder sequence of length P + L.
 
-  Returns (prompt ids [B], in_prompt [B, S], token ids at each position [B, S], in_tokens [B, S],
-  valid [B, S]) with S = P + L: position j is prompt row j if j < P_i, else token j - P_i.
+  Returns (prompt ids [B], in_prompt [B, S], prompt row at each position [B, S], token ids at
+  each position [B, S], valid [B, S]) with S = P + L. Example i's prompt starts at s_i (0 for a
+  prefix, 1 after the first token, the number of real tokens for a suffix): position j is prompt
+  row j - s_i if s_i <= j < s_i + P_i, token j if j < s_i, else token j - P_i; as `placement.py`
+  lays out each placement.
   """
   ids_B = packed_Bx1L[:, 0]
   tokens_BxL = packed_Bx1L[:, 1:]
   length = tokens_BxL.shape[1]
   plen_Bx1 = lengths_N[ids_B][:, None]
+  placement_Bx1 = placements_N[ids_B][:, None]
+  real_Bx1 = jnp.sum(tokens_BxL > 0, axis=1, keepdims=True)  # Packed rows pad only at the end.
+  start_Bx1 = jnp.where(
+      placement_Bx1 == _SUFFIX, real_Bx1, jnp.where(placement_Bx1 == _AFTER_FIRST, 1, 0)
+  )
   pos_1xS = jnp.arange(prompt_len + length)[None, :]
-  in_prompt = pos_1xS < plen_Bx1
-  tok_idx = pos_1xS - plen_Bx1
-  in_tokens = (tok_idx >= 0) & (tok_idx < length)
+  row = pos_1xS - start_Bx1
+  in_prompt = (row >= 0) & (row < plen_Bx1)
+  tok_idx = jnp.where(pos_1xS < start_Bx1, pos_1xS, pos_1xS - plen_Bx1)
+  in_tokens = ~in_prompt & (tok_idx < length)
   tok_at = jnp.take_along_axis(tokens_BxL, jnp.clip(tok_idx, 0, length - 1), axis=1)
   tok_at = jnp.where(in_tokens, tok_at, 0)
   valid = in_prompt | (tok_at > 0)
-  return ids_B, in_prompt, tok_at, valid
+  return ids_B, in_prompt, jnp.clip(row, 0, prompt_len - 1), tok_at, valid
 
 
 class MixedPromptEncoder(nn.Module):
@@ -104,21 +127,21 @@ class MixedPromptEncoder(nn.Module):
     self.encoder_norm = t5.LayerNorm(cfg.layer_norm_epsilon, cfg.dtype)
 
   def valid_positions(self, packed_Bx1L: Array) -> Array:
-    table, lengths = self.prompt_table()
-    return mixed_layout(packed_Bx1L, lengths, table.shape[1])[-1]
+    table, lengths, placements = self.prompt_table()
+    return mixed_layout(packed_Bx1L, lengths, placements, table.shape[1])[-1]
 
   def __call__(self, packed_Bx1L: Array, enable_dropout: bool = False) -> Array:
     """Packed [B, 1 + L] -> encoded [B, P + L, D]; masked positions are exactly 0."""
     if enable_dropout:
       raise ValueError("MixedPromptEncoder serves a frozen model: enable_dropout must be False.")
     cfg = self.config
-    table, lengths = self.prompt_table()
-    prompt_len = table.shape[1]
-    ids_B, in_prompt, tok_at, valid = mixed_layout(packed_Bx1L, lengths, prompt_len)
+    table, lengths, placements = self.prompt_table()
+    ids_B, in_prompt, row, tok_at, valid = mixed_layout(
+        packed_Bx1L, lengths, placements, table.shape[1]
+    )
     x_tok = self.token_embedder(tok_at)
-    # As `PrefixPrompt`: the prompt is cast to the embeddings' dtype.
-    pos = jnp.clip(jnp.arange(in_prompt.shape[1]), 0, prompt_len - 1)
-    x_prompt = table[ids_B][:, pos].astype(x_tok.dtype)
+    # As `InputPrompt`: the prompt is cast to the embeddings' dtype.
+    x_prompt = jnp.take_along_axis(table[ids_B], row[..., None], axis=1).astype(x_tok.dtype)
     x = jnp.where(in_prompt[..., None], x_prompt, x_tok).astype(cfg.dtype)
     length = x.shape[1]
     bias = t5.mask_to_bias(t5.attention_mask(valid, valid), cfg.dtype) + self.relpos_bias(
@@ -156,6 +179,14 @@ def next_power_of_two(n: int, minimum: int = 1) -> int:
 def check_prompt(array: Any, width: int, source: str) -> np.ndarray:
   """A [length, width] finite float array, or a `PromptLibraryError` naming `source`."""
   array = np.asarray(array)
+  if array.ndim == 5 or os.path.basename(source).startswith("deep_prompt."):
+    raise PromptLibraryError(
+        f"{source}: a deep prompt (per-layer key/value prefixes, shape {array.shape}) is not "
+        "served: the library holds input prompts [length, width] only. Evaluate it with "
+        "`python -m prompt_tuning.eval --gin_file=runs/prompt_eval.gin "
+        "--gin_file=prompts/deep_prompt_from_export.gin --gin.DEEP_PROMPT_DIR=...` "
+        "(docs/prompt_variants.md#deep-prompts)."
+    )
   if array.ndim != 2:
     raise PromptLibraryError(
         f"{source}: a prompt must be 2-D [length, {width}]; got shape {array.shape}."
@@ -174,6 +205,34 @@ def check_prompt(array: Any, width: int, source: str) -> np.ndarray:
   return array.astype(np.float32)
 
 
+def check_placement(placement: Any, source: str) -> str:
+  if placement not in placement_lib.PLACEMENTS:
+    raise PromptLibraryError(
+        f"{source}: placement {placement!r} is not one of {list(placement_lib.PLACEMENTS)}."
+    )
+  return placement
+
+
+def sidecar_path(path: str) -> str:
+  """`<name>.json` beside `<name>.npy`: the prompt's metadata (the training export writes it)."""
+  return os.path.splitext(os.fspath(path))[0] + ".json"
+
+
+def read_placement(path: str) -> Optional[str]:
+  """The placement recorded in `path`'s sidecar, or None without one; a bad sidecar is an error."""
+  sidecar = sidecar_path(path)
+  if not os.path.exists(sidecar):
+    return None
+  try:
+    with open(sidecar) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise PromptLibraryError(f"{sidecar}: cannot read the prompt's sidecar: {e}") from None
+  if not isinstance(meta, dict) or "placement" not in meta:
+    raise PromptLibraryError(f'{sidecar}: expected a JSON object with "placement"; got {meta!r}.')
+  return check_placement(meta["placement"], sidecar)
+
+
 def load_prompt_file(path: str, width: int) -> np.ndarray:
   """Reads a `.npy` prompt without unpickling; every failure names the file."""
   try:
@@ -183,8 +242,18 @@ def load_prompt_file(path: str, width: int) -> np.ndarray:
   return check_prompt(array, width, os.fspath(path))
 
 
+class Snapshot(NamedTuple):
+  """The library as of one moment (see `PromptLibrary.snapshot`)."""
+
+  table: np.ndarray  # [N, P, D] float32
+  lengths: np.ndarray  # [N] int32
+  rows: dict[str, int]  # name -> row
+  placements: np.ndarray  # [N] int32, `PLACEMENT_CODES`
+
+
 class PromptLibrary:
-  """Named prompts of one embedding width, kept as a bucketed table [N, P, D] plus lengths.
+  """Named prompts of one embedding width, kept as a bucketed table [N, P, D] plus lengths and
+  placements (each prompt is served where it was trained to go: `placement.py`).
 
   Thread-safe: prompts may be added, replaced or removed while a server runs. The table's N is
   a power of two (at least `min_prompts`) so the compiled calls only change shape when the
@@ -207,28 +276,53 @@ class PromptLibrary:
     self.min_prompt_length = min_prompt_length
     self.prompt_length_multiple = prompt_length_multiple
     self._prompts: dict[str, np.ndarray] = {}
-    self._files: dict[str, tuple[str, float]] = {}  # name -> (path, mtime) for reloading.
+    self._placements: dict[str, str] = {}
+    self._files: dict[str, tuple] = {}  # name -> (path, mtimes of it and its sidecar).
     self._lock = threading.Lock()
     self._table = None
 
-  def add(self, name: str, array: Any, source: Optional[str] = None) -> None:
-    """Adds or replaces prompt `name`."""
+  def add(
+      self, name: str, array: Any, source: Optional[str] = None, placement: str = "prefix"
+  ) -> None:
+    """Adds or replaces prompt `name`, placed as `placement` (`placement.PLACEMENTS`)."""
     if not name or not isinstance(name, str):
       raise PromptLibraryError(f"A prompt name must be a non-empty string; got {name!r}.")
-    array = check_prompt(array, self.width, source or f"prompt {name!r}")
+    source = source or f"prompt {name!r}"
+    array = check_prompt(array, self.width, source)
+    placement = check_placement(placement, source)
     with self._lock:
       self._prompts[name] = array
+      self._placements[name] = placement
       self._table = None
 
-  def load_file(self, path: str, name: Optional[str] = None) -> str:
-    """Adds (or replaces) the prompt in `path` under `name` (default: the file's stem)."""
+  def load_file(
+      self, path: str, name: Optional[str] = None, placement: Optional[str] = None
+  ) -> str:
+    """Adds (or replaces) the prompt in `path` under `name` (default: the file's stem).
+
+    Its placement is `placement` or the one in its sidecar `<stem>.json` (both: they must
+    agree); prefix without either.
+    """
     path = os.fspath(path)
     name = name or os.path.splitext(os.path.basename(path))[0]
-    mtime = os.path.getmtime(path) if os.path.exists(path) else 0.0
-    self.add(name, load_prompt_file(path, self.width), source=path)
+    recorded = read_placement(path)
+    if placement is not None and recorded is not None and placement != recorded:
+      raise PromptLibraryError(
+          f"{path}: placement {placement!r} was asked for, but its sidecar "
+          f"{sidecar_path(path)} records {recorded!r} (the placement it was trained with)."
+      )
+    placement = placement or recorded or "prefix"
+    stamp = self._stamp(path)
+    self.add(name, load_prompt_file(path, self.width), source=path, placement=placement)
     with self._lock:
-      self._files[name] = (path, mtime)
+      self._files[name] = stamp
     return name
+
+  @staticmethod
+  def _stamp(path: str) -> tuple:
+    """Changes when the file or its sidecar does (what `load_directory` reloads on)."""
+    mtime = lambda p: os.path.getmtime(p) if os.path.exists(p) else 0.0
+    return (path, mtime(path), mtime(sidecar_path(path)))
 
   def load_directory(self, directory: str) -> tuple[list[str], dict[str, str]]:
     """Loads every `*.npy` in `directory` that is new or changed since it was last loaded.
@@ -244,8 +338,7 @@ class PromptLibrary:
         continue
       path = os.path.join(directory, entry)
       name = os.path.splitext(entry)[0]
-      known = self._files.get(name)
-      if known and known == (path, os.path.getmtime(path)):
+      if self._files.get(name) == self._stamp(path):
         continue
       try:
         loaded.append(self.load_file(path, name))
@@ -257,6 +350,7 @@ class PromptLibrary:
     with self._lock:
       self._check_name(name)
       del self._prompts[name]
+      del self._placements[name]
       self._files.pop(name, None)
       self._table = None
 
@@ -275,15 +369,19 @@ class PromptLibrary:
     with self._lock:
       return {k: int(v.shape[0]) for k, v in sorted(self._prompts.items())}
 
+  def placements(self) -> dict[str, str]:
+    with self._lock:
+      return dict(sorted(self._placements.items()))
+
   def __len__(self) -> int:
     return len(self._prompts)
 
   def __contains__(self, name: str) -> bool:
     return name in self._prompts
 
-  def snapshot(self) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """(table [N, P, D] float32, lengths [N] int32, {name: row}) as of now; rows past the
-    prompts (bucket padding) have length 1 and zeros."""
+  def snapshot(self) -> Snapshot:
+    """(table [N, P, D] float32, lengths [N] int32, {name: row}, placement codes [N] int32) as
+    of now; rows past the prompts (bucket padding) are prefixes of length 1 and zeros."""
     with self._lock:
       if self._table is None:
         if not self._prompts:
@@ -295,11 +393,13 @@ class PromptLibrary:
         plen = max(-(-max_len // multiple) * multiple, self.min_prompt_length)
         table = np.zeros((rows, plen, self.width), np.float32)
         lengths = np.ones((rows,), np.int32)
+        placements = np.full((rows,), _PREFIX, np.int32)
         for i, name in enumerate(names):
           p = self._prompts[name]
           table[i, : p.shape[0]] = p
           lengths[i] = p.shape[0]
-        self._table = (table, lengths, {n: i for i, n in enumerate(names)})
+          placements[i] = PLACEMENT_CODES[self._placements[name]]
+        self._table = Snapshot(table, lengths, {n: i for i, n in enumerate(names)}, placements)
       return self._table
 
 
@@ -388,10 +488,10 @@ class MixedPromptRunner:
     snapshot = self.library.snapshot()
     with self._table_lock:  # The table goes to the device once per version of the library.
       if self._device_table is None or self._device_table[0] is not snapshot:
-        table, lengths, _ = snapshot
-        self._device_table = (snapshot, jax.device_put({"table": table, "lengths": lengths}))
+        arrays = {k: getattr(snapshot, k) for k in ("table", "lengths", "placements")}
+        self._device_table = (snapshot, jax.device_put(arrays))
       device_table = self._device_table[1]
-    return dict(self.params, prompt_table=device_table), snapshot[2]
+    return dict(self.params, prompt_table=device_table), snapshot.rows
 
   def check(self, example: Example, need_targets: bool = False) -> None:
     """Raises `PromptLibraryError` for a request that cannot be run (naming the problem)."""

@@ -18,7 +18,10 @@ project). Endpoints:
   POST /ensemble       {"prompts": [...], "inputs" | "text", and "labels"/"label_ids" (summed
                        log-likelihood) or "max_decode_length" (majority vote)}
   POST /neighbours     {"prompt", "top_k", "labels"}
-  GET  /prompts        names and lengths;  POST /prompts {"path", "name"} or {"directory"}
+  GET  /prompts        names, lengths and placements;
+  POST /prompts        {"path", "name", "placement"} or {"directory"}: a prompt's placement
+                       (prefix, after_first, suffix) is its sidecar `<name>.json`'s (written by
+                       the training export), else "placement", else prefix
   GET  /health, GET /metrics (requests, errors, batch sizes, latency percentiles, compilations)
 
 Concurrent requests are queued; a batcher thread takes whatever arrived within `window_s` (up to
@@ -231,7 +234,7 @@ class Service:
 
   def neighbours(self, body):
     name = self._prompt(body.get("prompt"))
-    table, lengths, rows = self.runner.library.snapshot()
+    table, lengths, rows, _ = self.runner.library.snapshot()
     if name not in rows:
       raise RequestError(f"Unknown prompt {name!r}; loaded prompts: {sorted(rows)}.")
     prompt = table[rows[name], : lengths[rows[name]]]
@@ -247,16 +250,20 @@ class Service:
   def prompts(self, body=None):
     library = self.runner.library
     if body is None:
-      return {"prompts": library.lengths()}
+      return {"prompts": library.lengths(), "placements": library.placements()}
     try:
       if "directory" in body:
         loaded, errors = library.load_directory(body["directory"])
         return {"loaded": loaded, "errors": errors}
       if "path" in body:
-        return {"loaded": [library.load_file(body["path"], body.get("name"))], "errors": {}}
+        name = library.load_file(body["path"], body.get("name"), body.get("placement"))
+        return {"loaded": [name], "errors": {}}
     except lib.PromptLibraryError as e:
       raise RequestError(str(e)) from None
-    raise RequestError("POST /prompts takes {'path': FILE, 'name': optional} or {'directory'}.")
+    raise RequestError(
+        "POST /prompts takes {'path': FILE, 'name': optional, 'placement': optional} or "
+        "{'directory'}."
+    )
 
   def metrics(self):
     with self._lock:

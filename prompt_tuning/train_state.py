@@ -17,6 +17,7 @@ prompt module computes from them (`exports`: docs/prompt_variants.md).
 """
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -86,12 +87,15 @@ def save(
     cfg: CheckpointConfig,
     protected_steps: Sequence[int] = (),
     exports: Optional[Mapping[str, Any]] = None,
+    sidecars: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> str:
   """Writes `MODEL_DIR/checkpoint_<step>` atomically, the numpy export, and prunes old ones.
 
   `exports` (name without `.npy`, '/' for a subfolder -> array) are arrays computed from the
   parameters that the numpy export holds beside them (`model.EncoderDecoderModel.numpy_exports`:
   a reparameterised prompt as the plain prompt it amounts to, each task's multi-task prompt).
+  `sidecars` (the same names -> JSON objects) go beside them as `<name>.json`: a plain prompt's
+  placement (`model.EncoderDecoderModel.numpy_sidecars`), read by the prompt library.
 
   Multi-host: every process calls this (arrays split over processes are gathered); process 0
   writes.
@@ -123,6 +127,9 @@ def save(
       for name, value in host_params.items():
         os.makedirs(os.path.dirname(os.path.join(out, name)), exist_ok=True)
         np.save(os.path.join(out, name), value)
+      for name, meta in (sidecars or {}).items():
+        with open(os.path.join(out, name + ".json"), "w") as f:
+          json.dump(meta, f)
   if cfg.keep and jax.process_index() == 0:
     for old in checkpoints.all_checkpoint_steps(model_dir)[: -cfg.keep]:
       if old not in protected_steps:

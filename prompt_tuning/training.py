@@ -103,11 +103,20 @@ def run(
 
   def save():
     protected = [best.step] if best and best.step is not None else []
-    exports = None
+    exports = sidecars = None
     if checkpoint_cfg.export_numpy:
-      exports = trainer.model.numpy_exports(optim.merge_params(state.params, frozen))
+      params = optim.merge_params(state.params, frozen)
+      exports = trainer.model.numpy_exports(params)
+      sidecars = trainer.model.numpy_sidecars(params)
     train_state.save(
-        model_dir, state, frozen, input_position, checkpoint_cfg, protected, exports=exports
+        model_dir,
+        state,
+        frozen,
+        input_position,
+        checkpoint_cfg,
+        protected,
+        exports=exports,
+        sidecars=sidecars,
     )
 
   def run_eval():

@@ -22,6 +22,7 @@ from prompt_tuning import ablate
 from prompt_tuning import checkpoints
 from prompt_tuning import config
 from prompt_tuning import embedded
+from prompt_tuning import released_checkpoints
 from tests import cli_utils
 
 PAPER_GRID = "ablations/prompt_length_x_init.gin"
@@ -172,6 +173,38 @@ def test_lm100k_grid_runs_parse_with_the_paper_recipe():
       assert gin.query_parameter("prompts.sampled_vocab.population_size") == 5000
 
 
+def test_released_objective_grid_points_each_objective_at_its_released_checkpoint():
+  """Figure 3 (c) on the released checkpoints, parsed only (their steps are on gs://t5-data)."""
+  _, runs = _expand("ablations/pretraining_objective_t5_1_1.gin")
+  root = "gs://t5-data/pretrained_models/t5x"
+  expected = {
+      "span_corruption": f"{root}/t5_1_1_base/checkpoint_1000000",
+      "span_corruption_sentinel": f"{root}/t5_1_1_base/checkpoint_1000000",
+      "lm_adapted": f"{root}/t5_1_1_lm100k_base/checkpoint_1100000",
+  }
+  assert [r.labels["objective"] for r in runs[:3]] == list(expected)
+  for run in runs[:3]:
+    for size_file, size in (("models/sizes/base.gin", "base"), ("models/sizes/xl.gin", "xl")):
+      files = [size_file if f == "models/sizes/base.gin" else f for f in run.gin_files]
+      gin.clear_config()
+      config.parse_gin(
+          files,
+          [f"{k} = {v}" for k, v in run.bindings] + ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 1"],
+      )
+      config.check_macros_are_read()
+      path = config.macro("INITIAL_CHECKPOINT_PATH", evaluate=True)
+      assert path == expected[run.labels["objective"]].replace("_base/", f"_{size}/"), path
+      assert config.macro("PROMPT_LENGTH") == 100 and config.macro("LEARNING_RATE") == 0.3
+    sentinel = run.labels["objective"] == "span_corruption_sentinel"
+    assert config.macro("MIXTURE_OR_TASK_NAME", evaluate=True) == (
+        "taskless_super_glue_boolq_v102" + ("_sentinel_targets" if sentinel else "")
+    )
+  with pytest.raises(ValueError, match="objective 'prefix_lm'.*span_corruption"):
+    released_checkpoints.checkpoint_path("base", "prefix_lm")
+  with pytest.raises(ValueError, match="size 'tiny'"):
+    released_checkpoints.checkpoint_path("tiny")
+
+
 @pytest.mark.parametrize(
     "path,axis,labels",
     [
@@ -207,6 +240,14 @@ def test_axis_flags_pick_choices_replace_values_and_add_axes():
   )
   assert [v.label for v in values] == ["inputs_8_targets_4", "inputs_16_targets_4"]
   assert values[1].bindings == (("TASK_FEATURE_LENGTHS", "{'inputs': 16, 'targets': 4}"),)
+  # The grid binds TASK_FEATURE_LENGTHS in base_bindings: the axis replaces that binding.
+  assert "TASK_FEATURE_LENGTHS" in grid.base_bindings
+  ablate.check_bindings(grid, {**axes, name: values}, [])
+  runs = ablate.expand(grid, {name: values}, [0], [])
+  assert [[v for k, v in r.bindings if k == name] for r in runs] == [
+      ["{'inputs': 8, 'targets': 4}"],
+      ["{'inputs': 16, 'targets': 4}"],
+  ]
   with pytest.raises(config.ConfigError, match="not a literal"):
     ablate.parse_axis_flag("MODEL_NAME=small", axes)
 

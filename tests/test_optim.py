@@ -1,6 +1,8 @@
 """Trainable/frozen split and T5X-style Adafactor: golden optimizer step and hand references."""
 
 import functools
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -458,3 +460,18 @@ def test_optax_schedule_follows_the_global_step():
 def test_optax_optimizer_without_learning_rate_rejects_a_schedule():
   with pytest.raises(ValueError, match="takes no learning_rate"):
     optim.create_optimizer("identity", lambda step: 0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_freed_host_memory_returns_heap_holes_to_the_os():
+  def resident():
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+  # Freed chunks between live ones: glibc trims only the heap's top by itself.
+  chunks = [bytearray(b"x" * 65536) for _ in range(3000)]
+  del chunks[::2]
+  before = resident()
+  trainer_lib.release_freed_host_memory()
+  assert before - resident() > 50e6, (before, resident())
+  del chunks

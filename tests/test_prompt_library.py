@@ -59,10 +59,10 @@ def pad(rows):
 
 
 class Reference:
-  """The ordinary prefix-prompt model, one per prompt (its own batch, its own padding)."""
+  """The ordinary single-prompt model, one per prompt (its own batch, its own padding)."""
 
-  def __init__(self, params, prompt):
-    factory = prompts.prefix_prompt_factory(prompt.shape[0], prompts.from_array(prompt))
+  def __init__(self, params, prompt, placement="prefix"):
+    factory = prompts.input_prompt_factory(prompt.shape[0], prompts.from_array(prompt), placement)
     self.model = model_lib.EncoderDecoderModel(
         t5.EncoderDecoder(CFG, prompt_factory=factory), decode_fn=decoding.greedy
     )
@@ -89,14 +89,14 @@ class Reference:
     return [lib.trim_decode(d, 1) for d in np.asarray(decodes)]
 
 
-def reference_outputs(params, table, examples, max_len):
+def reference_outputs(params, table, examples, max_len, placements=None):
   """Scores and greedy decodes of every example from its own prompt's ordinary model."""
   scores, decodes = [None] * len(examples), [None] * len(examples)
   for name, prompt in table.items():
     idx = [i for i, e in enumerate(examples) if e.prompt == name]
     if not idx:
       continue
-    ref = Reference(params, prompt)
+    ref = Reference(params, prompt, (placements or {}).get(name, "prefix"))
     inputs = [examples[i].inputs for i in idx]
     s = ref.score(inputs, [examples[i].targets for i in idx])
     d = ref.generate(inputs, max_len)
@@ -127,6 +127,72 @@ def test_mixed_batch_equals_each_prompt_alone(frozen):
   assert dict(runner.compilations) == {"score": 1, "predict": 1}
 
 
+def test_mixed_placements_equal_each_prompt_alone(frozen, tmp_path):
+  """Prefix, after_first and suffix prompts in one batch, each as its training model places it."""
+  table = random_prompts(6, [3, 5, 2])
+  placements = {"p0": "prefix", "p1": "suffix", "p2": "after_first"}
+  for name, p in table.items():
+    np.save(tmp_path / f"{name}.npy", p)
+  (tmp_path / "p1.json").write_text('{"placement": "suffix"}')  # As the training export writes.
+  library = lib.PromptLibrary(CFG.emb_dim)
+  library.load_file(str(tmp_path / "p0.npy"))
+  library.load_file(str(tmp_path / "p1.npy"))
+  library.load_file(str(tmp_path / "p2.npy"), placement="after_first")
+  assert library.placements() == placements
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+  examples = random_examples(np.random.default_rng(7), list(table), 9)
+  scores = runner.score(examples)
+  want = np.zeros(len(examples))
+  for name, placement in placements.items():  # One batch per prompt, of its examples.
+    idx = [i for i, e in enumerate(examples) if e.prompt == name]
+    ref = Reference(frozen, table[name], placement)
+    want[idx] = ref.score([examples[i].inputs for i in idx], [examples[i].targets for i in idx])
+  np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-5)
+  # Placement matters here: the suffix and after_first prompts re-added as prefixes (same
+  # shapes, no new compilation) score otherwise; the prefix prompt's examples do not change.
+  for name in ("p1", "p2"):
+    library.add(name, table[name])
+  wrong = runner.score(examples)
+  moved = np.asarray([e.prompt != "p0" for e in examples])
+  assert np.all(np.abs(wrong - scores)[moved] > 1e-4)
+  np.testing.assert_allclose(wrong[~moved], scores[~moved], rtol=1e-5, atol=1e-5)
+  assert dict(runner.compilations) == {"score": 1}
+
+  # The sidecar and the asked-for placement must agree; a bad sidecar names itself.
+  with pytest.raises(lib.PromptLibraryError, match="sidecar .*p1.json records 'suffix'"):
+    library.load_file(str(tmp_path / "p1.npy"), placement="prefix")
+  (tmp_path / "p0.json").write_text('{"placement": "middle"}')
+  with pytest.raises(lib.PromptLibraryError, match="p0.json: placement 'middle' is not one of"):
+    library.load_file(str(tmp_path / "p0.npy"))
+  (tmp_path / "p0.json").write_text("[1]")
+  with pytest.raises(
+      lib.PromptLibraryError, match='p0.json: expected a JSON object with "placement"'
+  ):
+    library.load_file(str(tmp_path / "p0.npy"))
+
+
+def test_training_export_records_the_prompts_placement(frozen):
+  """What train_state.save writes as `<export>.json` beside the numpy checkpoint's prompt."""
+  factory = prompts.input_prompt_factory(3, placement="suffix")
+  model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(CFG, prompt_factory=factory))
+  prompt = {"prompt": {"prompt": np.zeros((3, CFG.emb_dim), np.float32)}}
+  params = dict(frozen, encoder=dict(frozen["encoder"], prompt=prompt))
+  want = {prompts.PLAIN_PROMPT_EXPORT: {"placement": "suffix"}}
+  assert model.numpy_sidecars(params) == want
+  assert model_lib.EncoderDecoderModel(t5.EncoderDecoder(CFG)).numpy_sidecars(frozen) == {}
+
+
+def test_deep_prompt_files_are_refused_with_the_way_to_evaluate_them(tmp_path):
+  path = tmp_path / "deep_prompt.encoder_prefixes.npy"
+  np.save(path, np.zeros((2, 2, 3, 2, 4), np.float32))  # [layers, 2, P', H, K]
+  library = lib.PromptLibrary(CFG.emb_dim)
+  with pytest.raises(
+      lib.PromptLibraryError, match="deep prompt .* is not served.*prompt_tuning.eval"
+  ):
+    library.load_file(str(path))
+  assert "deep_prompt_from_export.gin" in library.load_directory(str(tmp_path))[1][str(path)]
+
+
 def test_library_files_errors_and_reload(tmp_path):
   good = np.ones((3, CFG.emb_dim), np.float32)
   np.save(tmp_path / "a.npy", good)
@@ -146,9 +212,9 @@ def test_library_files_errors_and_reload(tmp_path):
   os.utime(tmp_path / "a.npy", (1, 1))
   np.save(tmp_path / "a.npy", 3 * np.ones((6, CFG.emb_dim), np.float32))
   assert library.load_directory(str(tmp_path))[0] == ["a", "b"]
-  table, lengths, rows = library.snapshot()
+  table, lengths, rows, placements = library.snapshot()
   assert table.shape == (2, 8, CFG.emb_dim) and rows == {"a": 0, "b": 1}
-  assert lengths.tolist() == [6, 2]
+  assert lengths.tolist() == [6, 2] and placements.tolist() == [0, 0]  # Prefixes.
   np.testing.assert_array_equal(table[0, :6], 3.0)
   np.testing.assert_array_equal(table[0, 6:], 0.0)
   with pytest.raises(lib.PromptLibraryError, match="Unknown prompt 'zz'"):

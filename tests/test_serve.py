@@ -123,6 +123,24 @@ def test_concurrent_mixed_requests(server):
   status, answer = post(url + "/neighbours", {"prompt": "p1", "top_k": 2})
   assert status == 200 and len(answer["prompt"]["positions"]) == 6
   assert get(url + "/prompts")["prompts"]["late"] == 4
+  # A prompt trained as a suffix is loaded as one and served so; a deep prompt is refused.
+  body = {"path": str(tmp_path / "late.npy"), "name": "late_suffix", "placement": "suffix"}
+  assert post(url + "/prompts", body) == (200, {"loaded": ["late_suffix"], "errors": {}})
+  assert get(url + "/prompts")["placements"] == {
+      "late": "prefix",
+      "late_suffix": "suffix",
+      "p0": "prefix",
+      "p1": "prefix",
+      "p2": "prefix",
+  }
+  status, answer = post(url + "/generate", {"prompt": "late_suffix", "inputs": [4, 5]})
+  assert status == 200
+  assert answer["tokens"] == runner.generate([lib.Example("late_suffix", [4, 5])], 32)[0]
+  np.save(tmp_path / "deep_prompt.encoder_prefixes.npy", np.zeros((2, 2, 3, 2, 4), np.float32))
+  status, answer = post(
+      url + "/prompts", {"path": str(tmp_path / "deep_prompt.encoder_prefixes.npy")}
+  )
+  assert status == 400 and "deep prompt" in answer["error"] and "not served" in answer["error"]
 
 
 def test_jsonl_answers_in_order_with_per_line_errors(frozen):

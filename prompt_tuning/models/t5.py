@@ -592,6 +592,15 @@ class Encoder(nn.Module):
     """Arrays computed from the parameters for the numpy checkpoint (`PromptModule.exports`)."""
     return {} if self.prompt is None else self.prompt.exports(self.config.emb_dim)
 
+  def numpy_sidecars(self) -> dict[str, dict]:
+    """`{export name: {"placement": ...}}` for each plain prompt [P, D] of the numpy checkpoint
+    whose module places it (the prompt library serves a prompt where it was trained to go)."""
+    placement = getattr(self.prompt, "placement", None)
+    if placement is None:
+      return {}
+    names = list(self.prompt.exports(self.config.emb_dim)) or [prompts.PLAIN_PROMPT_EXPORT]
+    return {name: {"placement": placement} for name in names}
+
   def __call__(
       self, tokens_BxL: Array, enable_dropout: bool = False, prefix_kv: Optional[Array] = None
   ) -> Array:
@@ -741,6 +750,9 @@ class EncoderDecoder(nn.Module):
     if self.deep_prompt_factory is not None:
       out.update(self.deep_prompt.exports())
     return out
+
+  def numpy_sidecars(self) -> dict[str, dict]:
+    return self.encoder.numpy_sidecars()
 
   def _prefix_kv(self, stack: str) -> Optional[Array]:
     """The deep prompt's [layers, 2, P', H, K] for "encoder" or "decoder", or None."""
