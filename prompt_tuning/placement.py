@@ -25,19 +25,20 @@ def check(placement: str) -> str:
   return placement
 
 
-def _suffix_start_B(tokens_BxL: Array) -> Array:
+def suffix_start_B(tokens_BxL: Array) -> Array:
   """Index just after each row's last real (non-zero) token: where a suffix prompt starts."""
   positions_1xL = jnp.arange(1, tokens_BxL.shape[1] + 1)[None, :]
   return jnp.max(jnp.where(tokens_BxL > 0, positions_1xL, 0), axis=1)
 
 
-def _suffix_layout(tokens_BxL: Array, prompt_length: int) -> tuple[Array, Array]:
-  """(in_prompt [B, S], source index [B, S]) for a suffix prompt, S = P + L.
+def layout(start_Bx1: Array, prompt_length, num_positions: int) -> tuple[Array, Array]:
+  """(in_prompt [B, S], source index [B, S]) for prompts starting at `start_Bx1`, S positions.
 
-  A prompt position's source is its prompt row; a token position's is its token index.
+  Row b's prompt fills positions [start_b, start_b + P_b) (`prompt_length`: an int or [B, 1]);
+  the tokens fill the rest in order. A prompt position's source is its prompt row; a token
+  position's is its token index.
   """
-  start_Bx1 = _suffix_start_B(tokens_BxL)[:, None]
-  pos_1xS = jnp.arange(prompt_length + tokens_BxL.shape[1])[None, :]
+  pos_1xS = jnp.arange(num_positions)[None, :]
   in_prompt = (pos_1xS >= start_Bx1) & (pos_1xS < start_Bx1 + prompt_length)
   source = jnp.where(
       in_prompt,
@@ -45,6 +46,12 @@ def _suffix_layout(tokens_BxL: Array, prompt_length: int) -> tuple[Array, Array]
       jnp.where(pos_1xS < start_Bx1, pos_1xS, pos_1xS - prompt_length),
   )
   return in_prompt, source
+
+
+def _suffix_layout(tokens_BxL: Array, prompt_length: int) -> tuple[Array, Array]:
+  """`layout` of a suffix prompt, S = P + L."""
+  start_Bx1 = suffix_start_B(tokens_BxL)[:, None]
+  return layout(start_Bx1, prompt_length, prompt_length + tokens_BxL.shape[1])
 
 
 def insert(prompt_BxPxD: Array, embedded_BxLxD: Array, tokens_BxL: Array, placement: str) -> Array:

@@ -92,19 +92,17 @@ def mixed_layout(packed_Bx1L: Array, lengths_N: Array, placements_N: Array, prom
   length = tokens_BxL.shape[1]
   plen_Bx1 = lengths_N[ids_B][:, None]
   placement_Bx1 = placements_N[ids_B][:, None]
-  real_Bx1 = jnp.sum(tokens_BxL > 0, axis=1, keepdims=True)  # Packed rows pad only at the end.
   start_Bx1 = jnp.where(
-      placement_Bx1 == _SUFFIX, real_Bx1, jnp.where(placement_Bx1 == _AFTER_FIRST, 1, 0)
+      placement_Bx1 == _SUFFIX,
+      placement_lib.suffix_start_B(tokens_BxL)[:, None],
+      jnp.where(placement_Bx1 == _AFTER_FIRST, 1, 0),
   )
-  pos_1xS = jnp.arange(prompt_len + length)[None, :]
-  row = pos_1xS - start_Bx1
-  in_prompt = (row >= 0) & (row < plen_Bx1)
-  tok_idx = jnp.where(pos_1xS < start_Bx1, pos_1xS, pos_1xS - plen_Bx1)
-  in_tokens = ~in_prompt & (tok_idx < length)
-  tok_at = jnp.take_along_axis(tokens_BxL, jnp.clip(tok_idx, 0, length - 1), axis=1)
+  in_prompt, source = placement_lib.layout(start_Bx1, plen_Bx1, prompt_len + length)
+  in_tokens = ~in_prompt & (source < length)
+  tok_at = jnp.take_along_axis(tokens_BxL, jnp.clip(source, 0, length - 1), axis=1)
   tok_at = jnp.where(in_tokens, tok_at, 0)
   valid = in_prompt | (tok_at > 0)
-  return ids_B, in_prompt, jnp.clip(row, 0, prompt_len - 1), tok_at, valid
+  return ids_B, in_prompt, jnp.clip(source, 0, prompt_len - 1), tok_at, valid
 
 
 class MixedPromptEncoder(nn.Module):
