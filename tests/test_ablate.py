@@ -673,3 +673,47 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
       "1",
       "4",
   ]
+
+
+def test_parallel_runs_get_disjoint_equal_cpu_shares(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5})
+  assert ablate.cpu_slots(1) == [None]
+  assert ablate.cpu_slots(2) == [frozenset({0, 2, 5}), frozenset({1, 3})]
+  assert ablate.cpu_slots(5) == [frozenset({c}) for c in (0, 1, 2, 3, 5)]
+  with pytest.raises(config.ConfigError, match="--parallel=6 .* 5 CPUs"):
+    ablate.cpu_slots(6)
+  with pytest.raises(config.ConfigError, match="--parallel=0"):
+    ablate.cpu_slots(0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--parallel=2 needs 2 CPUs")
+def test_parallel_sweep_runs_side_by_side_pinned_and_matches_one_at_a_time(tmp_path):
+  env = _env(tmp_path)
+  args = ["--axis", "PROMPT_LENGTH=1,4", "--train_steps=8", "--no_plot"]
+  serial = _Sweep(_sweep_args(tmp_path / "serial", *args), env, tmp_path / "logs", "serial")
+  serial.check(400)
+  both = _Sweep(
+      _sweep_args(tmp_path / "parallel", *args, "--parallel=2"), env, tmp_path / "logs", "par"
+  ).check(400)
+  assert "on CPUs [0]" in both.stderr and "on CPUs [1]" in both.stderr, both.stderr
+  assert "2/2 done (0 failed), 0 left" in both.stderr
+  names = [f"prompt_length={p},init=random_uniform,seed=0" for p in (1, 4)]
+  # Side by side: each run started before the other ended.
+  spans = []
+  for name in names:
+    run_dir = tmp_path / "parallel" / name
+    seconds = json.loads((run_dir / ablate.RUN_FILE).read_text())["seconds"]
+    end = (run_dir / ablate.RUN_FILE).stat().st_mtime
+    spans.append((end - seconds, end))
+  assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
+  # One CPU per run computes the same losses (to the last digit) and evaluations as both CPUs
+  # for one run.
+  for name in names:
+    evals, losses = [], []
+    for d in ("serial", "parallel"):
+      evals.append(ablate.read_evals(str(tmp_path / d / name / ablate.EVAL_METRICS)))
+      lines = (tmp_path / d / name / ablate.TRAIN_METRICS).read_text().splitlines()
+      losses.append([(m["step"], m["loss"]) for m in map(json.loads, lines)])
+    assert len(evals[0]) == 2 and evals[0] == evals[1], evals
+    assert len(losses[0]) == 2 and losses[0] == losses[1], losses

@@ -250,8 +250,13 @@ def test_remat_keeps_parameters_loss_and_gradients(params, policy):
   (loss, grads), (remat_loss, remat_grads) = loss_and_grads(plain), loss_and_grads(remat)
   assert jax.tree.map(np.shape, grads) == jax.tree.map(np.shape, remat_grads)
   np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  # Recomputation changes XLA's fusions, so float32 sums round differently: a near-zero entry
+  # of a gradient whose entries reach ~7 differed by 2e-6 on one CPU. Tolerance relative to the
+  # gradient's scale, not to each entry.
   jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), remat_grads, grads
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * np.abs(b).max()),
+      remat_grads,
+      grads,
   )
 
 
