@@ -9,10 +9,9 @@ or a label with a list of named choices, each a dict of `gin_files` to include, 
 (name -> value) and an optional `recipe` (how to build what the choice needs). Every run is what
 `python -m prompt_tuning.train` with the run's flags does, in a process of its own (a crash
 cannot kill the sweep, and each run's memory is freed), in its own MODEL_DIR
-`<sweep_dir>/<axis=value,...,seed=S>`, one after another or, with `--parallel=N`, N at a time,
-each pinned to its share of the machine's CPUs. The processes are forked from a server that has
-imported TensorFlow, SeqIO, JAX and the trainer once (`PRELOAD`): those imports take about 10 of
-the ~50 seconds of a miniature run on 2 CPU cores.
+`<sweep_dir>/<axis=value,...,seed=S>`, run one after another. The processes are forked from a
+server that has imported TensorFlow, SeqIO, JAX and the trainer once (`PRELOAD`): those imports
+take about 10 of the ~50 seconds of a miniature run on 2 CPU cores.
 
 `train_steps` and `step_budget` count prompt-tuning steps from each run's initial checkpoint,
 whose step is read before the sweep starts: backbones of different pretraining lengths (the
@@ -48,12 +47,9 @@ import multiprocessing
 import os
 import re
 import shlex
-import queue
 import statistics
 import sys
-import threading
 import time
-from concurrent import futures
 from typing import Any, Mapping, Optional, Sequence
 
 import gin
@@ -451,22 +447,12 @@ def run_env(sweep_dir: str) -> dict[str, str]:
   return env
 
 
-def _train_child(
-    args: list[str],
-    out_path: str,
-    err_path: str,
-    env: Mapping[str, str],
-    cpus: Optional[frozenset[int]] = None,
-) -> None:
+def _train_child(args: list[str], out_path: str, err_path: str, env: Mapping[str, str]) -> None:
   """One run's process: `python -m prompt_tuning.train ARGS`, its output appended to the files.
 
   Forked from the fork server after `PRELOAD`, before any JAX computation: the run starts from
-  imported modules and an empty gin configuration, as a fresh interpreter would. `cpus` pins it
-  to those CPUs before XLA and TensorFlow size their thread pools (both size them from the
-  process's CPU affinity), so parallel runs do not fight over cores.
+  imported modules and an empty gin configuration, as a fresh interpreter would.
   """
-  if cpus:
-    os.sched_setaffinity(0, cpus)
   for fd, path in ((1, out_path), (2, err_path)):
     f = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(f, fd)
@@ -488,13 +474,10 @@ def _train_child(
 
 
 def run_one(
-    args: list[str],
-    run_dir: str,
-    env: Optional[Mapping[str, str]] = None,
-    cpus: Optional[frozenset[int]] = None,
+    args: list[str], run_dir: str, env: Optional[Mapping[str, str]] = None
 ) -> dict[str, Any]:
   """Trains one run in a process forked from the fork server (same process group: killing the
-  sweep's group kills it too), pinned to `cpus` if given."""
+  sweep's group kills it too)."""
   os.makedirs(run_dir, exist_ok=True)
   out_path, err_path = (os.path.join(run_dir, f"train.{s}") for s in ("stdout", "stderr"))
   command = shlex.join([sys.executable, "-m", "prompt_tuning.train", *args])
@@ -505,7 +488,7 @@ def run_one(
   context = multiprocessing.get_context("forkserver")
   context.set_forkserver_preload(list(PRELOAD))
   process = context.Process(
-      target=_train_child, args=(args, out_path, err_path, dict(env or os.environ), cpus)
+      target=_train_child, args=(args, out_path, err_path, dict(env or os.environ))
   )
   process.start()
   process.join()
@@ -528,24 +511,7 @@ def run_one(
   return record
 
 
-def cpu_slots(parallel: int) -> list[Optional[frozenset[int]]]:
-  """The CPUs of each of `parallel` concurrent runs: this process's CPUs dealt out evenly
-  (`[None]`, no pinning, for one run at a time)."""
-  if parallel < 1:
-    raise config.ConfigError(f"--parallel={parallel}: give at least 1.")
-  if parallel == 1:
-    return [None]
-  cpus = sorted(os.sched_getaffinity(0))
-  if parallel > len(cpus):
-    raise config.ConfigError(
-        f"--parallel={parallel} is more runs at once than this process's {len(cpus)} CPUs; "
-        f"each run needs at least one."
-    )
-  return [frozenset(cpus[k::parallel]) for k in range(parallel)]
-
-
-def sweep(runs: Sequence[Run], sweep_dir: str, train_steps: int, parallel: int = 1) -> None:
-  """Trains the unfinished runs in grid order, `parallel` at a time (one CPU share each)."""
+def sweep(runs: Sequence[Run], sweep_dir: str, train_steps: int) -> None:
   todo = []
   for run in runs:
     record = read_record(os.path.join(sweep_dir, run.name))
@@ -553,54 +519,28 @@ def sweep(runs: Sequence[Run], sweep_dir: str, train_steps: int, parallel: int =
       _progress(f"skipped {run.name}: finished ({RUN_FILE})")
     else:
       todo.append(run)
-  _progress(f"{len(runs)} runs: {len(runs) - len(todo)} already finished, {len(todo)} to run")
-  slots = queue.Queue()
-  for cpus in cpu_slots(parallel):
-    slots.put(cpus)
-  lock = threading.Lock()
-  started, done, failed, t0 = len(runs) - len(todo), len(runs) - len(todo), 0, time.time()
-  env = run_env(sweep_dir)
-  if parallel > 1:
-    # Concurrent runs on one accelerator: each takes memory as it needs it, not 75% up front.
-    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
-  def train(run: Run) -> None:
-    nonlocal started, done, failed
+  done, failed, times = len(runs) - len(todo), 0, []
+  _progress(f"{len(runs)} runs: {done} already finished, {len(todo)} to run")
+  for i, run in enumerate(todo):
     run_dir = os.path.join(sweep_dir, run.name)
     if os.path.exists(os.path.join(run_dir, RUN_FILE)):
       os.remove(os.path.join(run_dir, RUN_FILE))  # A failed run, tried again.
     resumed = " (resuming)" if checkpoints.latest_checkpoint(run_dir) else ""
-    cpus = slots.get()
-    try:
-      with lock:
-        started += 1
-        where = f" on CPUs {sorted(cpus)}" if cpus else ""
-        _progress(f"run {started}/{len(runs)}: {run.name}{resumed}{where}")
-      record = run_one(train_args(run, os.path.abspath(run_dir), train_steps), run_dir, env, cpus)
-    finally:
-      slots.put(cpus)
-    with lock:
-      done += 1
-      if record["status"] == "failed":
-        failed += 1
-        _progress(f"FAILED {run.name} (exit {record['returncode']}): {record['error']}")
-      finished_here = done - (len(runs) - len(todo))
-      # Wall time per finished run, so the ETA counts the runs that go on side by side.
-      per_run = (time.time() - t0) / finished_here
-      left = len(runs) - done
-      _progress(
-          f"{done}/{len(runs)} done ({failed} failed), {left} left; this run "
-          f"{_duration(record['seconds'])}, {_duration(per_run)}/run wall; ETA "
-          f"{_duration(per_run * left)}"
-      )
-
-  if parallel == 1:
-    for run in todo:
-      train(run)
-    return
-  with futures.ThreadPoolExecutor(parallel) as pool:
-    for f in [pool.submit(train, run) for run in todo]:
-      f.result()
+    _progress(f"run {done + 1}/{len(runs)}: {run.name}{resumed}")
+    args = train_args(run, os.path.abspath(run_dir), train_steps)
+    record = run_one(args, run_dir, run_env(sweep_dir))
+    times.append(record["seconds"])
+    done += 1
+    if record["status"] == "failed":
+      failed += 1
+      _progress(f"FAILED {run.name} (exit {record['returncode']}): {record['error']}")
+    left = len(todo) - i - 1
+    mean = sum(times) / len(times)
+    _progress(
+        f"{done}/{len(runs)} done ({failed} failed), {left} left; this run "
+        f"{_duration(record['seconds'])}, mean {_duration(mean)}/run; ETA "
+        f"{_duration(mean * left)}"
+    )
 
 
 # ---------------------------------------------------------------------------- results
@@ -901,14 +841,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str,
       help="Write results and the figure from the runs that finished; train nothing (a sweep "
       "stopped part-way; the other runs count as not run).",
   )
-  parser.add_argument(
-      "--parallel",
-      type=int,
-      default=1,
-      help="Runs trained at once, each pinned to an equal share of the CPUs (default 1). On a "
-      "small model the runs' start-up, data pipeline and evaluation are mostly single-threaded, "
-      "so 2 on 2 cores finish a sweep sooner than 1 (docs/ablations.md#cost).",
-  )
   parser.add_argument("--no_plot", action="store_true", help="Skip figure.png / figure.svg.")
   user, rest = [], []
   for arg in argv:
@@ -988,11 +920,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{len(runs)} runs of {train_steps} steps each into {sweep_dir}")
     return 0
 
-  slots = cpu_slots(args.parallel)  # A bad --parallel fails before anything is written.
   spec = spec_of(grid, axes, seeds, runs, train_steps, step_budget, metric)
   claim_sweep_dir(sweep_dir, spec)
   if not args.collect_only:
-    sweep(runs, sweep_dir, train_steps, len(slots))
+    sweep(runs, sweep_dir, train_steps)
   rows, cells = collect(spec, sweep_dir)
   write_results(spec, sweep_dir, rows, cells)
   written = ["results.csv", "results.json"]
