@@ -673,3 +673,37 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
       "1",
       "4",
   ]
+
+
+# ------------------------------------------------------------ the committed miniature results
+
+DOCS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "ablations"
+)
+
+
+def _committed(grid):
+  with open(os.path.join(DOCS, grid, "results.json")) as f:
+    results = json.load(f)
+  assert all(r["status"] == "finished" for r in results["runs"]), grid
+  return {tuple(c["values"].values()): c["best_score"] for c in results["cells"]}
+
+
+def test_committed_miniature_grids_are_complete_and_have_headroom():
+  """What docs/ablations.md shows: one sweep of each grid, every run finished, the length x init
+  grid not flat (best - worst cell >= 15 points, best < 98%, means over 3 seeds), and the
+  LM-adapted backbone ahead of span corruption, with and without the sentinel."""
+  grid = _committed("prompt_length_x_init")
+  assert sorted(grid) == sorted((l, i) for l in LENGTHS for i in INITS)
+  assert all(s["n"] == 3 for s in grid.values())
+  means = [s["mean"] for s in grid.values()]
+  assert max(means) - min(means) >= 15 and max(means) < 98, means
+  objective = {k[0]: s for k, s in _committed("pretraining_objective").items()}
+  assert set(objective) == {"span_corruption", "span_corruption_sentinel", "lm_adapted"}
+  for other in ("span_corruption", "span_corruption_sentinel"):
+    assert objective["lm_adapted"]["min"] > objective[other]["max"], objective
+  steps = {k[0]: s for k, s in _committed("lm_adaptation_steps").items()}
+  assert (
+      set(steps) == {"0", "500", "1000", "2000", "3500"}
+      and steps["3500"] == objective["lm_adapted"]
+  ), steps
