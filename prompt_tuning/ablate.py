@@ -11,7 +11,7 @@ or a label with a list of named choices, each a dict of `gin_files` to include, 
 cannot kill the sweep, and each run's memory is freed), in its own MODEL_DIR
 `<sweep_dir>/<axis=value,...,seed=S>`, run one after another. The processes are forked from a
 server that has imported TensorFlow, SeqIO, JAX and the trainer once (`PRELOAD`): those imports
-take about 10 of the ~50 seconds of a miniature run on 2 CPU cores.
+take about 10 s, against 20-30 s for a whole short miniature run on 2 quiet CPU cores.
 
 `train_steps` and `step_budget` count prompt-tuning steps from each run's initial checkpoint,
 whose step is read before the sweep starts: backbones of different pretraining lengths (the
