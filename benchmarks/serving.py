@@ -112,6 +112,7 @@ class Ways:
 
     from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
     from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top
+    from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
     from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
     from prompt_tuning import prompts as prompts_lib  # pylint: disable=g-import-not-at-top
     from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
@@ -138,8 +139,10 @@ class Ways:
         name: dict(frozen, encoder=dict(frozen["encoder"], prompt={"prompt": {"prompt": p}}))
         for name, p in jax.device_put(prompts).items()
     }
-    self.score = jax.jit(model.score_batch)
-    self.predict = jax.jit(model.predict_batch)
+    # Compiled as the runner compiles its calls, so the two differ only in the batch layout.
+    options = partitioning.default_compiler_options(jax.default_backend()) or None
+    self.score = jax.jit(model.score_batch, compiler_options=options)
+    self.predict = jax.jit(model.predict_batch, compiler_options=options)
 
   def _single_batch(self, examples, workload):
     """The ordinary model's batch: inputs padded to the task's fixed length (as SeqIO does)."""

@@ -40,6 +40,7 @@ import numpy as np
 
 from prompt_tuning import decoding
 from prompt_tuning import model as model_lib
+from prompt_tuning import partitioning
 from prompt_tuning.data import batches
 from prompt_tuning import placement as placement_lib
 from prompt_tuning import prompts
@@ -472,8 +473,11 @@ class MixedPromptRunner:
     self.compilations = collections.Counter()
     self._table_lock = threading.Lock()
     self._device_table = None
-    self._score = jax.jit(self._counted("score", self.model.score_batch))
-    self._predict = jax.jit(self._counted("predict", self.model.predict_batch))
+    options = partitioning.default_compiler_options(jax.default_backend()) or None
+    self._score = jax.jit(self._counted("score", self.model.score_batch), compiler_options=options)
+    self._predict = jax.jit(
+        self._counted("predict", self.model.predict_batch), compiler_options=options
+    )
 
   def _counted(self, name, fn):
     def traced(*args):

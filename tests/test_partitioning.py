@@ -731,3 +731,63 @@ def test_data_shard_info_follows_the_data_axis(monkeypatch):
   # Hosts holding interleaved rows cannot be fed contiguous slices.
   with pytest.raises(ValueError, match="overlapping or uneven"):
     _shard_info([[0, 0], [1, 1], [0, 0], [1, 1]], 0, monkeypatch)
+
+
+def _attention_in_one_ynn_call(hlo_text: str) -> bool:
+  """Whether some YNNPACK fusion of the compiled program contains a softmax's exponential."""
+  ynn_computations = set()
+  for line in hlo_text.splitlines():
+    if "__ynn_fusion" in line and "calls=%" in line:
+      ynn_computations.add(line.split("calls=%")[1].split(",")[0].split()[0])
+  body = None
+  for line in hlo_text.splitlines():
+    if line and not line.startswith(" "):
+      name = line.lstrip("%").split(" ")[0]
+      body = name if name in ynn_computations else None
+    elif body and " exponential(" in line:
+      return True
+  return False
+
+
+def test_cpu_compiles_attention_matmuls_apart_and_computes_the_same(monkeypatch):
+  """The CPU default keeps each attention's matmuls and softmax out of one YNNPACK call (slow:
+  benchmarks/README.md) and changes the scores by no more than float32 rounding; a user's own
+  XLA_FLAGS setting of the option wins over the default."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import prompts  # pylint: disable=g-import-not-at-top
+  from prompt_tuning import restore  # pylint: disable=g-import-not-at-top
+  from prompt_tuning.models import t5  # pylint: disable=g-import-not-at-top
+
+  if jax.default_backend() != "cpu":
+    pytest.skip("The option is XLA:CPU's.")
+  cfg = t5.config_for_size("small", num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
+  factory = prompts.prefix_prompt_factory(16, prompts.random_uniform())
+  model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg, prompt_factory=factory))
+  rng = np.random.RandomState(0)
+  targets = rng.randint(2, 1000, (4, 4)).astype(np.int32)
+  batch = {
+      "encoder_input_tokens": rng.randint(2, 1000, (4, 48)).astype(np.int32),
+      "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+      "decoder_target_tokens": targets,
+      "decoder_loss_weights": np.ones_like(targets),
+  }
+  results = {}
+  for name, options in (("default", None), ("xla", {})):
+    partitioner = partitioning.Partitioner(compiler_options=options)
+    spec = restore.ParamSpec.of(model, partitioner, {"inputs": 48, "targets": 4})
+    params = restore.init_params(model, spec, jax.random.PRNGKey(0))
+    score = partitioner.jit(model.score_batch)
+    hlo = score.lower(params, batch).compile().as_text()
+    results[name] = (_attention_in_one_ynn_call(hlo), np.asarray(score(params, batch)))
+  assert partitioning.Partitioner().compiler_options == partitioning.CPU_COMPILER_OPTIONS
+  assert not results["default"][0], "the default still fuses attention into one YNNPACK call"
+  assert results["xla"][0], "XLA no longer fuses attention by itself: CPU_COMPILER_OPTIONS may go"
+  np.testing.assert_allclose(results["default"][1], results["xla"][1], rtol=1e-5, atol=1e-4)
+
+  option = next(iter(partitioning.CPU_COMPILER_OPTIONS))
+  monkeypatch.setenv("XLA_FLAGS", f"--{option}=individual_dot,eltwise")
+  assert partitioning.default_compiler_options("cpu") == {}
+  assert partitioning.default_compiler_options("gpu") == {}
