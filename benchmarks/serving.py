@@ -140,9 +140,8 @@ class Ways:
         for name, p in jax.device_put(prompts).items()
     }
     # Compiled as the runner compiles its calls, so the two differ only in the batch layout.
-    options = partitioning.default_compiler_options(jax.default_backend()) or None
-    self.score = jax.jit(model.score_batch, compiler_options=options)
-    self.predict = jax.jit(model.predict_batch, compiler_options=options)
+    self.score = partitioning.jit(model.score_batch)
+    self.predict = partitioning.jit(model.predict_batch)
 
   def _single_batch(self, examples, workload):
     """The ordinary model's batch: inputs padded to the task's fixed length (as SeqIO does)."""

@@ -51,6 +51,13 @@ def default_compiler_options(platform: str) -> dict[str, str]:
   return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if f"--{k}" not in flags}
 
 
+def jit(fn: Callable[..., Any], **jit_kwargs) -> Callable[..., Any]:
+  """`jax.jit` with `default_compiler_options`, for code compiled without a mesh (the prompt
+  library's calls)."""
+  options = default_compiler_options(jax.default_backend())
+  return jax.jit(fn, compiler_options=options or None, **jit_kwargs)
+
+
 class Partitioner:
   """Builds the mesh and turns logical specs into shardings."""
 

@@ -473,11 +473,8 @@ class MixedPromptRunner:
     self.compilations = collections.Counter()
     self._table_lock = threading.Lock()
     self._device_table = None
-    options = partitioning.default_compiler_options(jax.default_backend()) or None
-    self._score = jax.jit(self._counted("score", self.model.score_batch), compiler_options=options)
-    self._predict = jax.jit(
-        self._counted("predict", self.model.predict_batch), compiler_options=options
-    )
+    self._score = partitioning.jit(self._counted("score", self.model.score_batch))
+    self._predict = partitioning.jit(self._counted("predict", self.model.predict_batch))
 
   def _counted(self, name, fn):
     def traced(*args):
