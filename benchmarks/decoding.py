@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import decoding
+from prompt_tuning import host_memory
 from prompt_tuning import model as model_lib
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
@@ -110,6 +111,7 @@ def main():
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1.")
 
+  host_memory.configure()  # As the entry points do, before JAX starts its threads.
   eos_id = -1  # Never produced: every decode runs the full length.
   cfg = t5.config_for_size(args.size, dtype=args.dtype)
   module = t5.EncoderDecoder(

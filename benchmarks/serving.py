@@ -450,6 +450,9 @@ def main():
   if args.memory_child:
     print(json.dumps(memory_child(args)), flush=True)
     return
+  from prompt_tuning import host_memory  # pylint: disable=g-import-not-at-top
+
+  host_memory.configure()  # As `prompt_tuning.serve` does.
   import jax  # pylint: disable=g-import-not-at-top
 
   from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top

@@ -161,6 +161,9 @@ def random_batch(vocab_size: int, batch: int, inputs: int, targets: int):
 
 def run_mode(args) -> dict:
   """Measures one mode in this process."""
+  from prompt_tuning import host_memory  # pylint: disable=g-import-not-at-top
+
+  host_memory.configure()  # As the entry points do, before JAX starts its threads.
   import jax  # pylint: disable=g-import-not-at-top
 
   from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top

@@ -57,6 +57,7 @@ import gin
 from prompt_tuning import best_checkpoint
 from prompt_tuning import checkpoints
 from prompt_tuning import config
+from prompt_tuning import host_memory
 
 SPEC_FILE = "sweep.json"
 RUN_FILE = "ablate_run.json"
@@ -868,6 +869,7 @@ def load_grid(path: str, search_paths: str) -> Grid:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   config.setup_logging()
+  host_memory.configure()  # Exported to the runs' processes through the environment.
   args, user_bindings = parse_args(sys.argv[1:] if argv is None else argv)
   grid = load_grid(args.grid, args.gin_search_paths)
   if args.base_gin_file:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import gin
 
 from prompt_tuning import compat
+from prompt_tuning import host_memory
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 if not CONFIGS_DIR.is_dir():  # Editable install or source checkout: configs/ is at the top.
@@ -301,6 +302,7 @@ def entry_point(
 
   def main(argv: Optional[Sequence[str]] = None):
     setup_logging()
+    host_memory.configure()  # Before JAX starts its threads.
     setup(sys.argv[1:] if argv is None else argv, description, required)
     module = importlib.import_module(module_name)
     return gin.get_configurable(getattr(module, fn_name))()

@@ -14,6 +14,7 @@ The eval command has two more modes (paper section 6), each reported beside gene
 """
 
 import collections
+import concurrent.futures
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -80,6 +81,43 @@ class ModelFns:
       batches = trim_encoder_padding(list(pipeline.padded_batches(ds, self.batch_size)))
       self._batches[id(ds)] = (ds, batches)
     return self._batches[id(ds)][1]
+
+  def compile_ahead(self, evaluator: seqio.Evaluator, params) -> concurrent.futures.Future:
+    """Compiles, in a background thread, what the evaluator's tasks will call (`predict` for
+    generation metrics, `score` for score metrics) at the shapes of their cached batches; wait on
+    the future before the first evaluation, which then finds the programs in JAX's cache.
+
+    `training.run` calls it once the evaluator is built, so the first evaluation's compilation
+    (seconds on a small CPU) overlaps the first training steps instead of stopping them.
+    """
+    # Shapes only: the train steps donate the arrays while this compiles.
+    params = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        params,
+    )
+    fns = {
+        seqio.metrics.ModelOutputType.PREDICTION: self.predict,
+        seqio.metrics.ModelOutputType.PREDICTION_WITH_AUX: self.predict,
+        seqio.metrics.ModelOutputType.SCORE: self.score,
+    }
+    programs = {}  # Keyed by function and shapes: each program compiled once.
+    for task in evaluator.eval_tasks:
+      batches = self.host_batches(evaluator.cached_model_datasets[task.name])
+      for metric in task.metric_objs:
+        fn = fns.get(metric.model_output_type)
+        if fn is not None and batches:
+          batch = batches[0][1]
+          key = (id(fn), tuple(sorted((k, v.shape) for k, v in batch.items())))
+          programs[key] = (fn, batch)
+
+    def compile_all():
+      for fn, batch in programs.values():
+        fn.lower(params, batch).compile()
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eval_compile_ahead")
+    future = pool.submit(compile_all)
+    pool.shutdown(wait=False)
+    return future
 
   def _run(self, fn, params, ds):
     """(indices, outputs) of the real rows, in batch order."""

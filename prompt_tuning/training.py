@@ -84,7 +84,7 @@ def run(
 
   writer = metric_writers.MetricWriter(os.path.join(model_dir, "train"), tensorboard)
   eval_writer = metric_writers.MetricWriter(os.path.join(model_dir, "eval"), tensorboard)
-  evaluator = None
+  evaluator = eval_compiled = None
   if eval_period:
     evaluator = evaluation.make_evaluator(
         eval_name, cfg.task_feature_lengths, eval_split, cfg.module
@@ -92,6 +92,8 @@ def run(
     eval_fns = evaluation.ModelFns(
         trainer.model, eval_batch_size or cfg.batch_size, trainer.partitioner
     )
+    if step < total_steps:  # The first evaluation's programs compile while training starts.
+      eval_compiled = eval_fns.compile_ahead(evaluator, optim.merge_params(state.params, frozen))
   best = best_checkpoint.BestCheckpoint(model_dir, best_metric) if best_metric else None
   bar = tqdm.tqdm(
       total=total_steps,
@@ -120,7 +122,11 @@ def run(
     )
 
   def run_eval():
+    nonlocal eval_compiled
     start = time.perf_counter()
+    if eval_compiled is not None:
+      eval_compiled.result()  # Raises what the compilation raised.
+      eval_compiled = None
     metrics = evaluation.evaluate(
         evaluator, eval_fns, optim.merge_params(state.params, frozen), step
     )

@@ -190,3 +190,40 @@ def test_rank_classification_and_ensembles_against_score_batch(setup):
   predicted = [vocab.decode(v).strip() for v in voted]
   want = 100.0 * np.mean([p == r["label"] for p, r in zip(predicted, rows)])
   assert accuracy(members) == pytest.approx(want)
+
+
+def _compilations(fn):
+  """fn's result and the number of XLA compilations it caused."""
+  events = []
+  listener = lambda event, duration, **kw: events.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    result = fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return result, events.count("/jax/core/compile/backend_compile_duration")
+
+
+def test_compile_ahead_builds_the_programs_of_the_first_evaluation(setup):
+  """`ModelFns.compile_ahead` (training.run's overlap of the first evaluation's compilation with
+  training) compiles `predict` and `score` at the shapes the evaluation calls them with, so the
+  evaluation compiles nothing; without it, the same evaluation compiles both."""
+  model, params, _ = setup
+  evaluator = evaluation.make_evaluator("eval_test_task_scored", LENGTHS)
+  # Batch sizes no other test uses, so JAX's cache holds none of these programs yet.
+  control = evaluation.ModelFns(model, 3, partitioning.Partitioner())
+  expected, compiled = _compilations(lambda: evaluation.evaluate(evaluator, control, params))
+  assert compiled >= 2  # predict and score.
+  fns = evaluation.ModelFns(model, 4, partitioning.Partitioner())
+  _, compiled_ahead = _compilations(lambda: fns.compile_ahead(evaluator, params).result())
+  assert compiled_ahead >= 2
+  metrics, compiled = _compilations(lambda: evaluation.evaluate(evaluator, fns, params))
+  assert compiled == 0
+  assert (
+      metrics["eval_test_task_scored"]["accuracy"] == expected["eval_test_task_scored"]["accuracy"]
+  )
+  np.testing.assert_allclose(
+      metrics["eval_test_task_scored"]["mean_score"],
+      expected["eval_test_task_scored"]["mean_score"],
+      rtol=1e-5,
+  )
