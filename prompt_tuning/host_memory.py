@@ -114,7 +114,10 @@ def configure() -> bool:
       raise OSError(f"mallopt({param}, {value}) failed.")
   os.environ.update(ENV)
   _applied = True
-  logging.info("Host malloc: one arena, no mmap, no trimming (%s=system: glibc's).", ENV_SWITCH)
+  logging.info(
+      "Host malloc: one arena, no mmap, no trimming (%s=system keeps glibc's defaults).",
+      ENV_SWITCH,
+  )
   return True
 
 
