@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import pytest
 
 from prompt_tuning import host_memory
 
-LINUX_GLIBC = sys.platform == "linux" and __import__("platform").libc_ver()[0] == "glibc"
+LINUX_GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not LINUX_GLIBC, reason="the settings are glibc's (Linux)")
 
 
@@ -121,15 +122,19 @@ def test_too_late_once_jax_runs():
   assert "PROMPT_TUNING_HOST_MALLOC=reuse: Host malloc not configured: JAX's backend" in proc.stderr
 
 
-def test_entry_points_configure_it_first():
-  """Every command calls it before reading its flags; a bad switch fails before any work."""
-  cmd = [sys.executable, "-m", "prompt_tuning.infer"]
+@pytest.mark.parametrize("command", ["train", "eval", "infer", "serve", "ablate"])
+def test_every_command_configures_it_first(command):
+  """Each command applies the settings before reading its flags (none given here: it fails)."""
+  cmd = [sys.executable, "-m", f"prompt_tuning.{command}"]
   proc = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode != 0  # No flags: the required macros are missing.
+  assert proc.returncode != 0
   expected = "Host malloc: one arena" if LINUX_GLIBC else "Host malloc left as it is"
   assert expected in proc.stderr
+
+
+def test_a_bad_switch_fails_before_any_work():
   proc = subprocess.run(
-      cmd,
+      [sys.executable, "-m", "prompt_tuning.train"],
       env=clean_env(PROMPT_TUNING_HOST_MALLOC="on"),
       capture_output=True,
       text=True,
