@@ -7,15 +7,13 @@ optimizer state and the global step; the frozen parameters travel beside it.
 """
 
 import concurrent.futures
-import ctypes
-import ctypes.util
-import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning import host_memory
 from prompt_tuning import optim
 from prompt_tuning import partitioning
 from prompt_tuning import restore
@@ -29,21 +27,6 @@ BATCH_FEATURES = {
     "decoder_target_tokens": "targets",
     "decoder_loss_weights": "targets",
 }
-
-
-def release_freed_host_memory() -> None:
-  """Hands the heap memory that XLA's compiler freed back to the OS (glibc's `malloc_trim`).
-
-  glibc keeps freed heap pages for reuse, while the step's large XLA buffers are mapped
-  elsewhere: at T5 1.1 small on CPU the compiler's ~135 MB would stay resident under every step
-  (benchmarks/README.md). A no-op where the C library has no `malloc_trim`.
-  """
-  if not sys.platform.startswith("linux"):
-    return
-  libc = ctypes.CDLL(ctypes.util.find_library("c"))
-  trim = getattr(libc, "malloc_trim", None)
-  if trim is not None:
-    trim(0)
 
 
 class Trainer:
@@ -127,7 +110,7 @@ class Trainer:
 
     def compile_step():
       compiled = self.lower_train_step(state, frozen, batch).compile()
-      release_freed_host_memory()
+      host_memory.release_freed()
       return compiled
 
     pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")

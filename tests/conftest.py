@@ -48,3 +48,15 @@ def golden_batch():
   }
   batch["decoder_loss_weights"] = np.asarray(spec["decoder_loss_weights"], np.float32)
   return batch
+
+
+def count_compilations(fn):
+  """fn's result and the number of XLA compilations it caused."""
+  events = []
+  listener = lambda event, duration, **kw: events.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    result = fn()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  return result, events.count("/jax/core/compile/backend_compile_duration")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import seqio
 
-from conftest import GOLDEN, T5_VOCAB, TINY_CHECKPOINT, require
+from conftest import GOLDEN, T5_VOCAB, TINY_CHECKPOINT, count_compilations, require
 from prompt_tuning import checkpoints
 from prompt_tuning import decoding
 from prompt_tuning import evaluation
@@ -192,18 +192,6 @@ def test_rank_classification_and_ensembles_against_score_batch(setup):
   assert accuracy(members) == pytest.approx(want)
 
 
-def _compilations(fn):
-  """fn's result and the number of XLA compilations it caused."""
-  events = []
-  listener = lambda event, duration, **kw: events.append(event)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    result = fn()
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-  return result, events.count("/jax/core/compile/backend_compile_duration")
-
-
 def test_compile_ahead_builds_the_programs_of_the_first_evaluation(setup):
   """`ModelFns.compile_ahead` (training.run's overlap of the first evaluation's compilation with
   training) compiles `predict` and `score` at the shapes the evaluation calls them with, so the
@@ -212,12 +200,12 @@ def test_compile_ahead_builds_the_programs_of_the_first_evaluation(setup):
   evaluator = evaluation.make_evaluator("eval_test_task_scored", LENGTHS)
   # Batch sizes no other test uses, so JAX's cache holds none of these programs yet.
   control = evaluation.ModelFns(model, 3, partitioning.Partitioner())
-  expected, compiled = _compilations(lambda: evaluation.evaluate(evaluator, control, params))
+  expected, compiled = count_compilations(lambda: evaluation.evaluate(evaluator, control, params))
   assert compiled >= 2  # predict and score.
   fns = evaluation.ModelFns(model, 4, partitioning.Partitioner())
-  _, compiled_ahead = _compilations(lambda: fns.compile_ahead(evaluator, params).result())
+  _, compiled_ahead = count_compilations(lambda: fns.compile_ahead(evaluator, params).result())
   assert compiled_ahead >= 2
-  metrics, compiled = _compilations(lambda: evaluation.evaluate(evaluator, fns, params))
+  metrics, compiled = count_compilations(lambda: evaluation.evaluate(evaluator, fns, params))
   assert compiled == 0
   assert (
       metrics["eval_test_task_scored"]["accuracy"] == expected["eval_test_task_scored"]["accuracy"]

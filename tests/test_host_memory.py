@@ -144,3 +144,18 @@ def test_a_bad_switch_fails_before_any_work():
   assert (
       "PROMPT_TUNING_HOST_MALLOC='on': expected one of ('auto', 'reuse', 'system')" in proc.stderr
   )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_freed_returns_heap_holes_to_the_os():
+  def resident():
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+  # Freed chunks between live ones: glibc trims only the heap's top by itself.
+  chunks = [bytearray(b"x" * 65536) for _ in range(3000)]
+  del chunks[::2]
+  before = resident()
+  host_memory.release_freed()
+  assert before - resident() > 50e6, (before, resident())
+  del chunks
