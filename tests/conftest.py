@@ -51,12 +51,22 @@ def golden_batch():
 
 
 def count_compilations(fn):
-  """fn's result and the number of XLA compilations it caused."""
-  events = []
-  listener = lambda event, duration, **kw: events.append(event)
+  """fn's result and how many times it made JAX trace, lower and compile a program:
+  {"trace": n, "lower": n, "compile": n}."""
+  names = {
+      "/jax/core/compile/jaxpr_trace_duration": "trace",
+      "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+      "/jax/core/compile/backend_compile_duration": "compile",
+  }
+  counts = dict.fromkeys(names.values(), 0)
+
+  def listener(event, duration, **kw):
+    if event in names:
+      counts[names[event]] += 1
+
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     result = fn()
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  return result, events.count("/jax/core/compile/backend_compile_duration")
+  return result, counts

@@ -195,18 +195,18 @@ def test_rank_classification_and_ensembles_against_score_batch(setup):
 def test_compile_ahead_builds_the_programs_of_the_first_evaluation(setup):
   """`ModelFns.compile_ahead` (training.run's overlap of the first evaluation's compilation with
   training) compiles `predict` and `score` at the shapes the evaluation calls them with, so the
-  evaluation compiles nothing; without it, the same evaluation compiles both."""
+  evaluation neither traces nor compiles; without it, the same evaluation does both."""
   model, params, _ = setup
   evaluator = evaluation.make_evaluator("eval_test_task_scored", LENGTHS)
   # Batch sizes no other test uses, so JAX's cache holds none of these programs yet.
   control = evaluation.ModelFns(model, 3, partitioning.Partitioner())
-  expected, compiled = count_compilations(lambda: evaluation.evaluate(evaluator, control, params))
-  assert compiled >= 2  # predict and score.
+  expected, counts = count_compilations(lambda: evaluation.evaluate(evaluator, control, params))
+  assert counts["compile"] >= 2 and counts["trace"] >= 2  # predict and score.
   fns = evaluation.ModelFns(model, 4, partitioning.Partitioner())
-  _, compiled_ahead = count_compilations(lambda: fns.compile_ahead(evaluator, params).result())
-  assert compiled_ahead >= 2
-  metrics, compiled = count_compilations(lambda: evaluation.evaluate(evaluator, fns, params))
-  assert compiled == 0
+  _, counts = count_compilations(lambda: fns.compile_ahead(evaluator, params).result())
+  assert counts["compile"] >= 2
+  metrics, counts = count_compilations(lambda: evaluation.evaluate(evaluator, fns, params))
+  assert counts == {"trace": 0, "lower": 0, "compile": 0}
   assert (
       metrics["eval_test_task_scored"]["accuracy"] == expected["eval_test_task_scored"]["accuracy"]
   )
