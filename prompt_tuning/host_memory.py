@@ -41,7 +41,12 @@ M_ARENA_MAX = -8
 
 SETTINGS = {M_ARENA_MAX: 1, M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1}
 # The same, as glibc reads them from the environment at a process's start.
-ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+_ENV_NAMES = {
+    M_ARENA_MAX: "MALLOC_ARENA_MAX",
+    M_MMAP_MAX: "MALLOC_MMAP_MAX_",
+    M_TRIM_THRESHOLD: "MALLOC_TRIM_THRESHOLD_",
+}
+ENV = {_ENV_NAMES[param]: str(value) for param, value in SETTINGS.items()}
 
 # Unset or "auto": apply where it helps (below); "reuse": apply, or fail saying why it cannot;
 # "system": leave glibc's defaults.
