@@ -17,7 +17,9 @@ three ways are interleaved, so a shared machine's load hits them alike. Prints o
 latency p50/p99 over all requests of all rounds; then a summary line per workload with the
 ratios mixed/single and mixed/sequential at each K (wall and CPU); then a memory line: the
 resident memory of a fresh process holding one model with 1 prompt, then with 1,000 prompts
-(after one mixed batch each), and the table's bytes. A table goes to stderr.
+(after one mixed batch each), and the table's bytes. A table goes to stderr. `--deep`: the
+prompts are deep prompts (encoder key/value prefixes of --prompt_length positions in every layer,
+`deep_prompts.DeepPrompt`) in every way and in the memory line.
 
 `--workloads=http` is the server end to end: `serve.make_server` on a loopback port (in this
 process, its own threads) over a library of max(K) prompts; at each K, `--http_requests`
@@ -36,6 +38,7 @@ compilations during the timed rounds.
   python benchmarks/serving.py                     # the embedded default (its checkpoint)
   python benchmarks/serving.py --size=small        # random weights, T5 1.1 small's shape
   python benchmarks/serving.py --workloads=http    # HTTP end to end (no memory line)
+  python benchmarks/serving.py --deep              # deep prompts (per-layer encoder prefixes)
 """
 
 import argparse
@@ -58,6 +61,11 @@ def parse_args(argv=None):
   parser.add_argument("--batch", type=int, default=32, help="requests per round (B)")
   parser.add_argument("--ks", default="1,4,16", help="numbers of prompts (K), each divides B")
   parser.add_argument("--prompt_length", type=int, default=20)
+  parser.add_argument(
+      "--deep",
+      action="store_true",
+      help="deep prompts (encoder key/value prefixes of --prompt_length) instead of input prompts",
+  )
   parser.add_argument("--max_inputs", type=int, default=64, help="inputs are 16..this tokens")
   parser.add_argument("--decode_length", type=int, default=4)
   parser.add_argument("--workloads", default="score,generate", help="score,generate or http")
@@ -111,6 +119,7 @@ class Ways:
     import jax  # pylint: disable=g-import-not-at-top
 
     from prompt_tuning import decoding  # pylint: disable=g-import-not-at-top
+    from prompt_tuning import deep_prompts  # pylint: disable=g-import-not-at-top
     from prompt_tuning import model as model_lib  # pylint: disable=g-import-not-at-top
     from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
     from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
@@ -119,26 +128,29 @@ class Ways:
 
     self.lib = lib
     self.args = args
-    self.library = lib.PromptLibrary(cfg.emb_dim)
-    for name, p in prompts.items():
-      self.library.add(name, p)
+    self.library = library_of(lib, cfg, prompts, args.deep)
     # EOS disabled (id -1) in both models: every way decodes all `decode_length` tokens, so
     # early stopping (which depends on what each prompt happens to generate) never differs
     # between the ways being compared.
     self.runner = lib.MixedPromptRunner(cfg, params, self.library, eos_id=-1)
-    factory = prompts_lib.prefix_prompt_factory(
-        args.prompt_length, prompts_lib.from_array(next(iter(prompts.values())))
-    )
-    model = model_lib.EncoderDecoderModel(
-        t5.EncoderDecoder(cfg, prompt_factory=factory), decode_fn=decoding.greedy, eos_id=-1
-    )
+    if args.deep:
+      model = t5.EncoderDecoder(
+          cfg, deep_prompt_factory=deep_prompts.deep_prompt_factory(args.prompt_length)
+      )
+      with_prompt = lambda frozen, p: dict(frozen, deep_prompt={"encoder_prefixes": p})
+    else:
+      factory = prompts_lib.prefix_prompt_factory(
+          args.prompt_length, prompts_lib.from_array(next(iter(prompts.values())))
+      )
+      model = t5.EncoderDecoder(cfg, prompt_factory=factory)
+      with_prompt = lambda frozen, p: dict(
+          frozen, encoder=dict(frozen["encoder"], prompt={"prompt": {"prompt": p}})
+      )
+    model = model_lib.EncoderDecoderModel(model, decode_fn=decoding.greedy, eos_id=-1)
     frozen = lib.frozen_params(params)
     # The ordinary model's parameters per prompt: the backbone's arrays are shared, not copied.
     frozen = jax.device_put(frozen)  # As the runner holds it.
-    self.params = {
-        name: dict(frozen, encoder=dict(frozen["encoder"], prompt={"prompt": {"prompt": p}}))
-        for name, p in jax.device_put(prompts).items()
-    }
+    self.params = {name: with_prompt(frozen, p) for name, p in jax.device_put(prompts).items()}
     # Compiled as the runner compiles its calls, so the two differ only in the batch layout.
     self.score = partitioning.jit(model.score_batch)
     self.predict = partitioning.jit(model.predict_batch)
@@ -185,10 +197,25 @@ class Ways:
     return done
 
 
-def random_prompts(rng, n, length, width):
+def random_prompts(rng, n, length, cfg, deep=False):
+  """Input prompts [length, D], or deep prompts' encoder prefixes [layers, 2, length, H, K]."""
+  if deep:
+    shape = (cfg.num_encoder_layers, 2, length, cfg.num_heads, cfg.head_dim)
+    return {f"prompt{i:04d}": rng.normal(size=shape).astype(np.float32) for i in range(n)}
   return {
-      f"prompt{i:04d}": rng.uniform(-0.5, 0.5, (length, width)).astype(np.float32) for i in range(n)
+      f"prompt{i:04d}": rng.uniform(-0.5, 0.5, (length, cfg.emb_dim)).astype(np.float32)
+      for i in range(n)
   }
+
+
+def library_of(lib, cfg, prompts, deep):
+  library = lib.PromptLibrary.for_config(cfg)
+  for name, p in prompts.items():
+    if deep:
+      library.add(name, prefixes={"encoder": p})
+    else:
+      library.add(name, p)
+  return library
 
 
 def requests(lib, rng, k, args, vocab_size):
@@ -319,9 +346,7 @@ def http_workloads(cfg, params, prompts, ks, args, common):
   from prompt_tuning import prompt_library as lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning import serve  # pylint: disable=g-import-not-at-top
 
-  library = lib.PromptLibrary(cfg.emb_dim)
-  for name, p in prompts.items():
-    library.add(name, p)
+  library = library_of(lib, cfg, prompts, args.deep)
   runner = lib.MixedPromptRunner(cfg, params, library)
   # Every batch bucket the batcher can form, compiled before any timing (which sizes a round
   # forms depends on timing, and a compilation inside a timed round would dominate it).
@@ -420,26 +445,31 @@ def memory_child(args):
 
   cfg, params = load_model(args.size)
   rng = np.random.default_rng(1)
-  table = random_prompts(rng, args.prompts_for_memory, args.prompt_length, cfg.emb_dim)
-  library = lib.PromptLibrary(cfg.emb_dim)
+  table = random_prompts(rng, args.prompts_for_memory, args.prompt_length, cfg, args.deep)
   first = next(iter(table))
-  library.add(first, table[first])
+  first_bytes = table[first].nbytes
+  library = library_of(lib, cfg, {first: table[first]}, args.deep)
   runner = lib.MixedPromptRunner(cfg, params, library)
   examples = requests(lib, rng, 1, args, cfg.vocab_size)
   runner.score(examples)
   one = rss_bytes()
   for name, p in table.items():
-    library.add(name, p)
+    if args.deep:
+      library.add(name, prefixes={"encoder": p})
+    else:
+      library.add(name, p)
   del table  # The library holds its own copy; the table is rebuilt from it.
   runner.score(examples)
   many = rss_bytes()
+  snapshot = library.snapshot()
+  tables = [snapshot.table] + [kv for kv, _ in snapshot.prefixes.values()]
   return {
       "memory": True,
       "rss_one_prompt_bytes": one,
       f"rss_{args.prompts_for_memory}_prompts_bytes": many,
       "rss_increase_bytes": many - one,
-      "table_bytes": int(library.snapshot()[0].nbytes),
-      "prompt_bytes": args.prompt_length * cfg.emb_dim * 4,
+      "table_bytes": int(sum(t.nbytes for t in tables)),
+      "prompt_bytes": int(first_bytes),
       "model_bytes": int(sum(x.nbytes for x in jax.tree.leaves(runner.params))),
   }
 
@@ -464,7 +494,7 @@ def main():
   cfg, params = load_model(args.size)
   rng = np.random.default_rng(0)
   if args.workloads == "http":
-    prompts = random_prompts(rng, max(ks), args.prompt_length, cfg.emb_dim)
+    prompts = random_prompts(rng, max(ks), args.prompt_length, cfg, args.deep)
     common = {
         "model": args.size or "embedded",
         "prompt_length": args.prompt_length,
@@ -475,11 +505,12 @@ def main():
     return
   if "http" in args.workloads.split(","):
     sys.exit("--workloads=http runs alone (it has its own rounds and no memory line).")
-  ways = Ways(cfg, params, random_prompts(rng, max(ks), args.prompt_length, cfg.emb_dim), args)
+  ways = Ways(cfg, params, random_prompts(rng, max(ks), args.prompt_length, cfg, args.deep), args)
   common = {
       "model": args.size or "embedded",
       "batch": args.batch,
       "prompt_length": args.prompt_length,
+      "prompts": "deep" if args.deep else "input",
       "backend": jax.default_backend(),
       "load_average": os.getloadavg()[0],
   }

@@ -14,6 +14,13 @@ only sees distances between visible positions, and those are the single-prompt m
 example's output equals what its prompt alone gives (up to float summation order), with nothing
 leaking between examples, whatever placements share the batch.
 
+Deep prompts (`deep_prompts.py`: key/value prefixes in every self-attention layer, no input
+positions) are served alike: the library holds each stack's prefixes in a second table [N,
+layers, 2, P', H, K] with their lengths, and every example attends to its own prompt's prefixes,
+the padding past its length masked out (`t5.ExamplePrefixes`). An input prompt's examples get
+none, a deep prompt's no input positions, so both kinds share a batch; without deep prompts
+loaded the compiled call has no prefix tables at all.
+
 `MixedPromptEncoderDecoder` has `t5.EncoderDecoder`'s parameter tree (plus `prompt_table`) and its
 `encode`/`decode`/`__call__` signatures, so `model.EncoderDecoderModel` scores and decodes with it
 unchanged. Its `encoder_input_tokens` are packed [B, 1 + L]: column 0 is the example's row in the
@@ -21,7 +28,8 @@ prompt table, the rest its tokens.
 
 `PromptLibrary` loads named prompts (`.npy`, never unpickled; the placement from a sidecar
 `<name>.json` beside it, as the training run's numpy export writes, or given when loading;
-prefix without either) and builds the table;
+prefix without either; a deep prompt from the directory of its `deep_prompt.<stack>_prefixes.npy`)
+and builds the tables;
 `MixedPromptRunner` runs scoring, greedy generation, rank classification and ensembles with shapes
 bucketed to powers of two, and counts its compilations.
 """
@@ -39,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning import decoding
+from prompt_tuning import deep_prompts
 from prompt_tuning import model as model_lib
 from prompt_tuning import partitioning
 from prompt_tuning.data import batches
@@ -77,6 +86,12 @@ class PromptTable(nn.Module):
           "{'table': [N, P, D], 'lengths': [N], 'placements': [N]} (MixedPromptRunner does)."
       )
     return tuple(arrays)
+
+  def prefixes(self, stack: str) -> Optional[tuple[Array, Array]]:
+    """The deep prompts' table [N, layers, 2, P', H, K] of `stack` and lengths [N], or None when
+    no loaded prompt has prefixes there."""
+    kv = self.get_variable("params", f"{stack}_prefixes")
+    return None if kv is None else (kv, self.get_variable("params", f"{stack}_prefix_lengths"))
 
 
 def mixed_layout(packed_Bx1L: Array, lengths_N: Array, placements_N: Array, prompt_len: int):
@@ -129,8 +144,14 @@ class MixedPromptEncoder(nn.Module):
     table, lengths, placements = self.prompt_table()
     return mixed_layout(packed_Bx1L, lengths, placements, table.shape[1])[-1]
 
-  def __call__(self, packed_Bx1L: Array, enable_dropout: bool = False) -> Array:
-    """Packed [B, 1 + L] -> encoded [B, P + L, D]; masked positions are exactly 0."""
+  def __call__(
+      self,
+      packed_Bx1L: Array,
+      enable_dropout: bool = False,
+      prefix_kv: Optional[t5.ExamplePrefixes] = None,
+  ) -> Array:
+    """Packed [B, 1 + L] -> encoded [B, P + L, D]; masked positions are exactly 0. `prefix_kv`:
+    each example's deep-prompt prefixes in every layer (None: no deep prompt is loaded)."""
     if enable_dropout:
       raise ValueError("MixedPromptEncoder serves a frozen model: enable_dropout must be False.")
     cfg = self.config
@@ -147,8 +168,8 @@ class MixedPromptEncoder(nn.Module):
         length, length
     )
     logit_mask = valid[..., None].astype(cfg.dtype)
-    for layer in self.layers:
-      x = layer(x, bias, logit_mask)
+    for i, layer in enumerate(self.layers):
+      x = layer(x, bias, logit_mask, False, t5.layer_prefix(prefix_kv, i))
     return self.encoder_norm(x) * logit_mask
 
 
@@ -165,6 +186,17 @@ class MixedPromptEncoderDecoder(t5.EncoderDecoder):
     self.encoder = MixedPromptEncoder(cfg, self.token_embedder, self.prompt_table)
     self.decoder = t5.Decoder(cfg, self.token_embedder)
 
+  def _prefix_kv(self, stack: str, encoder_input_tokens: Array) -> Optional[t5.ExamplePrefixes]:
+    """Each example's prompt's prefixes in `stack` (rows past a prompt's length masked)."""
+    found = self.prompt_table.prefixes(stack)
+    if found is None:
+      return None
+    kv_N, lengths_N = found
+    ids_B = encoder_input_tokens[:, 0]
+    kv = jnp.moveaxis(kv_N[ids_B], 1, 0)  # [layers, B, 2, P', H, K]
+    valid_BxP = jnp.arange(kv.shape[3])[None, :] < lengths_N[ids_B][:, None]
+    return t5.ExamplePrefixes(kv, valid_BxP)
+
 
 # ------------------------------------------------------------------------------------------------
 # The library of named prompts.
@@ -180,11 +212,9 @@ def check_prompt(array: Any, width: int, source: str) -> np.ndarray:
   array = np.asarray(array)
   if array.ndim == 5 or os.path.basename(source).startswith("deep_prompt."):
     raise PromptLibraryError(
-        f"{source}: a deep prompt (per-layer key/value prefixes, shape {array.shape}) is not "
-        "served: the library holds input prompts [length, width] only. Evaluate it with "
-        "`python -m prompt_tuning.eval --gin_file=runs/prompt_eval.gin "
-        "--gin_file=prompts/deep_prompt_from_export.gin --gin.DEEP_PROMPT_DIR=...` "
-        "(docs/prompt_variants.md#deep-prompts)."
+        f"{source}: deep-prompt prefixes (shape {array.shape}) are not an input prompt: load "
+        "the directory that holds them (the training run's numpy export, or what "
+        "`python -m prompt_tuning.deep_prompts export` writes) as one prompt."
     )
   if array.ndim != 2:
     raise PromptLibraryError(
@@ -195,13 +225,37 @@ def check_prompt(array: Any, width: int, source: str) -> np.ndarray:
         f"{source}: prompt width {array.shape[1]} does not match the model's embedding width "
         f"{width} (shape {array.shape})."
     )
-  if array.shape[0] == 0:
+  return _finite_floats(array, source)
+
+
+def _finite_floats(array: np.ndarray, source: str) -> np.ndarray:
+  if array.shape[-3 if array.ndim == 5 else 0] == 0:
     raise PromptLibraryError(f"{source}: the prompt has no positions (shape {array.shape}).")
   if not np.issubdtype(array.dtype, np.floating):
     raise PromptLibraryError(f"{source}: a prompt must be floating point; got {array.dtype}.")
   if not np.all(np.isfinite(array)):
     raise PromptLibraryError(f"{source}: the prompt holds NaN or infinite values.")
   return array.astype(np.float32)
+
+
+def prefix_dims(config: t5.T5Config) -> dict[str, tuple[int, int, int]]:
+  """(layers, heads, head_dim) of each stack's deep-prompt prefixes in a model of `config`."""
+  return {
+      stack: deep_prompts.prefix_shape(config, stack, 0)[:1] + (config.num_heads, config.head_dim)
+      for stack in deep_prompts.STACKS
+  }
+
+
+def check_prefixes(array: Any, dims: tuple[int, int, int], stack: str, source: str) -> np.ndarray:
+  """A stack's prefixes [layers, 2, P', H, K] that fit `dims`, or an error naming `source`."""
+  array = np.asarray(array)
+  layers, heads, head_dim = dims
+  if array.ndim != 5 or array.shape[:2] != (layers, 2) or array.shape[3:] != (heads, head_dim):
+    raise PromptLibraryError(
+        f"{source}: the model's {stack} needs prefixes [{layers}, 2, length, {heads}, "
+        f"{head_dim}] ([layers, keys/values, length, heads, head_dim]); got shape {array.shape}."
+    )
+  return _finite_floats(array, source)
 
 
 def check_placement(placement: Any, source: str) -> str:
@@ -232,35 +286,54 @@ def read_placement(path: str) -> Optional[str]:
   return check_placement(meta["placement"], sidecar)
 
 
-def load_prompt_file(path: str, width: int) -> np.ndarray:
-  """Reads a `.npy` prompt without unpickling; every failure names the file."""
+def read_npy(path: str) -> np.ndarray:
+  """Reads a `.npy` without unpickling; every failure names the file."""
   try:
-    array = prompts.load_npy(path)
+    return prompts.load_npy(path)
   except (OSError, ValueError) as e:  # Missing, pickled, truncated or not an .npy at all.
     raise PromptLibraryError(f"{path}: cannot load the prompt: {e}") from None
-  return check_prompt(array, width, os.fspath(path))
+
+
+def load_prompt_file(path: str, width: int) -> np.ndarray:
+  return check_prompt(read_npy(path), width, os.fspath(path))
+
+
+def is_deep_prompt_directory(path: str) -> bool:
+  """A directory holding a deep prompt's encoder prefixes (`deep_prompts.export_name`)."""
+  return os.path.isfile(os.path.join(path, deep_prompts.export_name("encoder")))
 
 
 class Snapshot(NamedTuple):
   """The library as of one moment (see `PromptLibrary.snapshot`)."""
 
   table: np.ndarray  # [N, P, D] float32
-  lengths: np.ndarray  # [N] int32
+  lengths: np.ndarray  # [N] int32 (0: a deep prompt without input positions)
   rows: dict[str, int]  # name -> row
   placements: np.ndarray  # [N] int32, `PLACEMENT_CODES`
+  # stack -> (prefixes [N, layers, 2, P', H, K] float32, lengths [N] int32); only the stacks
+  # in which some loaded prompt has prefixes.
+  prefixes: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _round_up(n: int, multiple: int, minimum: int) -> int:
+  return max(-(-n // multiple) * multiple, minimum)
 
 
 class PromptLibrary:
-  """Named prompts of one embedding width, kept as a bucketed table [N, P, D] plus lengths and
-  placements (each prompt is served where it was trained to go: `placement.py`).
+  """Named prompts of one model, kept as bucketed tables: input prompts [N, P, D] plus lengths
+  and placements (each prompt is served where it was trained to go: `placement.py`), and deep
+  prompts' prefixes per stack [N, layers, 2, P', H, K] plus lengths.
 
-  Thread-safe: prompts may be added, replaced or removed while a server runs. The table's N is
+  Thread-safe: prompts may be added, replaced or removed while a server runs. The tables' N is
   a power of two (at least `min_prompts`) so the compiled calls only change shape when the
-  library outgrows a bucket. Its P is the longest prompt rounded up to a multiple of
+  library outgrows a bucket. P is the longest input prompt rounded up to a multiple of
   `prompt_length_multiple` (at least `min_prompt_length`): every example's encoder runs over P +
   L positions, so a power of two would cost up to 2x the prompt's positions (20 -> 32: 14% of a
   64-token input's encoder work, benchmarks/serving.py), while P only changes when a longer
-  prompt is loaded, not per batch.
+  prompt is loaded, not per batch. P' is rounded up alike.
+
+  Deep prompts need the model's layer shapes: build the library with `for_config` (a library
+  of `width` alone refuses them).
   """
 
   def __init__(
@@ -269,29 +342,57 @@ class PromptLibrary:
       min_prompts: int = 1,
       min_prompt_length: int = 1,
       prompt_length_multiple: int = 8,
+      prefix_dims: Optional[Mapping[str, tuple[int, int, int]]] = None,
   ):
     self.width = int(width)
     self.min_prompts = min_prompts
     self.min_prompt_length = min_prompt_length
     self.prompt_length_multiple = prompt_length_multiple
-    self._prompts: dict[str, np.ndarray] = {}
+    self.prefix_dims = None if prefix_dims is None else dict(prefix_dims)
+    self._prompts: dict[str, np.ndarray] = {}  # [P, D]; [0, D] for a deep prompt alone.
     self._placements: dict[str, str] = {}
-    self._files: dict[str, tuple] = {}  # name -> (path, mtimes of it and its sidecar).
+    self._prefixes: dict[str, dict[str, np.ndarray]] = {}  # name -> stack -> prefixes.
+    self._files: dict[str, tuple] = {}  # name -> (path, mtimes of its files).
     self._lock = threading.Lock()
     self._table = None
 
+  @classmethod
+  def for_config(cls, config: t5.T5Config, **kwargs) -> "PromptLibrary":
+    """A library for a model of `config`: input prompts of its width and deep prompts."""
+    return cls(config.emb_dim, prefix_dims=prefix_dims(config), **kwargs)
+
   def add(
-      self, name: str, array: Any, source: Optional[str] = None, placement: str = "prefix"
+      self,
+      name: str,
+      array: Any = None,
+      source: Optional[str] = None,
+      placement: str = "prefix",
+      prefixes: Optional[Mapping[str, Any]] = None,
   ) -> None:
-    """Adds or replaces prompt `name`, placed as `placement` (`placement.PLACEMENTS`)."""
+    """Adds or replaces prompt `name`: an input prompt `array` [P, D] placed as `placement`
+    (`placement.PLACEMENTS`), deep-prompt `prefixes` {stack: [layers, 2, P', H, K]}, or both (a
+    model trained with both)."""
     if not name or not isinstance(name, str):
       raise PromptLibraryError(f"A prompt name must be a non-empty string; got {name!r}.")
     source = source or f"prompt {name!r}"
-    array = check_prompt(array, self.width, source)
+    if array is None and not prefixes:
+      raise PromptLibraryError(f"{source}: neither an input prompt nor deep-prompt prefixes.")
+    if array is None:
+      array = np.zeros((0, self.width), np.float32)
+    else:
+      array = check_prompt(array, self.width, source)
     placement = check_placement(placement, source)
+    checked = {}
+    for stack, value in (prefixes or {}).items():
+      if stack not in deep_prompts.STACKS:
+        raise PromptLibraryError(
+            f"{source}: unknown stack {stack!r}; one of {deep_prompts.STACKS}."
+        )
+      checked[stack] = check_prefixes(value, self._prefix_dims(source)[stack], stack, source)
     with self._lock:
       self._prompts[name] = array
       self._placements[name] = placement
+      self._prefixes[name] = checked
       self._table = None
 
   def load_file(
@@ -300,43 +401,97 @@ class PromptLibrary:
     """Adds (or replaces) the prompt in `path` under `name` (default: the file's stem).
 
     Its placement is `placement` or the one in its sidecar `<stem>.json` (both: they must
-    agree); prefix without either.
+    agree); prefix without either. A directory is a deep prompt (`load_deep_prompt`).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+      return self.load_deep_prompt(path, name, placement)
     name = name or os.path.splitext(os.path.basename(path))[0]
-    recorded = read_placement(path)
-    if placement is not None and recorded is not None and placement != recorded:
-      raise PromptLibraryError(
-          f"{path}: placement {placement!r} was asked for, but its sidecar "
-          f"{sidecar_path(path)} records {recorded!r} (the placement it was trained with)."
-      )
-    placement = placement or recorded or "prefix"
+    placement = self._placement(path, placement) or "prefix"
     stamp = self._stamp(path)
     self.add(name, load_prompt_file(path, self.width), source=path, placement=placement)
     with self._lock:
       self._files[name] = stamp
     return name
 
+  def load_deep_prompt(
+      self, directory: str, name: Optional[str] = None, placement: Optional[str] = None
+  ) -> str:
+    """Adds (or replaces) the deep prompt saved in `directory` under `name` (default: the
+    directory's name): `deep_prompt.<stack>_prefixes.npy` per stack (what the training run's
+    numpy export holds, or `python -m prompt_tuning.deep_prompts export` writes), and the input
+    prompt `encoder.prompt.prompt.prompt.npy` if the model had one too (`placement` as in
+    `load_file`)."""
+    directory = os.fspath(directory).rstrip(os.sep) or os.sep
+    if not is_deep_prompt_directory(directory):
+      raise PromptLibraryError(
+          f"{directory}: not a deep prompt: it has no {deep_prompts.export_name('encoder')}."
+      )
+    dims = self._prefix_dims(directory)
+    name = name or os.path.basename(directory)
+    stamp = self._stamp(directory)
+    prefixes = {}
+    for stack in deep_prompts.STACKS:
+      path = os.path.join(directory, deep_prompts.export_name(stack))
+      if os.path.exists(path):
+        prefixes[stack] = check_prefixes(read_npy(path), dims[stack], stack, path)
+    array = None
+    prompt_path = os.path.join(directory, prompts.PLAIN_PROMPT_EXPORT + ".npy")
+    if os.path.exists(prompt_path):
+      array = load_prompt_file(prompt_path, self.width)
+      placement = self._placement(prompt_path, placement)
+    self.add(name, array, directory, placement or "prefix", prefixes)
+    with self._lock:
+      self._files[name] = stamp
+    return name
+
+  def _prefix_dims(self, source: str) -> dict[str, tuple[int, int, int]]:
+    if self.prefix_dims is None:
+      raise PromptLibraryError(
+          f"{source}: this library holds input prompts only; build it with "
+          "`PromptLibrary.for_config(config)` to serve deep prompts."
+      )
+    return self.prefix_dims
+
+  @staticmethod
+  def _placement(path: str, asked: Optional[str]) -> Optional[str]:
+    """`asked` or the placement in `path`'s sidecar (both: they must agree); None: neither."""
+    recorded = read_placement(path)
+    if asked is not None and recorded is not None and asked != recorded:
+      raise PromptLibraryError(
+          f"{path}: placement {asked!r} was asked for, but its sidecar "
+          f"{sidecar_path(path)} records {recorded!r} (the placement it was trained with)."
+      )
+    return asked or recorded
+
   @staticmethod
   def _stamp(path: str) -> tuple:
-    """Changes when the file or its sidecar does (what `load_directory` reloads on)."""
+    """Changes when the file or its sidecar does, or for a directory any file in it (what
+    `load_directory` reloads on)."""
     mtime = lambda p: os.path.getmtime(p) if os.path.exists(p) else 0.0
+    if os.path.isdir(path):
+      entries = sorted(os.listdir(path))
+      return (path,) + tuple((e, mtime(os.path.join(path, e))) for e in entries)
     return (path, mtime(path), mtime(sidecar_path(path)))
 
   def load_directory(self, directory: str) -> tuple[list[str], dict[str, str]]:
-    """Loads every `*.npy` in `directory` that is new or changed since it was last loaded.
+    """Loads every `*.npy` in `directory`, and every subdirectory holding a deep prompt, that
+    is new or changed since it was last loaded.
 
-    Returns (names loaded, {file: error} for files that could not be used); the good files are
+    Returns (names loaded, {path: error} for what could not be used); the good ones are
     loaded whatever the bad ones hold.
     """
     if not os.path.isdir(directory):
       raise PromptLibraryError(f"Prompt directory not found: {directory}")
     loaded, errors = [], {}
     for entry in sorted(os.listdir(directory)):
-      if not entry.endswith(".npy"):
-        continue
       path = os.path.join(directory, entry)
-      name = os.path.splitext(entry)[0]
+      if entry.endswith(".npy"):
+        name = os.path.splitext(entry)[0]
+      elif is_deep_prompt_directory(path):
+        name = entry
+      else:
+        continue
       if self._files.get(name) == self._stamp(path):
         continue
       try:
@@ -348,8 +503,8 @@ class PromptLibrary:
   def remove(self, name: str) -> None:
     with self._lock:
       self._check_name(name)
-      del self._prompts[name]
-      del self._placements[name]
+      for held in (self._prompts, self._placements, self._prefixes):
+        del held[name]
       self._files.pop(name, None)
       self._table = None
 
@@ -365,8 +520,18 @@ class PromptLibrary:
       return sorted(self._prompts)
 
   def lengths(self) -> dict[str, int]:
+    """Input positions of each prompt (0: a deep prompt without an input prompt)."""
     with self._lock:
       return {k: int(v.shape[0]) for k, v in sorted(self._prompts.items())}
+
+  def prefix_lengths(self) -> dict[str, dict[str, int]]:
+    """{name: {stack: P'}} of the deep prompts."""
+    with self._lock:
+      return {
+          k: {stack: int(a.shape[2]) for stack, a in v.items()}
+          for k, v in sorted(self._prefixes.items())
+          if v
+      }
 
   def placements(self) -> dict[str, str]:
     with self._lock:
@@ -379,17 +544,17 @@ class PromptLibrary:
     return name in self._prompts
 
   def snapshot(self) -> Snapshot:
-    """(table [N, P, D] float32, lengths [N] int32, {name: row}, placement codes [N] int32) as
-    of now; rows past the prompts (bucket padding) are prefixes of length 1 and zeros."""
+    """The tables as of now (`Snapshot`); rows past the prompts (bucket padding) are prefix
+    input prompts of length 1 and zeros, without prefixes."""
     with self._lock:
       if self._table is None:
         if not self._prompts:
           raise PromptLibraryError("The prompt library is empty: load a prompt first.")
         names = sorted(self._prompts)
         rows = next_power_of_two(len(names), self.min_prompts)
-        max_len = max(p.shape[0] for p in self._prompts.values())
         multiple = self.prompt_length_multiple
-        plen = max(-(-max_len // multiple) * multiple, self.min_prompt_length)
+        max_len = max(p.shape[0] for p in self._prompts.values())
+        plen = _round_up(max_len, multiple, self.min_prompt_length)
         table = np.zeros((rows, plen, self.width), np.float32)
         lengths = np.ones((rows,), np.int32)
         placements = np.full((rows,), _PREFIX, np.int32)
@@ -398,7 +563,22 @@ class PromptLibrary:
           table[i, : p.shape[0]] = p
           lengths[i] = p.shape[0]
           placements[i] = PLACEMENT_CODES[self._placements[name]]
-        self._table = Snapshot(table, lengths, {n: i for i, n in enumerate(names)}, placements)
+        prefixes = {}
+        for stack in deep_prompts.STACKS:
+          held = {n: v[stack] for n, v in self._prefixes.items() if stack in v}
+          if not held:
+            continue
+          width = _round_up(max(a.shape[2] for a in held.values()), multiple, 1)
+          layers, heads, head_dim = self.prefix_dims[stack]
+          kv = np.zeros((rows, layers, 2, width, heads, head_dim), np.float32)
+          kv_lengths = np.zeros((rows,), np.int32)
+          for i, name in enumerate(names):
+            if name in held:
+              kv[i, :, :, : held[name].shape[2]] = held[name]
+              kv_lengths[i] = held[name].shape[2]
+          prefixes[stack] = (kv, kv_lengths)
+        rows_of = {n: i for i, n in enumerate(names)}
+        self._table = Snapshot(table, lengths, rows_of, placements, prefixes)
       return self._table
 
 
@@ -407,10 +587,11 @@ class PromptLibrary:
 
 
 def frozen_params(params: Mapping[str, Any]) -> dict[str, Any]:
-  """The frozen model's parameters without any single prompt (`encoder/prompt`)."""
+  """The frozen model's parameters without any single prompt (`encoder/prompt`, `deep_prompt`)."""
   params = dict(params)
   params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "prompt"}
   params.pop("prompt_table", None)
+  params.pop("deep_prompt", None)
   return params
 
 
@@ -459,6 +640,11 @@ class MixedPromptRunner:
           f"The library's prompt width {library.width} is not the model's emb_dim "
           f"{config.emb_dim}."
       )
+    if library.prefix_dims is not None and library.prefix_dims != prefix_dims(config):
+      raise PromptLibraryError(
+          f"The library's deep-prompt shapes {library.prefix_dims} are not the model's "
+          f"{prefix_dims(config)} ((layers, heads, head_dim) per stack)."
+      )
     self.config = config
     # On the device once: handing host arrays to the compiled call copies them at every call.
     self.params = jax.device_put(frozen_params(params))
@@ -488,6 +674,8 @@ class MixedPromptRunner:
     with self._table_lock:  # The table goes to the device once per version of the library.
       if self._device_table is None or self._device_table[0] is not snapshot:
         arrays = {k: getattr(snapshot, k) for k in ("table", "lengths", "placements")}
+        for stack, (kv, lengths) in snapshot.prefixes.items():
+          arrays[f"{stack}_prefixes"], arrays[f"{stack}_prefix_lengths"] = kv, lengths
         self._device_table = (snapshot, jax.device_put(arrays))
       device_table = self._device_table[1]
     return dict(self.params, prompt_table=device_table), snapshot.rows

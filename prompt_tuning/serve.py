@@ -18,10 +18,11 @@ project). Endpoints:
   POST /ensemble       {"prompts": [...], "inputs" | "text", and "labels"/"label_ids" (summed
                        log-likelihood) or "max_decode_length" (majority vote)}
   POST /neighbours     {"prompt", "top_k", "labels"}
-  GET  /prompts        names, lengths and placements;
+  GET  /prompts        names, lengths and placements, and the deep prompts' prefix lengths;
   POST /prompts        {"path", "name", "placement"} or {"directory"}: a prompt's placement
                        (prefix, after_first, suffix) is its sidecar `<name>.json`'s (written by
-                       the training export), else "placement", else prefix
+                       the training export), else "placement", else prefix; a "path" that is a
+                       directory of `deep_prompt.<stack>_prefixes.npy` is a deep prompt
   GET  /health, GET /metrics (requests, errors, batch sizes, latency percentiles, compilations)
 
 Concurrent requests are queued; a batcher thread takes whatever arrived within `window_s` (up to
@@ -234,10 +235,16 @@ class Service:
 
   def neighbours(self, body):
     name = self._prompt(body.get("prompt"))
-    table, lengths, rows, _ = self.runner.library.snapshot()
-    if name not in rows:
-      raise RequestError(f"Unknown prompt {name!r}; loaded prompts: {sorted(rows)}.")
-    prompt = table[rows[name], : lengths[rows[name]]]
+    snapshot = self.runner.library.snapshot()
+    if name not in snapshot.rows:
+      raise RequestError(f"Unknown prompt {name!r}; loaded prompts: {sorted(snapshot.rows)}.")
+    row = snapshot.rows[name]
+    if not snapshot.lengths[row]:
+      raise RequestError(
+          f"Prompt {name!r} is a deep prompt (key/value prefixes, no input positions): nearest "
+          "vocabulary neighbours are defined for input prompts only."
+      )
+    prompt = snapshot.table[row, : snapshot.lengths[row]]
     embeddings = np.asarray(self.runner.params["token_embedder"]["embedding"])
     decode = self.vocab.decode if self.vocab is not None else lambda ids: str(ids[0])
     top_k = body.get("top_k", 5)
@@ -250,7 +257,11 @@ class Service:
   def prompts(self, body=None):
     library = self.runner.library
     if body is None:
-      return {"prompts": library.lengths(), "placements": library.placements()}
+      return {
+          "prompts": library.lengths(),
+          "placements": library.placements(),
+          "deep": library.prefix_lengths(),
+      }
     try:
       if "directory" in body:
         loaded, errors = library.load_directory(body["directory"])
@@ -261,8 +272,8 @@ class Service:
     except lib.PromptLibraryError as e:
       raise RequestError(str(e)) from None
     raise RequestError(
-        "POST /prompts takes {'path': FILE, 'name': optional, 'placement': optional} or "
-        "{'directory'}."
+        "POST /prompts takes {'path': FILE or deep-prompt DIRECTORY, 'name': optional, "
+        "'placement': optional} or {'directory'}."
     )
 
   def metrics(self):
@@ -432,7 +443,7 @@ def run(
   if (jsonl_in is None) != (jsonl_out is None):
     raise config.ConfigError("Batch mode needs both JSONL_IN and JSONL_OUT (--jsonl_in/out).")
   cfg, params, vocabulary = load_model(checkpoint, size, vocab)
-  library = lib.PromptLibrary(cfg.emb_dim)
+  library = lib.PromptLibrary.for_config(cfg)
   loaded, errors = library.load_directory(prompt_dir)
   for path, error in errors.items():
     logging.warning("Skipped %s: %s", path, error)

@@ -8,6 +8,7 @@ whole model without a cache, and parameter counts from the formula in the module
 import json
 import math
 import pathlib
+import shutil
 
 import flax.linen as nn
 import gin
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 
 import cli_utils
 from prompt_tuning import checkpoints
@@ -358,3 +360,60 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   metrics = json.loads(evaluation.stdout)
   task = "synthetic_taskless_super_glue_boolq_v102"
   assert metrics[task]["accuracy"] == pytest.approx(logged[f"{task}/accuracy"])
+
+  # The serve command, the deep prompt's requests in the same mixed batches as an input
+  # prompt's: every dev example decoded as the eval command predicted it, and the label scores of
+  # some (which greedy outputs alone may not show: the prefixes of two steps rarely flip a label)
+  # as the model the eval command builds from the export gives them.
+  (predictions,) = (tmp_path / "eval" / "eval").glob(f"{task}-*[0-9].jsonl")
+  examples = cli_utils.read_jsonl(predictions)
+  texts = [e["input"]["inputs_pretokenized"] for e in examples]  # (Ids are logged as summaries.)
+  prompt_dir = tmp_path / "serve_prompts"
+  shutil.copytree(export_dir, prompt_dir / "boolq_prefixes")
+  np.save(prompt_dir / "plain.npy", np.full((5, cfg.emb_dim), 0.1, np.float32))
+  labels, scored = ["False", "True"], 16
+  requests = []
+  for i, text in enumerate(texts):
+    for name in ("boolq_prefixes", "plain"):
+      requests.append(
+          {"endpoint": "/generate", "prompt": name, "text": text, "max_decode_length": 4}
+      )
+    if i < scored:
+      requests.append(
+          {"endpoint": "/rank_classify", "prompt": "boolq_prefixes", "text": text, "labels": labels}
+      )
+  (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+  flags = [f"--prompt_dir={prompt_dir}"] + [
+      f"--jsonl_{io}={tmp_path / f'{name}.jsonl'}"
+      for io, name in (("in", "requests"), ("out", "answers"))
+  ]
+  cli_utils.Cli("serve", flags, env, tmp_path / "logs", "serve").check(timeout=900)
+  answers = cli_utils.read_jsonl(tmp_path / "answers.jsonl")
+  assert [a["status"] for a in answers] == [200] * len(requests)
+  answers = {
+      (r["endpoint"], r["prompt"], r["text"]): a["answer"] for r, a in zip(requests, answers)
+  }
+  served = [answers["/generate", "boolq_prefixes", text]["text"] for text in texts]
+  assert served == [e["output"] for e in examples]
+
+  vocab = seqio.SentencePieceVocabulary(embedded.vocab_path())
+  factory = deep_prompts.deep_prompt_factory(20, decoder=True, directory=str(export_dir))
+  model = model_lib.EncoderDecoderModel(t5.EncoderDecoder(cfg, deep_prompt_factory=factory))
+  params = checkpoints.load_t5x_checkpoint(embedded.checkpoint_path())
+  params["deep_prompt"] = {
+      f"{stack}_prefixes": np.load(export_dir / deep_prompts.export_name(stack))
+      for stack in deep_prompts.STACKS
+  }
+  encode = lambda t: vocab.encode(t) + [1]
+  rows = [(encode(text), encode(label)) for text in texts[:scored] for label in labels]
+  pad = lambda seqs: np.asarray([s + [0] * (max(map(len, seqs)) - len(s)) for s in seqs], np.int32)
+  targets = pad([t for _, t in rows])
+  batch = {
+      "encoder_input_tokens": pad([x for x, _ in rows]),
+      "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+      "decoder_target_tokens": targets,
+      "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
+  want = np.asarray(jax.jit(model.score_batch)(params, batch)).reshape(scored, len(labels))
+  got = [answers["/rank_classify", "boolq_prefixes", text]["scores"] for text in texts[:scored]]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

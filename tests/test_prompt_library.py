@@ -1,5 +1,6 @@
 """Mixed-prompt batches against the ordinary single-prompt model, prompt by prompt."""
 
+import json
 import os
 
 import flax.linen as nn
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import decoding
+from prompt_tuning import deep_prompts
 from prompt_tuning import model as model_lib
 from prompt_tuning import prompt_library as lib
 from prompt_tuning import prompts
@@ -59,16 +61,24 @@ def pad(rows):
 
 
 class Reference:
-  """The ordinary single-prompt model, one per prompt (its own batch, its own padding)."""
+  """The ordinary single-prompt model, one per prompt (its own batch, its own padding): an
+  input prompt [P, D], deep-prompt prefixes {stack: [layers, 2, P', H, K]}, or both."""
 
-  def __init__(self, params, prompt, placement="prefix"):
-    factory = prompts.input_prompt_factory(prompt.shape[0], prompts.from_array(prompt), placement)
+  def __init__(self, params, prompt=None, placement="prefix", prefixes=None):
+    params = dict(params)
+    factory = deep_factory = None
+    if prompt is not None:
+      factory = prompts.input_prompt_factory(prompt.shape[0], prompts.from_array(prompt), placement)
+      params["encoder"] = dict(params["encoder"], prompt={"prompt": {"prompt": prompt}})
+    if prefixes:
+      length = prefixes["encoder"].shape[2]
+      deep_factory = deep_prompts.deep_prompt_factory(length, decoder="decoder" in prefixes)
+      params["deep_prompt"] = {f"{k}_prefixes": v for k, v in prefixes.items()}
     self.model = model_lib.EncoderDecoderModel(
-        t5.EncoderDecoder(CFG, prompt_factory=factory), decode_fn=decoding.greedy
+        t5.EncoderDecoder(CFG, prompt_factory=factory, deep_prompt_factory=deep_factory),
+        decode_fn=decoding.greedy,
     )
-    self.params = dict(
-        params, encoder=dict(params["encoder"], prompt={"prompt": {"prompt": prompt}})
-    )
+    self.params = params
 
   def score(self, inputs, targets):
     t = pad(targets)
@@ -182,15 +192,122 @@ def test_training_export_records_the_prompts_placement(frozen):
   assert model_lib.EncoderDecoderModel(t5.EncoderDecoder(CFG)).numpy_sidecars(frozen) == {}
 
 
-def test_deep_prompt_files_are_refused_with_the_way_to_evaluate_them(tmp_path):
-  path = tmp_path / "deep_prompt.encoder_prefixes.npy"
-  np.save(path, np.zeros((2, 2, 3, 2, 4), np.float32))  # [layers, 2, P', H, K]
-  library = lib.PromptLibrary(CFG.emb_dim)
-  with pytest.raises(
-      lib.PromptLibraryError, match="deep prompt .* is not served.*prompt_tuning.eval"
-  ):
-    library.load_file(str(path))
-  assert "deep_prompt_from_export.gin" in library.load_directory(str(tmp_path))[1][str(path)]
+def random_prefixes(rng, length, decoder):
+  """A deep prompt's {stack: [layers, 2, P', H, K]}, N(0, 1) as P-tuning v2 starts them."""
+  stacks = deep_prompts.STACKS if decoder else deep_prompts.STACKS[:1]
+  return {
+      stack: rng.normal(size=deep_prompts.prefix_shape(CFG, stack, length)).astype(np.float32)
+      for stack in stacks
+  }
+
+
+def save_export(directory, prefixes, prompt=None, placement=None):
+  """What a training run's numpy export holds for a deep prompt (and an input prompt)."""
+  directory.mkdir()
+  for stack, array in prefixes.items():
+    np.save(directory / deep_prompts.export_name(stack), array)
+  if prompt is not None:
+    np.save(directory / f"{prompts.PLAIN_PROMPT_EXPORT}.npy", prompt)
+    (directory / f"{prompts.PLAIN_PROMPT_EXPORT}.json").write_text(
+        json.dumps({"placement": placement})
+    )
+
+
+def test_deep_prompts_share_mixed_batches_with_input_prompts(frozen, tmp_path):
+  """Deep prompts (encoder prefixes, with decoder prefixes, with an input prompt too) and input
+  prompts in one batch: every example scores and decodes as its own prompt's model does."""
+  rng = np.random.default_rng(11)
+  table = random_prompts(12, [3, 5, 4])
+  entries = {  # name -> Reference arguments
+      "p0": dict(prompt=table["p0"]),
+      "p1": dict(prompt=table["p1"], placement="suffix"),
+      "d0": dict(prefixes=random_prefixes(rng, 2, decoder=False)),
+      "d1": dict(prefixes=random_prefixes(rng, 5, decoder=True)),
+      "both": dict(
+          prompt=table["p2"], placement="after_first", prefixes=random_prefixes(rng, 3, False)
+      ),
+  }
+  np.save(tmp_path / "p0.npy", table["p0"])
+  np.save(tmp_path / "p1.npy", table["p1"])
+  (tmp_path / "p1.json").write_text('{"placement": "suffix"}')
+  for name in ("d0", "d1", "both"):
+    e = entries[name]
+    save_export(tmp_path / name, e["prefixes"], e.get("prompt"), e.get("placement"))
+  (tmp_path / "notes").mkdir()  # Not a prompt: skipped.
+
+  library = lib.PromptLibrary.for_config(CFG)
+  loaded, errors = library.load_directory(str(tmp_path))
+  assert (sorted(loaded), errors) == (sorted(entries), {})
+  assert library.lengths() == {"both": 4, "d0": 0, "d1": 0, "p0": 3, "p1": 5}
+  assert library.prefix_lengths() == {
+      "both": {"encoder": 3},
+      "d0": {"encoder": 2},
+      "d1": {"encoder": 5, "decoder": 5},
+  }
+  assert library.placements()["both"] == "after_first"
+  snapshot = library.snapshot()
+  assert snapshot.prefixes["encoder"][0].shape == (
+      8,
+      CFG.num_encoder_layers,
+      2,
+      8,
+      CFG.num_heads,
+      CFG.head_dim,
+  )
+  assert snapshot.prefixes["decoder"][1].tolist() == [0, 0, 5, 0, 0, 0, 0, 0]
+
+  runner = lib.MixedPromptRunner(CFG, frozen, library)
+  examples = random_examples(np.random.default_rng(13), list(entries), 11)
+  scores = runner.score(examples)
+  decodes = runner.generate(examples, max_decode_length=6)
+  want_scores, want_decodes = np.zeros(len(examples)), [None] * len(examples)
+  for name, kwargs in entries.items():  # One batch per prompt, of its examples.
+    idx = [i for i, e in enumerate(examples) if e.prompt == name]
+    ref = Reference(frozen, **kwargs)
+    inputs = [examples[i].inputs for i in idx]
+    want_scores[idx] = ref.score(inputs, [examples[i].targets for i in idx])
+    for i, d in zip(idx, ref.generate(inputs, 6)):
+      want_decodes[i] = d
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+  assert decodes == want_decodes
+  assert dict(runner.compilations) == {"score": 1, "predict": 1}
+
+  # The prefixes matter: d0's examples re-run as d1's (and the reverse) score otherwise.
+  swap = {"d0": "d1", "d1": "d0"}
+  swapped = [lib.Example(swap.get(e.prompt, e.prompt), e.inputs, e.targets) for e in examples]
+  moved = np.asarray([e.prompt in swap for e in examples])
+  changed = np.abs(runner.score(swapped) - scores)
+  assert np.all(changed[moved] > 1e-4) and np.all(changed[~moved] < 1e-5)
+
+
+def test_deep_prompt_errors_name_the_file(frozen, tmp_path):
+  rng = np.random.default_rng(3)
+  good = random_prefixes(rng, 2, decoder=False)
+  save_export(tmp_path / "good", good)
+  layers = CFG.num_encoder_layers
+  save_export(tmp_path / "shallow", {"encoder": good["encoder"][: layers - 1]})
+  save_export(tmp_path / "nan", {"encoder": np.full_like(good["encoder"], np.nan)})
+  library = lib.PromptLibrary.for_config(CFG)
+  loaded, errors = library.load_directory(str(tmp_path))
+  assert loaded == ["good"]
+  shallow = str(tmp_path / "shallow" / "deep_prompt.encoder_prefixes.npy")
+  want = f"[{layers}, 2, length, {CFG.num_heads}, {CFG.head_dim}]"
+  assert f"{shallow}: the model's encoder needs prefixes {want}" in (
+      errors[str(tmp_path / "shallow")]
+  )
+  assert "NaN" in errors[str(tmp_path / "nan")]
+  # A prefixes file on its own is not an input prompt; the message says what to load instead.
+  with pytest.raises(lib.PromptLibraryError, match="load the directory that holds them"):
+    library.load_file(str(tmp_path / "good" / "deep_prompt.encoder_prefixes.npy"))
+  with pytest.raises(lib.PromptLibraryError, match="no deep_prompt.encoder_prefixes.npy"):
+    library.load_deep_prompt(str(tmp_path))
+  # A library built from the width alone cannot check prefixes, so it refuses them.
+  with pytest.raises(lib.PromptLibraryError, match="PromptLibrary.for_config"):
+    lib.PromptLibrary(CFG.emb_dim).load_file(str(tmp_path / "good"))
+  # A runner over another model's shapes refuses the library.
+  other = t5.config_for_size("tiny", vocab_size=VOCAB, num_encoder_layers=layers + 1)
+  with pytest.raises(lib.PromptLibraryError, match="deep-prompt shapes"):
+    lib.MixedPromptRunner(CFG, frozen, lib.PromptLibrary.for_config(other))
 
 
 def test_library_files_errors_and_reload(tmp_path):
@@ -212,9 +329,10 @@ def test_library_files_errors_and_reload(tmp_path):
   os.utime(tmp_path / "a.npy", (1, 1))
   np.save(tmp_path / "a.npy", 3 * np.ones((6, CFG.emb_dim), np.float32))
   assert library.load_directory(str(tmp_path))[0] == ["a", "b"]
-  table, lengths, rows, placements = library.snapshot()
+  table, lengths, rows, placements, prefixes = library.snapshot()
   assert table.shape == (2, 8, CFG.emb_dim) and rows == {"a": 0, "b": 1}
   assert lengths.tolist() == [6, 2] and placements.tolist() == [0, 0]  # Prefixes.
+  assert prefixes == {}  # No deep prompt: the compiled call gets no prefix tables.
   np.testing.assert_array_equal(table[0, :6], 3.0)
   np.testing.assert_array_equal(table[0, 6:], 0.0)
   with pytest.raises(lib.PromptLibraryError, match="Unknown prompt 'zz'"):

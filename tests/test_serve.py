@@ -11,7 +11,15 @@ import pytest
 
 from prompt_tuning import prompt_library as lib
 from prompt_tuning import serve
-from test_prompt_library import CFG, VOCAB, frozen, random_prompts  # pylint: disable=unused-import
+from test_prompt_library import (  # pylint: disable=unused-import
+    CFG,
+    VOCAB,
+    Reference,
+    frozen,
+    random_prefixes,
+    random_prompts,
+    save_export,
+)
 
 
 def post(url, body, raw=None):
@@ -34,7 +42,7 @@ def server(frozen, tmp_path):
   table = random_prompts(7, [2, 6, 3])
   for name, p in table.items():
     np.save(tmp_path / f"{name}.npy", p)
-  library = lib.PromptLibrary(CFG.emb_dim)
+  library = lib.PromptLibrary.for_config(CFG)
   assert library.load_directory(str(tmp_path))[1] == {}
   runner = lib.MixedPromptRunner(CFG, frozen, library, max_input_length=16)
   httpd = serve.make_server(serve.Service(runner, max_batch=32))
@@ -123,7 +131,7 @@ def test_concurrent_mixed_requests(server):
   status, answer = post(url + "/neighbours", {"prompt": "p1", "top_k": 2})
   assert status == 200 and len(answer["prompt"]["positions"]) == 6
   assert get(url + "/prompts")["prompts"]["late"] == 4
-  # A prompt trained as a suffix is loaded as one and served so; a deep prompt is refused.
+  # A prompt trained as a suffix is loaded as one and served so.
   body = {"path": str(tmp_path / "late.npy"), "name": "late_suffix", "placement": "suffix"}
   assert post(url + "/prompts", body) == (200, {"loaded": ["late_suffix"], "errors": {}})
   assert get(url + "/prompts")["placements"] == {
@@ -136,11 +144,23 @@ def test_concurrent_mixed_requests(server):
   status, answer = post(url + "/generate", {"prompt": "late_suffix", "inputs": [4, 5]})
   assert status == 200
   assert answer["tokens"] == runner.generate([lib.Example("late_suffix", [4, 5])], 32)[0]
-  np.save(tmp_path / "deep_prompt.encoder_prefixes.npy", np.zeros((2, 2, 3, 2, 4), np.float32))
+
+  # A deep prompt (a training export's directory of prefixes) is loaded while serving and
+  # answers as its own model does; it has no input positions, so no nearest neighbours.
+  prefixes = random_prefixes(np.random.default_rng(5), 3, decoder=True)
+  save_export(tmp_path / "deep", prefixes)
+  status, answer = post(url + "/prompts", {"path": str(tmp_path / "deep")})
+  assert (status, answer) == (200, {"loaded": ["deep"], "errors": {}})
+  assert get(url + "/prompts")["deep"] == {"deep": {"encoder": 3, "decoder": 3}}
+  status, answer = post(url + "/generate", {"prompt": "deep", "inputs": [4, 5]})
+  assert status == 200
+  assert answer["tokens"] == Reference(runner.params, prefixes=prefixes).generate([[4, 5]], 32)[0]
+  status, answer = post(url + "/neighbours", {"prompt": "deep"})
+  assert status == 400 and "deep prompt" in answer["error"]
   status, answer = post(
-      url + "/prompts", {"path": str(tmp_path / "deep_prompt.encoder_prefixes.npy")}
+      url + "/prompts", {"path": str(tmp_path / "deep" / "deep_prompt.encoder_prefixes.npy")}
   )
-  assert status == 400 and "deep prompt" in answer["error"] and "not served" in answer["error"]
+  assert status == 400 and "load the directory" in answer["error"]
 
 
 def test_jsonl_answers_in_order_with_per_line_errors(frozen):

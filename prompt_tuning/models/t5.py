@@ -23,7 +23,7 @@ V vocab. In attention, Q and S are the query and key/value lengths (P + L or T).
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -306,6 +306,17 @@ def attention_mask(query_valid: Array, key_valid: Array) -> Array:
   return (query_valid[:, None, :, None] & key_valid[:, None, None, :]).astype(jnp.float32)
 
 
+class ExamplePrefixes(NamedTuple):
+  """Deep-prompt prefixes that differ per example (`prompt_library`'s mixed batches).
+
+  kv [layers, B, 2, P', H, K] (a layer's: [B, 2, P', H, K]); valid [B, P'], False where an
+  example's prompt is shorter than P' (its padding is masked out of the attention).
+  """
+
+  kv: Array
+  valid: Array
+
+
 class MultiHeadAttention(nn.Module):
   """T5 attention. In decode mode it keeps a key/value cache of the decoder's own positions."""
 
@@ -332,7 +343,8 @@ class MultiHeadAttention(nn.Module):
     """Queries from x_q [B, Q, D], keys/values from x_kv [B, S, D] -> [B, Q, D].
 
     `prefix_kv` [2, P', H, K] (keys, then values; the same for every example) adds P' key/value
-    positions that every query attends to, whatever the mask (see `_attend_with_prefix`).
+    positions that every query attends to, whatever the mask (see `_attend_with_prefix`); an
+    `ExamplePrefixes` gives each example its own (the prompt library's mixed batches).
 
     `bias` (masks and relative positions) broadcasts to [B, H, Q, S]. Decode mode: the first call
     creates the cache; each later one takes one position (Q == 1) and attends over the whole
@@ -414,13 +426,20 @@ class MultiHeadAttention(nn.Module):
     The sequence part is never concatenated with the prefix, so the decode cache keeps holding
     only the decoder's own positions.
     """
-    prefix_kv = prefix_kv.astype(q.dtype)
-    logits_BxHxQxP = jnp.einsum("bqhd,phd->bhqp", q, prefix_kv[0])
+    if isinstance(prefix_kv, ExamplePrefixes):  # Each example its own; padding masked out.
+      keys, values = (prefix_kv.kv[:, i].astype(q.dtype) for i in (0, 1))
+      logits_BxHxQxP = jnp.einsum("bqhd,bphd->bhqp", q, keys)
+      logits_BxHxQxP += mask_to_bias(prefix_kv.valid[:, None, None, :], q.dtype)
+      mix = "bhqp,bphd->bqhd"
+    else:
+      keys, values = prefix_kv.astype(q.dtype)
+      logits_BxHxQxP = jnp.einsum("bqhd,phd->bhqp", q, keys)
+      mix = "bhqp,phd->bqhd"
     logits = jnp.concatenate([logits_BxHxQxP, logits_BxHxQxS.astype(q.dtype)], axis=-1)
     weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(self.dtype)
     weights = self._dropout(weights, enable_dropout)
-    length = prefix_kv.shape[1]
-    out = jnp.einsum("bhqp,phd->bqhd", weights[..., :length], prefix_kv[1])
+    length = keys.shape[-3]
+    out = jnp.einsum(mix, weights[..., :length], values)
     return out + jnp.einsum(wv, weights[..., length:], v)
 
 
@@ -622,14 +641,19 @@ class Encoder(nn.Module):
     )
     logit_mask = valid_BxL[..., None].astype(cfg.dtype)
     for i, layer in enumerate(self.layers):
-      x = layer(x, bias, logit_mask, enable_dropout, _layer_prefix(prefix_kv, i))
+      x = layer(x, bias, logit_mask, enable_dropout, layer_prefix(prefix_kv, i))
     x = self.encoder_norm(x)
     x = self.output_dropout(x, deterministic=not enable_dropout)
     return x * logit_mask
 
 
-def _layer_prefix(prefix_kv: Optional[Array], i: int) -> Optional[Array]:
-  return None if prefix_kv is None else prefix_kv[i]
+def layer_prefix(prefix_kv, i: int):
+  """Layer i's prefixes of a stack's [layers, 2, P', H, K] or `ExamplePrefixes`, or None."""
+  if prefix_kv is None:
+    return None
+  if isinstance(prefix_kv, ExamplePrefixes):
+    return ExamplePrefixes(prefix_kv.kv[i], prefix_kv.valid)
+  return prefix_kv[i]
 
 
 def decoder_logit_mask(decoder_input_tokens_BxT: Array) -> Array:
@@ -718,7 +742,7 @@ class Decoder(nn.Module):
           enable_dropout,
           decode,
           decode_position,
-          _layer_prefix(prefix_kv, i),
+          layer_prefix(prefix_kv, i),
       )
     y = self.decoder_norm(y)
     y = self.output_dropout(y, deterministic=not enable_dropout)
@@ -754,15 +778,15 @@ class EncoderDecoder(nn.Module):
   def numpy_sidecars(self) -> dict[str, dict]:
     return self.encoder.numpy_sidecars()
 
-  def _prefix_kv(self, stack: str) -> Optional[Array]:
-    """The deep prompt's [layers, 2, P', H, K] for "encoder" or "decoder", or None."""
+  def _prefix_kv(self, stack: str, encoder_input_tokens: Array):
+    """The deep prompt's [layers, 2, P', H, K] for "encoder" or "decoder", or None (the same
+    for every example here; a subclass may pick them per example from the tokens)."""
+    del encoder_input_tokens
     return None if self.deep_prompt_factory is None else self.deep_prompt(stack)
 
   def encode(self, encoder_input_tokens: Array, enable_dropout: bool = False) -> Array:
     """Token ids [B, L] -> encoded [B, P + L, D]."""
-    prefix_kv = self._prefix_kv("encoder")
-    if prefix_kv is None:  # Encoders without deep prompts (prompt_library's) take no prefixes.
-      return self.encoder(encoder_input_tokens, enable_dropout)
+    prefix_kv = self._prefix_kv("encoder", encoder_input_tokens)
     return self.encoder(encoder_input_tokens, enable_dropout, prefix_kv)
 
   def decode(
@@ -787,7 +811,7 @@ class EncoderDecoder(nn.Module):
         decode,
         decode_position,
         max_decode_length,
-        self._prefix_kv("decoder"),
+        self._prefix_kv("decoder", encoder_input_tokens),
     )
 
   def __call__(
