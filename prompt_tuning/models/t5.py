@@ -420,7 +420,8 @@ class MultiHeadAttention(nn.Module):
     """Attention over [prefix; sequence]: one softmax over both, each part mixed separately.
 
     The prefix logits get no bias: no mask (a prefix is never padding, and in the decoder it
-    precedes every position, so causality allows it) and no relative-position bias. Prefixes are
+    precedes every position, so causality allows it; only `ExamplePrefixes` pad a shorter prompt,
+    and that padding is masked) and no relative-position bias. Prefixes are
     position-free memory slots, the same for every query; a T5 bucket would give each an
     arbitrary distance to each query and share that bias with real tokens at that distance.
     The sequence part is never concatenated with the prefix, so the decode cache keeps holding
