@@ -641,7 +641,9 @@ def save_t5x_checkpoint(
   if _is_gcs(directory):
     raise CheckpointError("save_t5x_checkpoint supports local paths only.")
   directory = os.path.abspath(directory)
-  if os.path.exists(directory) and not overwrite:
+  # Process 0's view, on every process: its own write may already be there when another
+  # process looks (nothing to gather for replicated arrays), and all must raise or go on together.
+  if partitioning.broadcast_from_process_0(os.path.exists(directory)) and not overwrite:
     raise CheckpointError(f"{directory!r} already exists; pass overwrite=True to replace it.")
   if jax.process_index() != 0:
     # Only take part in the gathers of multi-host arrays; process 0 writes.

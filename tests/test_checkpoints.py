@@ -302,6 +302,33 @@ def test_overwrite(tmp_path):
   assert os.listdir(tmp_path) == ["checkpoint_1"]
 
 
+def test_other_processes_follow_process_0s_view_of_the_directory(tmp_path, monkeypatch):
+  """Multi-host: process 0 may have written the checkpoint before another process looks (a
+  replicated prompt needs no gather); that process must not then see "already exists"."""
+  from prompt_tuning import partitioning  # pylint: disable=g-import-not-at-top
+
+  target = tmp_path / "checkpoint_3"
+  checkpoints.save_t5x_checkpoint(target, {"a": np.ones(3)}, step=3)  # Process 0's write.
+  written = sorted(os.listdir(target))
+  seen_by_process_0 = []
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+
+  def broadcast(value):
+    seen_by_process_0.append(value)  # This process's own view, replaced by process 0's.
+    return False  # Process 0 looked before it wrote.
+
+  monkeypatch.setattr(partitioning, "broadcast_from_process_0", broadcast)
+  assert checkpoints.save_t5x_checkpoint(target, {"a": np.zeros(3)}, step=3) == str(target)
+  assert seen_by_process_0 == [True]
+  assert sorted(os.listdir(target)) == written  # Only process 0 writes.
+  np.testing.assert_array_equal(checkpoints.load_t5x_checkpoint(target)["a"], np.ones(3))
+  # Where process 0 saw the directory, every process raises.
+  monkeypatch.setattr(partitioning, "broadcast_from_process_0", lambda value: True)
+  with pytest.raises(CheckpointError, match="already exists"):
+    checkpoints.save_t5x_checkpoint(tmp_path / "checkpoint_4", {"a": np.ones(3)}, step=4)
+
+
 def test_gcs_paths_map_to_gcs_kvstore():
   spec = {
       "driver": "zarr",
