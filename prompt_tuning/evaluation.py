@@ -8,6 +8,7 @@ The eval command has two more modes (paper section 6), each reported beside gene
     string as its target and the most likely one is its prediction, so a classifier's metrics
     never depend on free generation producing a valid label;
   * prompt ensembles (`ensemble_prompt_files`, gin EVAL_ENSEMBLE_PROMPTS): each saved prompt
+    (a `.npy` input prompt, or the folder of a deep prompt's `deep_prompt.<stack>_prefixes.npy`)
     replaces the model's prompt in turn; every member is evaluated, and so is the ensemble
     (majority vote of the members' generations; summed log-likelihoods for rank
     classification).
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning import deep_prompts
 from prompt_tuning import partitioning
 from prompt_tuning import prompts
 from prompt_tuning import rank_classification as rank
@@ -190,6 +192,42 @@ def with_prompt_array(params, array: np.ndarray, source: str = "prompt"):
   return dict(params, encoder=encoder)
 
 
+def with_deep_prompt(params, directory: str):
+  """`params` with the deep prompt saved in `directory` (`deep_prompt.<stack>_prefixes.npy` for
+  each stack the model's `DeepPrompt` has; the shapes must match)."""
+  current = params.get("deep_prompt", {})
+  stacks = [s for s in deep_prompts.STACKS if f"{s}_prefixes" in current]
+  if not stacks or len(stacks) != len(current):
+    raise ValueError(
+        f"{directory}: a deep prompt's folder needs a model whose deep prompt is its prefixes "
+        "(prompts/deep_prompt_from_export.gin); this model's deep-prompt parameters are "
+        f"{sorted(current) or 'none'}."
+    )
+  replaced = {}
+  for stack in deep_prompts.STACKS:
+    path = os.path.join(directory, deep_prompts.export_name(stack))
+    if stack not in stacks:
+      if os.path.exists(path):
+        raise ValueError(f"{path}: the model has no {stack} prefixes (DEEP_PROMPT_DECODER).")
+      continue
+    array, old = prompts.load_npy(path), current[f"{stack}_prefixes"]
+    if array.shape != old.shape:
+      raise ValueError(
+          f"{path}: prefixes of shape {array.shape}; the model's {stack} has {tuple(old.shape)} "
+          "[layers, 2, PROMPT_LENGTH, heads, head_dim]."
+      )
+    sharding = getattr(old, "sharding", None)
+    replaced[f"{stack}_prefixes"] = jax.device_put(array.astype(old.dtype), sharding)
+  return dict(params, deep_prompt=replaced)
+
+
+def with_saved_prompt(params, path: str):
+  """`params` with the prompt saved at `path`: a deep prompt's folder or an `.npy` input prompt."""
+  if os.path.isdir(path):
+    return with_deep_prompt(params, path)
+  return with_prompt_array(params, prompts.load_npy(path), path)
+
+
 def trim_encoder_padding(batches):
   """The batches with `encoder_input_tokens` cut after the last non-padding column of the set.
 
@@ -291,7 +329,7 @@ def run(
 
   if ensemble_prompt_files:
     members = {
-        os.path.splitext(os.path.basename(f))[0]: with_prompt_array(params, prompts.load_npy(f), f)
+        os.path.splitext(os.path.basename(os.path.normpath(f)))[0]: with_saved_prompt(params, f)
         for f in ensemble_prompt_files
     }
     if len(members) != len(ensemble_prompt_files):

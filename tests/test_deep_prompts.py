@@ -217,6 +217,43 @@ def test_training_numpy_export_of_prefix_tuning_is_a_deep_prompt(backbone, tmp_p
   assert DIRECT.numpy_exports(_with_prompt(DIRECT, backbone)) == {}
 
 
+def test_eval_ensemble_members_from_deep_prompt_folders(backbone, tmp_path):
+  """`evaluation.with_saved_prompt` (the eval command's EVAL_ENSEMBLE_PROMPTS) on a folder: the
+  member's parameters are that folder's prefixes, with the logits of a model started from it."""
+  from prompt_tuning import evaluation  # pylint: disable=g-import-not-at-top
+
+  model_params = _with_prompt(DIRECT, backbone, seed=5)  # What the eval command restored.
+  (tmp_path / "member").mkdir()
+  folder = _export(_with_prompt(DIRECT, backbone, seed=6), tmp_path / "member")
+  member = evaluation.with_saved_prompt(model_params, str(folder))
+  for stack in deep_prompts.STACKS:
+    np.testing.assert_array_equal(
+        member["deep_prompt"][f"{stack}_prefixes"],
+        np.load(folder / deep_prompts.export_name(stack)),
+    )
+  np.testing.assert_array_equal(_logits(DIRECT, member), _logits(DIRECT, _reload(folder, backbone)))
+  assert np.abs(_logits(DIRECT, member) - _logits(DIRECT, model_params)).max() > 1e-3
+
+  # Mismatches name the file and what the model has.
+  short = tmp_path / "short"
+  short.mkdir()
+  for stack in deep_prompts.STACKS:
+    name = deep_prompts.export_name(stack)
+    np.save(short / name, np.load(folder / name)[:, :, :2])
+  with pytest.raises(
+      ValueError, match=r"short/deep_prompt.encoder_prefixes.npy: prefixes of shape"
+  ):
+    evaluation.with_saved_prompt(model_params, str(short))
+  encoder_only = {
+      **backbone,
+      "deep_prompt": {"encoder_prefixes": model_params["deep_prompt"]["encoder_prefixes"]},
+  }
+  with pytest.raises(ValueError, match="decoder_prefixes.npy: the model has no decoder prefixes"):
+    evaluation.with_saved_prompt(encoder_only, str(folder))
+  with pytest.raises(ValueError, match="prompts/deep_prompt_from_export.gin"):
+    evaluation.with_saved_prompt(_with_prompt(MLP, backbone), str(folder))
+
+
 def test_export_mismatches_are_named(tmp_path):
   with pytest.raises(deep_prompts.DeepPromptError, match="holds no deep prompt"):
     deep_prompts.export(tmp_path, tmp_path / "out")
@@ -309,7 +346,8 @@ def test_gin_files_build_the_counted_parameters():
 @pytest.mark.slow
 def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   """Two steps of prefix tuning on the embedded default, its MLP dropped by the export, and the
-  exported prefixes evaluated alone: they score what the training loop's evaluation logged."""
+  exported prefixes evaluated by the eval command, as a member of an ensemble of deep prompts:
+  alone they score what the training loop's evaluation logged. Then the serve command."""
   env = cli_utils.make_env(
       tmp_path,
       pathlib.Path(embedded.vocab_path()),
@@ -337,6 +375,11 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   encoder = np.load(export_dir / deep_prompts.export_name("encoder"))
   cfg = embedded.load_config()
   assert encoder.shape == (cfg.num_encoder_layers, 2, 20, cfg.num_heads, cfg.head_dim)
+  negated_dir = tmp_path / "negated"  # A second member: the same prefixes negated.
+  negated_dir.mkdir()
+  for stack in deep_prompts.STACKS:
+    name = deep_prompts.export_name(stack)
+    np.save(negated_dir / name, -np.load(export_dir / name))
 
   evaluation = cli_utils.Cli(
       "eval",
@@ -349,6 +392,7 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
           {
               "DEEP_PROMPT_DIR": export_dir,
               "DEEP_PROMPT_DECODER": True,
+              "EVAL_ENSEMBLE_PROMPTS": [str(export_dir), str(negated_dir)],
               "MODEL_DIR": tmp_path / "eval",
               "MIXTURE_OR_TASK_MODULE": "prompt_tuning.tasks.synthetic",
           }
@@ -359,7 +403,12 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   ).check(timeout=900)
   metrics = json.loads(evaluation.stdout)
   task = "synthetic_taskless_super_glue_boolq_v102"
-  assert metrics[task]["accuracy"] == pytest.approx(logged[f"{task}/accuracy"])
+  assert sorted(metrics) == ["ensemble", "negated", "prefixes"]
+  assert metrics["prefixes"][task]["accuracy"] == pytest.approx(logged[f"{task}/accuracy"])
+  # Two members: where their decodes differ the vote is a tie, which goes to the first member,
+  # so the ensemble predicts what "prefixes" alone does (and its predictions file, below, is
+  # that member's).
+  assert metrics["ensemble"][task] == metrics["prefixes"][task]
 
   # The serve command, the deep prompt's requests in the same mixed batches as an input
   # prompt's: every dev example decoded as the eval command predicted it, and the label scores of
