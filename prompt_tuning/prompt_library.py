@@ -229,6 +229,8 @@ def check_prompt(array: Any, width: int, source: str) -> np.ndarray:
 
 
 def _finite_floats(array: np.ndarray, source: str) -> np.ndarray:
+  """`array` (a prompt [P, D] or prefixes [layers, 2, P', H, K]) as float32, if it has positions
+  and only finite floating-point values; else an error naming `source`."""
   if array.shape[-3 if array.ndim == 5 else 0] == 0:
     raise PromptLibraryError(f"{source}: the prompt has no positions (shape {array.shape}).")
   if not np.issubdtype(array.dtype, np.floating):
@@ -568,9 +570,9 @@ class PromptLibrary:
           held = {n: v[stack] for n, v in self._prefixes.items() if stack in v}
           if not held:
             continue
-          width = _round_up(max(a.shape[2] for a in held.values()), multiple, 1)
+          prefix_len = _round_up(max(a.shape[2] for a in held.values()), multiple, 1)
           layers, heads, head_dim = self.prefix_dims[stack]
-          kv = np.zeros((rows, layers, 2, width, heads, head_dim), np.float32)
+          kv = np.zeros((rows, layers, 2, prefix_len, heads, head_dim), np.float32)
           kv_lengths = np.zeros((rows,), np.int32)
           for i, name in enumerate(names):
             if name in held:
