@@ -134,7 +134,7 @@ class StackInitializer(Protocol):
     ...
 
 
-def _check_export(directory: str, decoder: bool) -> None:
+def check_export(directory: str, decoder: bool) -> None:
   """Every stack that has prefixes has a file, and no file would be ignored."""
   for stack in STACKS:
     path = os.path.join(directory, export_name(stack))
@@ -295,7 +295,7 @@ def deep_prompt_factory(
   """Builds `DeepPrompt`s; with `directory`, from exported prefixes (then `init` is unused)."""
   _check_length(length)
   if directory is not None:
-    _check_export(os.fspath(directory), decoder)
+    check_export(os.fspath(directory), decoder)
   return functools.partial(
       DeepPrompt, length=length, in_decoder=decoder, prefix_init=init, directory=directory
   )

@@ -203,21 +203,12 @@ def with_deep_prompt(params, directory: str):
         "(prompts/deep_prompt_from_export.gin); this model's deep-prompt parameters are "
         f"{sorted(current) or 'none'}."
     )
+  deep_prompts.check_export(directory, decoder="decoder" in stacks)
   replaced = {}
-  for stack in deep_prompts.STACKS:
-    path = os.path.join(directory, deep_prompts.export_name(stack))
-    if stack not in stacks:
-      if os.path.exists(path):
-        raise ValueError(f"{path}: the model has no {stack} prefixes (DEEP_PROMPT_DECODER).")
-      continue
-    array, old = prompts.load_npy(path), current[f"{stack}_prefixes"]
-    if array.shape != old.shape:
-      raise ValueError(
-          f"{path}: prefixes of shape {array.shape}; the model's {stack} has {tuple(old.shape)} "
-          "[layers, 2, PROMPT_LENGTH, heads, head_dim]."
-      )
-    sharding = getattr(old, "sharding", None)
-    replaced[f"{stack}_prefixes"] = jax.device_put(array.astype(old.dtype), sharding)
+  for stack in stacks:
+    old = current[f"{stack}_prefixes"]
+    array = deep_prompts.from_export(directory, stack)(None, old.shape, old.dtype)
+    replaced[f"{stack}_prefixes"] = jax.device_put(array, getattr(old, "sharding", None))
   return dict(params, deep_prompt=replaced)
 
 

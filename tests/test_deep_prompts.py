@@ -248,7 +248,7 @@ def test_eval_ensemble_members_from_deep_prompt_folders(backbone, tmp_path):
       **backbone,
       "deep_prompt": {"encoder_prefixes": model_params["deep_prompt"]["encoder_prefixes"]},
   }
-  with pytest.raises(ValueError, match="decoder_prefixes.npy: the model has no decoder prefixes"):
+  with pytest.raises(ValueError, match="decoder_prefixes.npy holds decoder prefixes but the deep"):
     evaluation.with_saved_prompt(encoder_only, str(folder))
   with pytest.raises(ValueError, match="prompts/deep_prompt_from_export.gin"):
     evaluation.with_saved_prompt(_with_prompt(MLP, backbone), str(folder))
