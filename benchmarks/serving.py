@@ -208,13 +208,17 @@ def random_prompts(rng, n, length, cfg, deep=False):
   }
 
 
+def add_prompt(library, name, p, deep):
+  if deep:
+    library.add(name, prefixes={"encoder": p})
+  else:
+    library.add(name, p)
+
+
 def library_of(lib, cfg, prompts, deep):
   library = lib.PromptLibrary.for_config(cfg)
   for name, p in prompts.items():
-    if deep:
-      library.add(name, prefixes={"encoder": p})
-    else:
-      library.add(name, p)
+    add_prompt(library, name, p, deep)
   return library
 
 
@@ -454,10 +458,7 @@ def memory_child(args):
   runner.score(examples)
   one = rss_bytes()
   for name, p in table.items():
-    if args.deep:
-      library.add(name, prefixes={"encoder": p})
-    else:
-      library.add(name, p)
+    add_prompt(library, name, p, args.deep)
   del table  # The library holds its own copy; the table is rebuilt from it.
   runner.score(examples)
   many = rss_bytes()
