@@ -156,12 +156,17 @@ class Ways:
     self.predict = partitioning.jit(model.predict_batch)
 
   def _single_batch(self, examples, workload):
-    """The ordinary model's batch: inputs padded to the task's fixed length (as SeqIO does)."""
+    """The ordinary model's batch, its inputs and targets padded to the runner's length buckets
+    (so the ways differ in the batch layout, not in padding)."""
     from prompt_tuning.data import batches  # pylint: disable=g-import-not-at-top
 
-    inputs = batches.pad_rows([e.inputs for e in examples], self.args.max_inputs)
+    bucket = self.lib.next_power_of_two
+    length = bucket(max(len(e.inputs) for e in examples), self.runner.min_input_length)
+    inputs = batches.pad_rows([e.inputs for e in examples], length)
     if workload == "score":
-      targets = batches.pad_rows([e.targets for e in examples], 4)  # The task's target length.
+      targets = batches.pad_rows(
+          [e.targets for e in examples], bucket(max(len(e.targets) for e in examples))
+      )
       return {
           "encoder_input_tokens": inputs,
           "decoder_input_tokens": batches.shift_right(targets),

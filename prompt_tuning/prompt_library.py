@@ -623,8 +623,8 @@ class MixedPromptRunner:
   """Scores and greedily decodes batches whose examples name their prompts, in one call each.
 
   Shapes are bucketed: batch size, input length, target length and decode length to powers of
-  two (inputs and targets at least `min_length`), the table as `PromptLibrary` does. `compilations` counts the
-  traces of each compiled function (one per new bucket, never one per prompt mix).
+  two (inputs at least `min_input_length`), the table as `PromptLibrary` does. `compilations`
+  counts the traces of each compiled function (one per new bucket, never one per prompt mix).
   """
 
   def __init__(
@@ -634,7 +634,7 @@ class MixedPromptRunner:
       library: PromptLibrary,
       max_input_length: int = 512,
       max_target_length: int = 128,
-      min_length: int = 8,
+      min_input_length: int = 8,
       eos_id: int = 1,
   ):
     if library.width != config.emb_dim:
@@ -653,7 +653,7 @@ class MixedPromptRunner:
     self.library = library
     self.max_input_length = max_input_length
     self.max_target_length = max_target_length
-    self.min_length = min_length
+    self.min_input_length = min_input_length
     self.eos_id = eos_id
     self.model = model_lib.EncoderDecoderModel(
         MixedPromptEncoderDecoder(config), decode_fn=decoding.greedy, eos_id=eos_id
@@ -718,7 +718,7 @@ class MixedPromptRunner:
         )
 
   def _encoder_inputs(self, examples: Sequence[Example], rows: Mapping[str, int], batch: int):
-    length = next_power_of_two(max(len(e.inputs) for e in examples), self.min_length)
+    length = next_power_of_two(max(len(e.inputs) for e in examples), self.min_input_length)
     packed = np.zeros((batch, 1 + length), np.int32)
     packed[: len(examples)] = batches.pad_rows(
         [[rows[e.prompt]] + list(e.inputs) for e in examples], 1 + length
@@ -731,7 +731,9 @@ class MixedPromptRunner:
       self.check(e, need_targets=True)
     params, rows = self._with_table()
     batch = next_power_of_two(len(examples))
-    tlen = next_power_of_two(max(len(e.targets) for e in examples), self.min_length)
+    # Powers of two from 1: class labels are a few tokens, and the decoder's cost (its logits
+    # over the vocabulary) grows with every padded position.
+    tlen = next_power_of_two(max(len(e.targets) for e in examples))
     targets = np.zeros((batch, tlen), np.int32)
     targets[: len(examples)] = batches.pad_rows([e.targets for e in examples], tlen)
     data = {
@@ -752,7 +754,7 @@ class MixedPromptRunner:
       self.check(e)
     params, rows = self._with_table()
     batch = next_power_of_two(len(examples))
-    # Powers of two from 1, not `min_length`: the decoding loop runs over the whole width when no
+    # Powers of two from 1, as targets: the decoding loop runs over the whole width when no
     # row stops early, so 4 wanted tokens padded to 8 would cost twice the decoder steps.
     dlen = next_power_of_two(max_decode_length)
     data = {
