@@ -125,8 +125,8 @@ def test_mixed_batch_equals_each_prompt_alone(frozen):
   shapes = set()
   for _ in range(3):  # Different mixes: one compilation per shape bucket, not per mix.
     examples = random_examples(rng, list(table), 7)
-    longest = [max(len(getattr(e, f)) for e in examples) for f in ("inputs", "targets")]
-    shapes.add((lib.next_power_of_two(longest[0], 8), lib.next_power_of_two(longest[1])))
+    n_in, n_tg = (max(len(getattr(e, f)) for e in examples) for f in ("inputs", "targets"))
+    shapes.add((lib.next_power_of_two(n_in, runner.min_input_length), lib.next_power_of_two(n_tg)))
     scores = runner.score(examples)
     decodes = runner.generate(examples, max_decode_length=6)
     want_scores, want_decodes = reference_outputs(frozen, table, examples, 6)

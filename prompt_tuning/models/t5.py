@@ -362,12 +362,11 @@ class MultiHeadAttention(nn.Module):
     q = split(dense(name="query", init_scale=1.0 / self.head_dim)(x_q))
     project_kv = lambda: (split(dense(name="key")(x_kv)), split(dense(name="value")(x_kv)))
 
-    # Queries and the attention's output are heads-first, [B, H, Q, K]. Keys and values: over
-    # whole sequences, heads-first too, so that each head's two matmuls read contiguous rows
-    # (about 5% off the prompt step on CPU; benchmarks/README.md); the static cache holds them as
-    # [B, H, K, S] and [B, H, S, K], the layouts the matmuls read, so that decode steps do not
-    # transpose the whole cache again each time; the decoder's own cache keeps [B, T, H, K], where
-    # each step writes one position.
+    # Queries and the attention's output are heads-first, [B, H, Q, K]. Keys and values over
+    # whole sequences too, so each head's matmuls read contiguous rows (on CPU at small, 14% off
+    # the scoring step, 4% off the prompt step; benchmarks/README.md). The static cache holds
+    # them as [B, H, K, S] and [B, H, S, K], the layouts the matmuls read, so decode steps do not
+    # transpose it again; the decoder's own cache keeps [B, T, H, K], one position written a step.
     q = jnp.swapaxes(q, 1, 2)
     qk, wv = "bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd"
     if decode and self.static_kv:
