@@ -10,7 +10,8 @@ memory is per mode:
 on a T5 1.1 with random weights and a batch of random tokens. Each prints one JSON line on stdout
 (a readable table goes to stderr): median step time over `--steps` steps after the first, steps/s,
 examples/s, tokens/s (encoder + decoder positions), time to the first step (compilation
-included), peak host memory (ru_maxrss; and the device's peak on a GPU), trainable, gradient and
+included), peak host memory (ru_maxrss; and the device's peak on a GPU), XLA's temporary bytes
+per execution (`memory_analysis()`: activations, deterministic), trainable, gradient and
 optimizer-state bytes (and the optimizer bytes held for frozen parameters, which must be 0), the
 step's FLOPs from XLA's cost analysis and from an analytic count of the matmuls, and the fraction
 of the dense float32 matmul rate measured in the same process that the analytic FLOPs achieve.
@@ -265,8 +266,12 @@ def run_mode(args) -> dict:
   stats = device.memory_stats() if device.platform != "cpu" else None
   result["peak_device_bytes"] = (stats or {}).get("peak_bytes_in_use")
 
-  cost = lower().compile().cost_analysis()
+  compiled = lower().compile()
+  cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # XLA's temporaries per execution: what activations and rematerialisation decide, free of
+  # how the host's allocator happens to reuse them (peak_host_bytes is not).
+  memory = compiled.memory_analysis()
   forward = analytic_forward_flops(cfg, args.batch, enc_len, args.targets)
   backward = {"prompt": 1, "model": 2, "score": 0}[mode] * forward
   flops = forward + backward
@@ -277,6 +282,7 @@ def run_mode(args) -> dict:
       examples_per_s=args.batch / step_s,
       tokens_per_s=args.batch * (enc_len + args.targets) / step_s,
       xla_flops=float(cost.get("flops", float("nan"))) if cost else None,
+      xla_temp_bytes=getattr(memory, "temp_size_in_bytes", None),
       analytic_flops=flops,
       analytic_forward_flops=forward,
       matmul_shape=list(mm_shape),
@@ -320,13 +326,14 @@ def summary(results: dict) -> dict:
 def table(results: dict) -> str:
   rows = [
       f"{'mode':7s} {'step ms':>8s} {'steps/s':>8s} {'ex/s':>8s} {'tok/s':>9s} {'first s':>8s}"
-      f" {'peak MB':>8s} {'GFLOP xla':>10s} {'GFLOP ana':>10s} {'mm GF/s':>8s} {'frac':>5s}"
+      f" {'peak MB':>8s} {'temp MB':>8s} {'GFLOP xla':>10s} {'GFLOP ana':>10s} {'mm GF/s':>8s} {'frac':>5s}"
       f" {'train MB':>9s} {'opt MB':>8s}"
   ]
   for mode, r in results.items():
     rows.append(
         f"{mode:7s} {r['step_s'] * 1e3:8.1f} {r['steps_per_s']:8.2f} {r['examples_per_s']:8.1f}"
         f" {r['tokens_per_s']:9.0f} {r['first_step_s']:8.2f} {r['peak_host_bytes'] / 1e6:8.0f}"
+        f" {(r['xla_temp_bytes'] or 0) / 1e6:8.0f}"
         f" {(r['xla_flops'] or 0) / 1e9:10.2f} {r['analytic_flops'] / 1e9:10.2f}"
         f" {r['matmul_flops_per_s'] / 1e9:8.1f} {r['fraction_of_matmul_rate']:5.2f}"
         f" {r['trainable_bytes'] / 1e6:9.3f} {r['opt_state_bytes'] / 1e6:8.3f}"
