@@ -326,8 +326,8 @@ def summary(results: dict) -> dict:
 def table(results: dict) -> str:
   rows = [
       f"{'mode':7s} {'step ms':>8s} {'steps/s':>8s} {'ex/s':>8s} {'tok/s':>9s} {'first s':>8s}"
-      f" {'peak MB':>8s} {'temp MB':>8s} {'GFLOP xla':>10s} {'GFLOP ana':>10s} {'mm GF/s':>8s} {'frac':>5s}"
-      f" {'train MB':>9s} {'opt MB':>8s}"
+      f" {'peak MB':>8s} {'temp MB':>8s} {'GFLOP xla':>10s} {'GFLOP ana':>10s} {'mm GF/s':>8s}"
+      f" {'frac':>5s} {'train MB':>9s} {'opt MB':>8s}"
   ]
   for mode, r in results.items():
     rows.append(
