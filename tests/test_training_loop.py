@@ -25,7 +25,8 @@ LENGTHS = {"inputs": 8, "targets": 4}
 
 
 def _task(tmp_path) -> str:
-  vocab.set_default_vocab_path(embedded.vocab_path())  # Committed: no fixture needed.
+  """A JSONL task on the committed embedded vocabulary (the caller restores the default)."""
+  vocab.set_default_vocab_path(embedded.vocab_path())
   words = ("great", "dull", "superb", "awful")
   rows = "".join(
       json.dumps({"sentence": f"the film is {w}", "label": label}) + "\n"
@@ -101,16 +102,19 @@ def test_between_logs_and_checkpoints_the_loop_reads_nothing_from_the_device(tmp
   monkeypatch.setattr(
       trainer, "train_step", lambda state, *args: _wrap(step_fn(_unwrap(state), *args))
   )
-  result = training.run(
-      model_dir=str(tmp_path / "run"),
-      trainer=trainer,
-      total_steps=6,
-      train_dataset_cfg=pipeline.DatasetConfig(_task(tmp_path), LENGTHS, batch_size=2),
-      restore_cfg=restore.RestoreConfig(None),
-      checkpoint_cfg=train_state.CheckpointConfig(period=100, keep=1, export_numpy=False),
-      log_period=3,
-      progress_bar=False,
-      tensorboard=False,
-  )
+  try:
+    result = training.run(
+        model_dir=str(tmp_path / "run"),
+        trainer=trainer,
+        total_steps=6,
+        train_dataset_cfg=pipeline.DatasetConfig(_task(tmp_path), LENGTHS, batch_size=2),
+        restore_cfg=restore.RestoreConfig(None),
+        checkpoint_cfg=train_state.CheckpointConfig(period=100, keep=1, export_numpy=False),
+        log_period=3,
+        progress_bar=False,
+        tensorboard=False,
+    )
+  finally:
+    vocab.set_default_vocab_path(None)  # Later tests in this process get the default again.
   assert result["step"] == 6 and result["train"]["loss"] > 0
   assert reads == ["summarize", "summarize", "save"]  # Steps 3 and 6; the last step's save.
