@@ -375,8 +375,11 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   encoder = np.load(export_dir / deep_prompts.export_name("encoder"))
   cfg = embedded.load_config()
   assert encoder.shape == (cfg.num_encoder_layers, 2, 20, cfg.num_heads, cfg.head_dim)
-  negated_dir = tmp_path / "negated"  # A second member: the same prefixes negated.
+  # More members: the same prefixes negated (first, so that a vote that took the first member
+  # would show), and a copy of them, so the majority is always the trained prefixes'.
+  negated_dir, copy_dir = tmp_path / "negated", tmp_path / "copy"
   negated_dir.mkdir()
+  shutil.copytree(export_dir, copy_dir)
   for stack in deep_prompts.STACKS:
     name = deep_prompts.export_name(stack)
     np.save(negated_dir / name, -np.load(export_dir / name))
@@ -392,7 +395,7 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
           {
               "DEEP_PROMPT_DIR": export_dir,
               "DEEP_PROMPT_DECODER": True,
-              "EVAL_ENSEMBLE_PROMPTS": [str(export_dir), str(negated_dir)],
+              "EVAL_ENSEMBLE_PROMPTS": [str(negated_dir), str(export_dir), str(copy_dir)],
               "MODEL_DIR": tmp_path / "eval",
               "MIXTURE_OR_TASK_MODULE": "prompt_tuning.tasks.synthetic",
           }
@@ -403,11 +406,12 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   ).check(timeout=900)
   metrics = json.loads(evaluation.stdout)
   task = "synthetic_taskless_super_glue_boolq_v102"
-  assert sorted(metrics) == ["ensemble", "negated", "prefixes"]
+  assert sorted(metrics) == ["copy", "ensemble", "negated", "prefixes"]
   assert metrics["prefixes"][task]["accuracy"] == pytest.approx(logged[f"{task}/accuracy"])
-  # Two members: where their decodes differ the vote is a tie, which goes to the first member,
-  # so the ensemble predicts what "prefixes" alone does (and its predictions file, below, is
-  # that member's).
+  assert metrics["copy"][task] == metrics["prefixes"][task]
+  # Two of the three members are the trained prefixes, so the vote is theirs on every example:
+  # the ensemble's predictions file, below, holds what the served prefixes decode, and differs
+  # from what the negated ones (the first member) decode.
   assert metrics["ensemble"][task] == metrics["prefixes"][task]
 
   # The serve command, the deep prompt's requests in the same mixed batches as an input
@@ -419,11 +423,12 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   texts = [e["input"]["inputs_pretokenized"] for e in examples]  # (Ids are logged as summaries.)
   prompt_dir = tmp_path / "serve_prompts"
   shutil.copytree(export_dir, prompt_dir / "boolq_prefixes")
+  shutil.copytree(negated_dir, prompt_dir / "boolq_negated")
   np.save(prompt_dir / "plain.npy", np.full((5, cfg.emb_dim), 0.1, np.float32))
   labels, scored = ["False", "True"], 16
   requests = []
   for i, text in enumerate(texts):
-    for name in ("boolq_prefixes", "plain"):
+    for name in ("boolq_prefixes", "boolq_negated", "plain"):
       requests.append(
           {"endpoint": "/generate", "prompt": name, "text": text, "max_decode_length": 4}
       )
@@ -444,6 +449,9 @@ def test_prefix_tuning_trains_exports_and_evaluates_through_the_cli(tmp_path):
   }
   served = [answers["/generate", "boolq_prefixes", text]["text"] for text in texts]
   assert served == [e["output"] for e in examples]
+  negated = [answers["/generate", "boolq_negated", text]["text"] for text in texts]
+  differ = sum(a != b for a, b in zip(served, negated))
+  assert differ > 0, "the negated member decodes as the trained one: the vote is not tested"
 
   vocab = seqio.SentencePieceVocabulary(embedded.vocab_path())
   factory = deep_prompts.deep_prompt_factory(20, decoder=True, directory=str(export_dir))

@@ -255,7 +255,7 @@ def test_deep_prompts_share_mixed_batches_with_input_prompts(frozen, tmp_path):
       8,
       CFG.num_encoder_layers,
       2,
-      8,
+      5,  # The longest encoder prefixes.
       CFG.num_heads,
       CFG.head_dim,
   )
@@ -320,7 +320,7 @@ def test_library_files_errors_and_reload(tmp_path):
   np.save(tmp_path / "a.npy", good)
   np.save(tmp_path / "wide.npy", np.ones((3, CFG.emb_dim + 1), np.float32))
   np.save(tmp_path / "pickled.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
-  library = lib.PromptLibrary(CFG.emb_dim)
+  library = lib.PromptLibrary(CFG.emb_dim, prompt_length_multiple=4)
   loaded, errors = library.load_directory(str(tmp_path))
   assert loaded == ["a"]
   assert "width 5 does not match" in errors[str(tmp_path / "wide.npy")]
@@ -335,7 +335,10 @@ def test_library_files_errors_and_reload(tmp_path):
   np.save(tmp_path / "a.npy", 3 * np.ones((6, CFG.emb_dim), np.float32))
   assert library.load_directory(str(tmp_path))[0] == ["a", "b"]
   table, lengths, rows, placements, prefixes = library.snapshot()
-  assert table.shape == (2, 8, CFG.emb_dim) and rows == {"a": 0, "b": 1}
+  assert table.shape == (2, 8, CFG.emb_dim) and rows == {"a": 0, "b": 1}  # 6 rounded up to 8.
+  exact = lib.PromptLibrary(CFG.emb_dim)  # By default the table is as long as the longest.
+  exact.load_directory(str(tmp_path))
+  assert exact.snapshot().table.shape == (2, 6, CFG.emb_dim)
   assert lengths.tolist() == [6, 2] and placements.tolist() == [0, 0]  # Prefixes.
   assert prefixes == {}  # No deep prompt: the compiled call gets no prefix tables.
   np.testing.assert_array_equal(table[0, :6], 3.0)
