@@ -347,6 +347,10 @@ class PromptLibrary:
       prompt_length_multiple: int = 1,
       prefix_dims: Optional[Mapping[str, tuple[int, int, int]]] = None,
   ):
+    if prompt_length_multiple < 1:
+      raise PromptLibraryError(
+          f"prompt_length_multiple={prompt_length_multiple} must be at least 1 (1: no rounding)."
+      )
     self.width = int(width)
     self.min_prompts = min_prompts
     self.min_prompt_length = min_prompt_length

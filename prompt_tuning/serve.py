@@ -433,6 +433,7 @@ def run(
     batch_window_s: float = 0.005,
     max_input_length: int = 512,
     max_target_length: int = 128,
+    prompt_length_multiple: int = 1,
     jsonl_in: Optional[str] = None,
     jsonl_out: Optional[str] = None,
 ) -> None:
@@ -443,7 +444,7 @@ def run(
   if (jsonl_in is None) != (jsonl_out is None):
     raise config.ConfigError("Batch mode needs both JSONL_IN and JSONL_OUT (--jsonl_in/out).")
   cfg, params, vocabulary = load_model(checkpoint, size, vocab)
-  library = lib.PromptLibrary.for_config(cfg)
+  library = lib.PromptLibrary.for_config(cfg, prompt_length_multiple=prompt_length_multiple)
   loaded, errors = library.load_directory(prompt_dir)
   for path, error in errors.items():
     logging.warning("Skipped %s: %s", path, error)

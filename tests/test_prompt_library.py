@@ -339,6 +339,8 @@ def test_library_files_errors_and_reload(tmp_path):
   exact = lib.PromptLibrary(CFG.emb_dim)  # By default the table is as long as the longest.
   exact.load_directory(str(tmp_path))
   assert exact.snapshot().table.shape == (2, 6, CFG.emb_dim)
+  with pytest.raises(lib.PromptLibraryError, match="prompt_length_multiple=0 must be at least 1"):
+    lib.PromptLibrary(CFG.emb_dim, prompt_length_multiple=0)
   assert lengths.tolist() == [6, 2] and placements.tolist() == [0, 0]  # Prefixes.
   assert prefixes == {}  # No deep prompt: the compiled call gets no prefix tables.
   np.testing.assert_array_equal(table[0, :6], 3.0)
