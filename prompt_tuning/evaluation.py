@@ -16,6 +16,7 @@ The eval command has two more modes (paper section 6), each reported beside gene
 
 import collections
 import concurrent.futures
+import functools
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -45,7 +46,8 @@ def make_evaluator(
   if log_dir:
     os.makedirs(log_dir, exist_ok=True)  # seqio's JSONLogger does not create it.
   loggers = (seqio.JSONLogger,) if log_dir else ()
-  return seqio.Evaluator(
+  evaluator = functools.partial(
+      seqio.Evaluator,
       task_name,
       feature_converter=pipeline.feature_converter(),
       eval_split=split,
@@ -55,6 +57,7 @@ def make_evaluator(
       log_dir=log_dir,
       async_compute_metrics=False,
   )
+  return pipeline.build(task_name, evaluator)  # It builds and caches its datasets here.
 
 
 class ModelFns:

@@ -108,13 +108,18 @@ def run(
   else:
     task = pipeline.get_task(mixture_or_task_name, mixture_or_task_module)
     vocab = task.output_features["targets"].vocabulary
-    raw = task.get_dataset(
-        dict(task_feature_lengths), split=split, shuffle=False, num_epochs=1, use_cached=use_cached
-    )
+    lengths = dict(task_feature_lengths)
+
+    def datasets():
+      raw = task.get_dataset(
+          lengths, split=split, shuffle=False, num_epochs=1, use_cached=use_cached
+      )
+      return raw, pipeline.feature_converter()(raw, lengths).enumerate()
+
+    raw, ds = pipeline.build(mixture_or_task_name, datasets)
     examples = list(raw.as_numpy_iterator())
     texts = [vocab.decode(list(e["inputs"])) for e in examples]
     targets = [vocab.decode(list(e["targets"])) for e in examples]
-    ds = pipeline.feature_converter()(raw, dict(task_feature_lengths)).enumerate()
   predict = partitioner.jit(model.predict_batch_with_aux)
   n = 0
   os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)

@@ -1,0 +1,112 @@
+"""`pipeline.build`: tf.data pipelines traced without AutoGraph where no function needs it."""
+
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from prompt_tuning import embedded
+from prompt_tuning import evaluation
+from prompt_tuning.data import pipeline
+from prompt_tuning.data import vocab
+from prompt_tuning.tasks import synthetic  # pylint: disable=unused-import
+
+EMBEDDED_TASK = "synthetic_taskless_super_glue_boolq_v102"
+LENGTHS = {"inputs": 64, "targets": 4}
+
+
+def _dataset_fn(split, shuffle_files, seed=None):
+  del split, shuffle_files, seed
+  return tf.data.Dataset.from_tensor_slices(
+      {"inputs": ["a b c", "", "d e"], "targets": ["yes", "no", "yes"]}
+  )
+
+
+def _fill_empty_inputs(ds):
+  """A user's preprocessor that branches on a tensor in Python: only AutoGraph can trace it."""
+
+  def fill(ex):
+    if tf.strings.length(ex["inputs"]) == 0:
+      inputs = tf.constant("empty")
+    else:
+      inputs = ex["inputs"]
+    return {**ex, "inputs": inputs}
+
+  return ds.map(fill)
+
+
+@pytest.fixture(name="user_task")
+def _user_task():
+  vocabulary = seqio.SentencePieceVocabulary(embedded.vocab_path())
+  features = {k: seqio.Feature(vocabulary) for k in ("inputs", "targets")}
+  seqio.TaskRegistry.add(
+      "pipeline_user_preprocessor",
+      source=seqio.FunctionDataSource(_dataset_fn, splits=["train"]),
+      preprocessors=[
+          _fill_empty_inputs,
+          seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos_after_trim,
+      ],
+      output_features=features,
+  )
+  yield "pipeline_user_preprocessor"
+  seqio.TaskRegistry.remove("pipeline_user_preprocessor")
+
+
+def _batches(name, n=2):
+  cfg = pipeline.DatasetConfig(name, {"inputs": 8, "targets": 4}, batch_size=3, shuffle=False)
+  it = pipeline.train_batches(cfg)
+  return [next(it) for _ in range(n)]
+
+
+def test_registered_tasks_need_no_autograph():
+  import prompt_tuning.tasks  # pylint: disable=g-import-not-at-top,unused-import
+
+  names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+  assert EMBEDDED_TASK in names and "super_glue_boolq_v102" in names
+  assert [n for n in names if n.startswith("pipeline_")] == []  # Nothing of this file's.
+  assert [n for n in names if pipeline.needs_autograph(n)] == []
+
+
+def test_a_users_preprocessor_keeps_autograph_and_the_switch_takes_effect(user_task, monkeypatch):
+  assert pipeline.needs_autograph(user_task)
+  batch = _batches(user_task, n=1)[0]
+  vocabulary = seqio.SentencePieceVocabulary(embedded.vocab_path())
+  assert vocabulary.decode(batch["encoder_input_tokens"][1].tolist()) == "empty"
+  # The same functions, were they this package's, are traced as written, and fail to.
+  for fn in (_fill_empty_inputs, _dataset_fn):
+    monkeypatch.setattr(fn, "__module__", "prompt_tuning.user")
+  assert not pipeline.needs_autograph(user_task)
+  with pytest.raises(tf.errors.OperatorNotAllowedInGraphError):
+    _batches(user_task, n=1)
+
+
+def test_a_function_held_by_the_source_counts(user_task, monkeypatch):
+  monkeypatch.setattr(_fill_empty_inputs, "__module__", "prompt_tuning.user")
+  assert pipeline.needs_autograph(user_task)  # For the source's `dataset_fn`, from this file.
+  monkeypatch.setattr(_dataset_fn, "__module__", "prompt_tuning.user")
+  assert not pipeline.needs_autograph(user_task)
+
+
+def test_without_autograph_the_embedded_task_reads_the_same(monkeypatch):
+  """Train batches and the evaluator's examples equal what the AutoGraph-traced pipeline gives."""
+  monkeypatch.setenv(vocab.VOCAB_ENV_VAR, embedded.vocab_path())
+  assert not pipeline.needs_autograph(EMBEDDED_TASK)
+  plain = _batches(EMBEDDED_TASK)
+  evaluator = evaluation.make_evaluator(EMBEDDED_TASK, LENGTHS)
+  monkeypatch.setattr(pipeline, "needs_autograph", lambda name: True)
+  converted = _batches(EMBEDDED_TASK)
+  converted_evaluator = evaluation.make_evaluator(EMBEDDED_TASK, LENGTHS)
+  for a, b in zip(plain, converted):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  a, b = (
+      list(e.cached_model_datasets[EMBEDDED_TASK].as_numpy_iterator())
+      for e in (evaluator, converted_evaluator)
+  )
+  assert len(a) == len(b) == 400
+  for x, y in zip(a, b):  # (index, features) pairs.
+    tf.nest.assert_same_structure(x, y)
+    for u, v in zip(tf.nest.flatten(x), tf.nest.flatten(y)):
+      np.testing.assert_array_equal(u, v)
