@@ -1,5 +1,7 @@
 """`pipeline.build`: tf.data pipelines traced without AutoGraph where no function needs it."""
 
+import functools
+
 import numpy as np
 import pytest
 import seqio
@@ -86,6 +88,17 @@ def test_a_function_held_by_the_source_counts(user_task, monkeypatch):
   assert pipeline.needs_autograph(user_task)  # For the source's `dataset_fn`, from this file.
   monkeypatch.setattr(_dataset_fn, "__module__", "prompt_tuning.user")
   assert not pipeline.needs_autograph(user_task)
+
+
+def test_a_function_bound_to_a_partial_counts(monkeypatch):
+  is_graph_code = pipeline._is_graph_code  # pylint: disable=protected-access
+  monkeypatch.setattr(_fill_empty_inputs, "__module__", "prompt_tuning.user")
+  plain = functools.partial(seqio.preprocessors.rekey, key_map={"inputs": "text"})
+  assert is_graph_code(plain)
+  assert is_graph_code(functools.partial(plain, fn=_fill_empty_inputs))
+  monkeypatch.setattr(_fill_empty_inputs, "__module__", "user_tasks")
+  assert not is_graph_code(functools.partial(plain, fn=_fill_empty_inputs))
+  assert not is_graph_code(functools.partial(plain, _fill_empty_inputs))
 
 
 def test_without_autograph_the_embedded_task_reads_the_same(monkeypatch):

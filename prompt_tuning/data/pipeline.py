@@ -67,15 +67,11 @@ GRAPH_CODE_PACKAGES = ("seqio", "prompt_tuning", "tensorflow", "tensorflow_text"
 _T = TypeVar("_T")
 
 
-def _module_of(obj) -> str:
-  while isinstance(obj, functools.partial):
-    obj = obj.func
-  module = getattr(obj, "__module__", None) if callable(obj) else None
-  return module or type(obj).__module__
-
-
 def _is_graph_code(obj) -> bool:
-  module = _module_of(obj)
+  if isinstance(obj, functools.partial):  # Its function and any function bound to it.
+    bound = [v for v in (*obj.args, *obj.keywords.values()) if callable(v)]
+    return all(_is_graph_code(f) for f in (obj.func, *bound))
+  module = (getattr(obj, "__module__", None) if callable(obj) else None) or type(obj).__module__
   return any(module == p or module.startswith(p + ".") for p in GRAPH_CODE_PACKAGES)
 
 
@@ -88,7 +84,7 @@ def needs_autograph(mixture_or_task_name: str) -> bool:
   task_or_mixture = seqio.get_mixture_or_task(mixture_or_task_name)
   tasks = task_or_mixture.tasks if isinstance(task_or_mixture, seqio.Mixture) else [task_or_mixture]
   for task in tasks:
-    held = [v for v in vars(task.source).values() if callable(v)]
+    held = [v for v in getattr(task.source, "__dict__", {}).values() if callable(v)]
     vocabularies = [f.vocabulary for f in task.output_features.values()]
     for obj in [*task.preprocessors, task.source, *held, *vocabularies]:
       if not _is_graph_code(obj):
