@@ -95,10 +95,10 @@ def needs_autograph(mixture_or_task_name: str) -> bool:
 def build(mixture_or_task_name: str, fn: Callable[[], _T]) -> _T:
   """Runs `fn`, which builds the task's tf.data pipeline, without AutoGraph where none is needed.
 
-  tf.data passes every function it traces through AutoGraph, which rewrites its source: about
-  4 s of the embedded default's start-up, for SeqIO's and this package's preprocessors, which do
-  not need it. A task with any function from elsewhere (a user's preprocessor may branch on a
-  tensor in Python) keeps TensorFlow's default.
+  tf.data passes every function it traces through AutoGraph, which rewrites its source: 5.7 s of
+  the embedded default's start-up on 2 CPU cores (benchmarks/README.md), for SeqIO's and this
+  package's functions, which do not need it. A task with any function from elsewhere (a user's
+  preprocessor may branch on a tensor in Python) keeps TensorFlow's default.
   """
   if needs_autograph(mixture_or_task_name):
     return fn()
