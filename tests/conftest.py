@@ -1,12 +1,46 @@
-"""Shared test set-up: where the ../shared fixtures live, and strict numerics."""
+"""Shared test set-up: where the ../shared fixtures live, strict numerics, one compilation cache."""
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = "PROMPT_TUNING_TEST_OWN_CACHE"  # Set where this session made the folder.
+
+
+def pytest_configure(config):
+  """One JAX compilation cache for the session: the pytest process, its xdist workers (which
+  inherit the environment) and every command a test starts. Many tests compile the same programs
+  (the tiny model's train step, score and decode at the same shapes, in-process and in CLI
+  runs); from the second time on they are read back, not compiled (about an eighth of the suite's
+  time on 2 cores). A hit is the executable XLA built from the same program and options, so
+  nothing a test checks changes; compilation events still fire (`count_compilations`). The folder
+  is new for each session and removed at its end; a JAX_COMPILATION_CACHE_DIR of your own is used
+  (and kept) instead."""
+  del config
+  if _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="prompt_tuning_tests_jax_cache_")
+    os.environ[_OWN_CACHE] = str(os.getpid())
+  # JAX's default skips programs that compile in under a second: most of the tiny model's.
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+  jax.config.update(
+      "jax_persistent_cache_min_compile_time_secs",
+      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+  )
+
+
+def pytest_unconfigure(config):
+  del config
+  if os.environ.get(_OWN_CACHE) == str(os.getpid()):  # The process that made it (not a worker).
+    shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)
+
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("PROMPT_TUNING_SHARED", _REPO.parent / "shared"))
