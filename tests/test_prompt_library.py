@@ -60,8 +60,21 @@ def pad(rows):
   return out
 
 
+# The reference pads every call to these fixed shapes: one compilation per reference model for
+# all its calls, and never the runner's buckets (powers of two), so the two pad differently.
+REF_ROWS, REF_INPUTS, REF_TARGETS = 8, 13, 7
+
+
+def pad_to(rows, width, n_rows):
+  """`rows` padded with zeros to [n_rows, width] (more or longer rows fail)."""
+  out = np.zeros((n_rows, width), np.int32)
+  for i, r in enumerate(rows):
+    out[i, : len(r)] = r
+  return out
+
+
 class Reference:
-  """The ordinary single-prompt model, one per prompt (its own batch, its own padding): an
+  """The ordinary single-prompt model, one per prompt (its own batch, its own fixed padding): an
   input prompt [P, D], deep-prompt prefixes {stack: [layers, 2, P', H, K]}, or both."""
 
   def __init__(self, params, prompt=None, placement="prefix", prefixes=None):
@@ -79,24 +92,26 @@ class Reference:
         decode_fn=decoding.greedy,
     )
     self.params = params
+    self._score = jax.jit(self.model.score_batch)
+    self._predict = jax.jit(self.model.predict_batch)
 
   def score(self, inputs, targets):
-    t = pad(targets)
+    t = pad_to(targets, REF_TARGETS, REF_ROWS)
     batch = {
-        "encoder_input_tokens": pad(inputs),
+        "encoder_input_tokens": pad_to(inputs, REF_INPUTS, REF_ROWS),
         "decoder_input_tokens": np.pad(t[:, :-1], ((0, 0), (1, 0))),
         "decoder_target_tokens": t,
         "decoder_loss_weights": (t > 0).astype(np.float32),
     }
-    return np.asarray(jax.jit(self.model.score_batch)(self.params, batch))
+    return np.asarray(self._score(self.params, batch))[: len(inputs)]
 
   def generate(self, inputs, max_len):
     batch = {
-        "encoder_input_tokens": pad(inputs),
-        "decoder_input_tokens": np.zeros((len(inputs), max_len), np.int32),
+        "encoder_input_tokens": pad_to(inputs, REF_INPUTS, REF_ROWS),
+        "decoder_input_tokens": np.zeros((REF_ROWS, max_len), np.int32),
     }
-    decodes = jax.jit(self.model.predict_batch)(self.params, batch)
-    return [lib.trim_decode(d, 1) for d in np.asarray(decodes)]
+    decodes = self._predict(self.params, batch)
+    return [lib.trim_decode(d, 1) for d in np.asarray(decodes)[: len(inputs)]]
 
 
 def reference_outputs(params, table, examples, max_len, placements=None):
