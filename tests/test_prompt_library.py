@@ -53,24 +53,21 @@ def random_examples(rng, names, n):
   return out
 
 
-def pad(rows):
-  out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-  for i, r in enumerate(rows):
-    out[i, : len(r)] = r
-  return out
-
-
-# The reference pads every call to these fixed shapes: one compilation per reference model for
-# all its calls, and never the runner's buckets (powers of two), so the two pad differently.
-REF_ROWS, REF_INPUTS, REF_TARGETS = 8, 13, 7
-
-
 def pad_to(rows, width, n_rows):
   """`rows` padded with zeros to [n_rows, width] (more or longer rows fail)."""
   out = np.zeros((n_rows, width), np.int32)
   for i, r in enumerate(rows):
     out[i, : len(r)] = r
   return out
+
+
+def pad(rows):
+  return pad_to(rows, max(len(r) for r in rows), len(rows))
+
+
+# The reference pads every call to these fixed shapes: one compilation per reference model for
+# all its calls, and never the runner's buckets (powers of two), so the two pad differently.
+REF_ROWS, REF_INPUTS, REF_TARGETS = 8, 13, 7
 
 
 class Reference:
