@@ -19,10 +19,13 @@ of the dense float32 matmul rate measured in the same process that the analytic 
 Analytic FLOPs: 2 * m * n * k for every matmul of the forward pass (projections, attention
 scores and mixing, MLP, output layer; the embedding lookup is a gather and costs none). The
 backward pass of prompt tuning computes gradients of activations only (the frozen weights get
-none), about 1x the forward matmuls; model tuning also computes weight gradients, 2x.
+none): one matmul per forward matmul with a weight, two per matmul between two activations (the
+attention's scores and mixing: both operands need their gradient); model tuning also computes
+the weights' gradients, one more per weight matmul.
 
 A last JSON line (`"mode": "summary"`) gives the ratios of this run: prompt step / scoring step
-time, the prompt step's fraction of the matmul rate, and the prompt-vs-model peak memory
+time (and the two programs' FLOP ratio, what that time ratio is at equal FLOP rates), the prompt
+step's fraction of the matmul rate, and the prompt-vs-model peak memory
 difference against the backbone's gradient + optimizer-state bytes.
 
   python benchmarks/train_step.py                      # small, batch 8, 128 + 100 prompt, 4
@@ -76,26 +79,34 @@ def parse_args(argv=None):
   return args
 
 
-def analytic_forward_flops(cfg, batch: int, enc_len: int, dec_len: int) -> int:
-  """Matmul FLOPs (2 m n k each) of one T5 1.1 forward pass."""
+def analytic_forward_flops(cfg, batch: int, enc_len: int, dec_len: int) -> tuple[int, int]:
+  """Matmul FLOPs (2 m n k each) of one T5 1.1 forward pass: (with a weight, between
+  activations). The second are the attention's scores and mixing, whose backward pass needs the
+  gradients of both operands."""
   d, hk, f, v = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim, cfg.vocab_size
   gates = len(cfg.mlp_activations)
   s, t = enc_len, dec_len
   mlp = lambda n: 2 * n * d * f * gates + 2 * n * f * d
-  encoder_layer = 4 * 2 * s * d * hk + 2 * 2 * s * s * hk + mlp(s)
-  decoder_layer = (
+  encoder = (4 * 2 * s * d * hk + mlp(s), 2 * 2 * s * s * hk)
+  decoder = (
       4 * 2 * t * d * hk  # self-attention q, k, v, out
-      + 2 * 2 * t * t * hk
       + 2 * 2 * t * d * hk  # cross-attention q, out
       + 2 * 2 * s * d * hk  # cross-attention k, v of the encoder output
-      + 2 * 2 * t * s * hk
-      + mlp(t)
+      + mlp(t),
+      2 * 2 * t * t * hk + 2 * 2 * t * s * hk,
   )
   logits = 2 * t * d * v
-  per_example = (
-      cfg.num_encoder_layers * encoder_layer + cfg.num_decoder_layers * decoder_layer + logits
-  )
-  return batch * per_example
+  weights = cfg.num_encoder_layers * encoder[0] + cfg.num_decoder_layers * decoder[0] + logits
+  activations = cfg.num_encoder_layers * encoder[1] + cfg.num_decoder_layers * decoder[1]
+  return batch * weights, batch * activations
+
+
+def analytic_backward_flops(mode: str, weights: int, activations: int) -> int:
+  """Backward matmul FLOPs. Every mode that trains needs the gradient of each activation: one
+  matmul per forward matmul with a weight, two per matmul between activations (one per operand).
+  Model tuning also computes the weights' gradients (one more per weight matmul); prompt tuning's
+  frozen weights get none."""
+  return {"prompt": weights + 2 * activations, "model": 2 * weights + 2 * activations}.get(mode, 0)
 
 
 def matmul_timer(m: int, k: int, n: int, dtype: str):
@@ -272,9 +283,9 @@ def run_mode(args) -> dict:
   # XLA's temporaries per execution: what activations and rematerialisation decide, free of
   # how the host's allocator happens to reuse them (peak_host_bytes is not).
   memory = compiled.memory_analysis()
-  forward = analytic_forward_flops(cfg, args.batch, enc_len, args.targets)
-  backward = {"prompt": 1, "model": 2, "score": 0}[mode] * forward
-  flops = forward + backward
+  weights, activations = analytic_forward_flops(cfg, args.batch, enc_len, args.targets)
+  forward = weights + activations
+  flops = forward + analytic_backward_flops(mode, weights, activations)
   result.update(
       step_s=step_s,
       step_s_min=min(times),
@@ -312,7 +323,12 @@ def run_mode(args) -> dict:
 def summary(results: dict) -> dict:
   out = {"mode": "summary"}
   if "prompt" in results and "score" in results:
-    out["prompt_over_score_step"] = results["prompt"]["step_s"] / results["score"]["step_s"]
+    p, s = results["prompt"], results["score"]
+    out["prompt_over_score_step"] = p["step_s"] / s["step_s"]
+    # What the step ratio would be if both ran at the same FLOP rate.
+    out["prompt_over_score_analytic_flops"] = p["analytic_flops"] / s["analytic_flops"]
+    if p["xla_flops"] and s["xla_flops"]:
+      out["prompt_over_score_xla_flops"] = p["xla_flops"] / s["xla_flops"]
   if "prompt" in results:
     out["prompt_fraction_of_matmul_rate"] = results["prompt"]["fraction_of_matmul_rate"]
   if "prompt" in results and "model" in results:
