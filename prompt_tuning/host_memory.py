@@ -12,9 +12,10 @@ the kernel).
 `mmap` and never trims it, so a step reuses the pages of the step before. Measured on a 2-core VM
 (benchmarks/README.md): minor faults 0.3-0.5 M in that run, the prompt step 10-20% faster, the
 README's main job 87 s instead of 100 s. The price is memory: freed blocks stay with the process,
-and when glibc splits a freed temporary buffer for small blocks, the next step's buffer is placed
-beside it (the prompt benchmark's peak is 1.34-1.39 GB in most runs, 1.95 GB in some; model
-tuning's 2.9 GB instead of 2.1 GB).
+and when the freed temporary buffer has not merged into the heap's top, glibc (before 2.38) cannot
+reuse it for the next step's aligned request of the same size and places a second buffer beside it
+(the prompt benchmark's peak is 1.3-1.4 GB in most runs, 1.84-1.95 GB in some; model tuning's 2.9
+GB instead of 2.1 GB; benchmarks/README.md traces it).
 
 The command-line entry points and benchmarks call it before JAX starts its threads (a thread
 picks its arena at its first allocation). It applies only on Linux with glibc and for runs on the
