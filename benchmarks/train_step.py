@@ -106,7 +106,11 @@ def analytic_backward_flops(mode: str, weights: int, activations: int) -> int:
   matmul per forward matmul with a weight, two per matmul between activations (one per operand).
   Model tuning also computes the weights' gradients (one more per weight matmul); prompt tuning's
   frozen weights get none."""
-  return {"prompt": weights + 2 * activations, "model": 2 * weights + 2 * activations}.get(mode, 0)
+  return {
+      "prompt": weights + 2 * activations,
+      "model": 2 * weights + 2 * activations,
+      "score": 0,
+  }[mode]
 
 
 def matmul_timer(m: int, k: int, n: int, dtype: str):
