@@ -14,6 +14,7 @@ from prompt_tuning import model as model_lib
 from prompt_tuning import prompt_library as lib
 from prompt_tuning import prompts
 from prompt_tuning import rank_classification as rank
+from prompt_tuning.data import batches
 from prompt_tuning.models import t5
 
 VOCAB = 50
@@ -55,14 +56,13 @@ def random_examples(rng, names, n):
 
 def pad_to(rows, width, n_rows):
   """`rows` padded with zeros to [n_rows, width] (more or longer rows fail)."""
-  out = np.zeros((n_rows, width), np.int32)
-  for i, r in enumerate(rows):
-    out[i, : len(r)] = r
-  return out
+  if len(rows) > n_rows:
+    raise ValueError(f"{len(rows)} rows do not fit in {n_rows}.")
+  return batches.pad_rows(list(rows) + [[]] * (n_rows - len(rows)), width)
 
 
 def pad(rows):
-  return pad_to(rows, max(len(r) for r in rows), len(rows))
+  return batches.pad_rows(rows, max(len(r) for r in rows))
 
 
 # The reference pads every call to these fixed shapes: one compilation per reference model for
@@ -96,7 +96,7 @@ class Reference:
     t = pad_to(targets, REF_TARGETS, REF_ROWS)
     batch = {
         "encoder_input_tokens": pad_to(inputs, REF_INPUTS, REF_ROWS),
-        "decoder_input_tokens": np.pad(t[:, :-1], ((0, 0), (1, 0))),
+        "decoder_input_tokens": batches.shift_right(t),
         "decoder_target_tokens": t,
         "decoder_loss_weights": (t > 0).astype(np.float32),
     }
